@@ -1,0 +1,372 @@
+"""``emgranules``: the command line over the headless core.
+
+Exit codes: 0 success; 2 bad input or arguments (one line on stderr per problem, nothing
+half-written); 1 an unexpected internal error (rerun with ``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("napari_emgranules")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as one line, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .core import USER_ERRORS
+
+    return USER_ERRORS
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers
+# -------------------------------------------------------------------------------------------------
+def _expand_inputs(items: Sequence[str]) -> list[Path]:
+    """Files as given; folders expanded to the micrographs directly inside them."""
+    from .core.io import MICROGRAPH_SUFFIXES
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir()
+                           if q.is_file() and q.suffix.lower() in MICROGRAPH_SUFFIXES)
+            if not found:
+                raise CliError(f"{p}: the folder holds no micrographs "
+                               f"({', '.join(MICROGRAPH_SUFFIXES)})")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    return paths
+
+
+def _fail(msg: str) -> None:
+    print(f"emgranules: error: {msg}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+    print(f"emgranules: warning: {message}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------------------------------------
+# segment
+# -------------------------------------------------------------------------------------------------
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from .core.io import read_micrograph, write_image, write_labels
+    from .core.segment import segment_micrograph_iter
+
+    out = Path(args.out)
+    if not args.images and not args.sample:
+        raise CliError("give micrographs to segment, or --sample for the bundled sample")
+    jobs: list[tuple[str, object]] = []
+    if args.sample:
+        from .core.synthetic import sample_micrograph
+
+        sample = sample_micrograph()
+        sample_path = write_image(out / "sample.tif", sample.image,
+                                  pixel_size_nm=sample.pixel_size_nm)
+        print(f"sample micrograph (synthetic, {sample.image.shape[1]}x{sample.image.shape[0]} px, "
+              f"{sample.pixel_size_nm} nm/px) written to {sample_path}")
+        jobs.append(("sample", sample_path))
+    jobs.extend((p.stem, p) for p in _expand_inputs(args.images))
+    kinds = tuple(args.only) if args.only else ("locations", "granules")
+    suffix = "." + args.format
+    failures = 0
+    for name, path in jobs:
+        targets = {k: out / k / f"{name}{suffix}" for k in kinds}
+        if args.confidence:
+            targets.update({f"{k}_confidence": out / f"{k}_confidence" / f"{name}.tif"
+                            for k in kinds})
+        existing = [str(t) for t in targets.values() if t.exists()]
+        if existing and not args.overwrite:
+            _fail(f"{path}: output exists already ({existing[0]}); use --overwrite to replace")
+            failures += 1
+            continue
+        try:
+            micrograph = read_micrograph(path, args.pixel_size,
+                                         force_pixel_size=args.force_pixel_size)
+            gen = segment_micrograph_iter(
+                micrograph, mode=args.mode, locations_model=args.locations_weights,
+                granules_model=args.granules_weights, kinds=kinds, confidence=args.confidence,
+                max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
+            )
+            with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
+                      disable=args.quiet) as bar:
+                while True:
+                    try:
+                        ev = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    bar.total = ev.total
+                    bar.set_postfix_str(ev.stage)
+                    bar.update(1)
+        except _user_errors() as exc:
+            _fail(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            failures += 1
+            continue
+        for kind in kinds:
+            write_labels(targets[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
+            if args.confidence:
+                conf16 = np.round(result.confidence[kind] * 65535).astype(np.uint16)
+                write_image(targets[f"{kind}_confidence"], conf16,
+                            pixel_size_nm=result.pixel_size_nm)
+        fractions = ""
+        if result.locations is not None:
+            present = np.bincount(result.locations.ravel(), minlength=7)
+            fractions = " ".join(
+                f"{card_letter}={100 * present[code] / result.locations.size:.0f}%"
+                for code, card_letter in result.models["locations"].schema.letters.items()
+                if present[code]
+            )
+        untrained = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
+            if result.untrained else ""
+        print(f"{name}: {result.mode}, {result.pixel_size_nm:g} nm/px "
+              f"({result.pixel_size_source}) -> {', '.join(str(targets[k]) for k in kinds)}"
+              f"{'; ' + fractions if fractions else ''}{untrained}")
+    if any(not c.trained for c in _loaded_cards(args, kinds)):
+        print("note: the bundled default models are UNTRAINED (random weights) in this version; "
+              "their labels are meaningless. Pass --locations-weights/--granules-weights with "
+              "trained weights.", file=sys.stderr)
+    return EXIT_BAD_INPUT if failures else EXIT_OK
+
+
+def _loaded_cards(args: argparse.Namespace, kinds: tuple[str, ...]):
+    from .core.models import default_model
+
+    cards = []
+    for k in kinds:
+        if getattr(args, f"{k}_weights") is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cards.append(default_model(k).card)
+    return cards
+
+
+# -------------------------------------------------------------------------------------------------
+# split
+# -------------------------------------------------------------------------------------------------
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .core.io import read_micrograph, write_image
+    from .core.tiling import split_seed
+
+    out = Path(args.out)
+    failures = 0
+    for path in _expand_inputs(args.images):
+        try:
+            m = read_micrograph(path)
+            tiles = split_seed(m.data, args.tiles, args.order)
+            targets = [out / f"{path.stem}_{index}.png" for index, _ in tiles]
+            existing = [t for t in targets if t.exists()]
+            if existing and not args.overwrite:
+                raise CliError(f"{existing[0]} exists already (tiles may be training data); "
+                               "use --overwrite to replace")
+            if m.data.dtype.kind != "u" or m.data.dtype.itemsize > 2:
+                raise CliError(f"{m.data.dtype} pixels cannot be written as PNG tiles "
+                               "(8- or 16-bit unsigned only)")
+        except (CliError, *_user_errors()) as exc:
+            _fail(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            failures += 1
+            continue
+        for (_, tile), target in zip(tiles, targets, strict=True):
+            write_image(target, tile, pixel_size_nm=m.pixel_size_nm)
+        side = tiles[0][1].shape
+        print(f"{path.name}: {len(tiles)} tiles of {side[1]}x{side[0]} px -> "
+              f"{out}/{path.stem}_0..{len(tiles) - 1}.png")
+        if side != (1024, 1024):
+            print(f"emgranules: warning: tiles are {side[1]}x{side[0]} px; the original models "
+                  "were trained on 1024x1024 tiles at 0.8 nm/px", file=sys.stderr)
+    return EXIT_BAD_INPUT if failures else EXIT_OK
+
+
+# -------------------------------------------------------------------------------------------------
+# info
+# -------------------------------------------------------------------------------------------------
+def collect_info() -> dict:
+    """Versions, Keras backend, devices and bundled models (what ``emgranules info`` prints)."""
+    import importlib.metadata as md
+
+    from .core._backend import get_keras
+    from .core.models import default_model
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    info: dict = {
+        "napari-emgranules": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {d: version(d) for d in ("numpy", "keras", "tensorflow", "jax", "torch",
+                                             "napari", "tifffile", "scikit-image", "pandas")},
+    }
+    keras = get_keras()
+    backend = keras.backend.backend()
+    info["keras_backend"] = backend
+    info["devices"] = _devices(backend)
+    models = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind in ("locations", "granules"):
+            m = default_model(kind)
+            c = m.card
+            models[kind] = {
+                "architecture": c.architecture,
+                "parameters": m.count_params(),
+                "trained": c.trained,
+                "pixel_size_nm": c.pixel_size_nm,
+                "classes": [f"{k.code} {k.letter} {k.name}" for k in c.schema.classes],
+                "measured": list(c.schema.measured_codes),
+                "source": c.provenance.get("source", "built in (random fixed-seed weights)"),
+            }
+    info["bundled_models"] = models
+    return info
+
+
+def _devices(backend: str) -> list[str]:
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
+        if backend == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices()]
+        if backend == "torch":
+            import torch
+
+            cuda = [f"cuda:{i} {torch.cuda.get_device_name(i)}"
+                    for i in range(torch.cuda.device_count())]
+            return ["cpu", *cuda]
+    except Exception as exc:  # a broken GPU stack must not break 'info': report it instead
+        return [f"(could not list devices: {type(exc).__name__}: {exc})"]
+    return []
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"napari-emgranules {info['napari-emgranules']} (Python {info['python']}, "
+          f"{info['platform']})")
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
+    print(f"Keras backend: {info['keras_backend']}  (set KERAS_BACKEND to change)")
+    print("devices: " + ", ".join(info["devices"]))
+    for kind, m in info["bundled_models"].items():
+        state = "trained" if m["trained"] else "UNTRAINED: random weights, labels are meaningless"
+        print(f"bundled {kind} model: {m['architecture']}, {m['parameters']:,} parameters, "
+              f"{m['pixel_size_nm']} nm/px, {state}")
+        print("    classes: " + "; ".join(m["classes"]) + f"  (measured: {m['measured']})")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------------------
+# entry point
+# -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emgranules",
+        description="Glycogen granules in EM micrographs of skeletal muscle: segment, split, info.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    seg = sub.add_parser("segment", help="micrographs -> Locations and Granules label maps")
+    seg.add_argument("images", nargs="*", metavar="IMAGE", help="micrographs or folders of them")
+    seg.add_argument("--out", required=True, help="output folder (created if missing)")
+    seg.add_argument("--sample", action="store_true",
+                     help="also segment the bundled synthetic sample micrograph")
+    seg.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"),
+                     help="whole image, tiles with halo, or the original 1024 tiles (default auto)")
+    seg.add_argument("--pixel-size", type=float, metavar="NM",
+                     help="pixel size in nm, used when the file's metadata has none")
+    seg.add_argument("--force-pixel-size", action="store_true",
+                     help="use --pixel-size even when the file's metadata has one")
+    seg.add_argument("--locations-weights", metavar="FILE",
+                     help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint)")
+    seg.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
+    seg.add_argument("--only", action="append", choices=("locations", "granules"),
+                     help="run only this model (repeatable)")
+    seg.add_argument("--format", default="tif", choices=("tif", "png"),
+                     help="label file format; png writes 16-bit PNGs as the original tool")
+    seg.add_argument("--confidence", action="store_true",
+                     help="also write per-pixel confidence (16-bit TIFF, 65535 = certain)")
+    seg.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
+    seg.add_argument("--halo", type=int, default=128, metavar="PX",
+                     help="context around each tile (tiled, default 128)")
+    seg.add_argument("--batch-size", type=int, default=1, metavar="N",
+                     help="tiles per forward pass (tiled/seed)")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=_cmd_segment)
+
+    spl = sub.add_parser("split", help="cut micrographs into tiles named as the original tool")
+    spl.add_argument("images", nargs="+", metavar="IMAGE")
+    spl.add_argument("--out", required=True, help="output folder")
+    spl.add_argument("--tiles", type=int, default=4, metavar="N",
+                     help="tiles per side (default 4: a 4096 image -> 16 tiles of 1024)")
+    spl.add_argument("--order", default="column", choices=("column", "row"),
+                     help="tile numbering: column-major as the original utility (default) or row")
+    spl.add_argument("--overwrite", action="store_true", help="replace existing tiles")
+    spl.set_defaults(func=_cmd_split)
+
+    inf = sub.add_parser("info", help="versions, Keras backend, devices, bundled models")
+    inf.add_argument("--json", action="store_true", help="machine-readable output")
+    inf.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="emgranules: %(levelname)s: %(message)s")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except CliError as exc:
+        _fail(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _fail("interrupted; finished outputs are complete, nothing was half-written")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, _user_errors()):
+            _fail(str(exc))
+            return EXIT_BAD_INPUT
+        _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

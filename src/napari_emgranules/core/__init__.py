@@ -1,0 +1,52 @@
+"""The headless core: no napari, no Qt, and Keras only when a model is built (``_backend``)."""
+
+from __future__ import annotations
+
+from ._backend import BackendError, backend_name, get_keras
+from .io import (
+    Micrograph,
+    MicrographError,
+    MicrographWarning,
+    as_micrograph,
+    read_labels,
+    read_micrograph,
+    write_image,
+    write_labels,
+)
+from .models import (
+    ModelCard,
+    SegmentationModel,
+    UntrainedModelWarning,
+    WeightsError,
+    build_granules_unet,
+    build_locations_unet,
+    default_model,
+    load_model,
+    save_model,
+)
+from .schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, ClassInfo, ClassSchema, SchemaError
+from .segment import (
+    SegmentationResult,
+    SegmentProgress,
+    segment_micrograph,
+    segment_micrograph_iter,
+)
+from .synthetic import SyntheticMicrograph, sample_micrograph, synthetic_micrograph
+from .tiling import TilePlan, split_seed
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    MicrographError, WeightsError, SchemaError, BackendError, ValueError, FileExistsError,
+)
+"""Exceptions caused by the user's input: shown as a message, never as a traceback."""
+
+__all__ = [
+    "BackendError", "backend_name", "get_keras",
+    "Micrograph", "MicrographError", "MicrographWarning", "as_micrograph", "read_labels",
+    "read_micrograph", "write_image", "write_labels",
+    "ModelCard", "SegmentationModel", "UntrainedModelWarning", "WeightsError",
+    "build_granules_unet", "build_locations_unet", "default_model", "load_model", "save_model",
+    "GRANULES_SCHEMA", "LOCATIONS_SCHEMA", "ClassInfo", "ClassSchema", "SchemaError",
+    "SegmentationResult", "SegmentProgress", "segment_micrograph", "segment_micrograph_iter",
+    "SyntheticMicrograph", "sample_micrograph", "synthetic_micrograph",
+    "TilePlan", "split_seed", "USER_ERRORS",
+]

@@ -1,0 +1,441 @@
+"""Micrograph -> Locations and Granules label maps (and per-pixel confidence).
+
+:func:`segment_micrograph_iter` is the one implementation: a generator that yields
+:class:`SegmentProgress` events and returns a :class:`SegmentationResult`. The CLI draws a progress
+bar from the events, the GUI runs it in a thread worker (closing the generator cancels), scripts call
+:func:`segment_micrograph`, which runs it to the end.
+
+Inference modes
+---------------
+``whole``
+    The whole micrograph, reflect-padded to a multiple of 128, in one fully convolutional pass:
+    no seams, and the least work per pixel.
+``tiled``
+    Equal windows with a halo of context, cross-faded where they overlap (:class:`TilePlan`), for
+    images or machines where ``whole`` does not fit in memory.
+``seed``
+    The original tool's non-overlapping 1024 x 1024 tiles, no resampling, for reproducing
+    published numbers.
+``auto`` (default)
+    ``whole`` if its estimated memory fits the budget, else ``tiled`` with the largest windows
+    that fit.
+
+Images are scaled to float32 in [0, 1] by their dtype's range (as the original tool does) and, in
+``whole``/``tiled`` modes, resampled to the model's pixel size and the labels brought back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import Micrograph, as_micrograph, read_micrograph
+from .models import MULTIPLE, SegmentationModel, default_model, load_model
+from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MODES",
+    "SegmentProgress",
+    "SegmentationResult",
+    "segment_micrograph",
+    "segment_micrograph_iter",
+    "to_unit_float",
+    "estimate_memory_bytes",
+    "run_to_completion",
+]
+
+MODES = ("auto", "whole", "tiled", "seed")
+SEED_TILE = 1024
+# Peak bytes per input pixel of one forward pass on the CPU (float32 activations of the widest
+# full-resolution layers plus framework workspace), measured by benchmarks/bench_segment.py
+# --memory; both networks are within a few % of each other.
+_BYTES_PER_PIXEL = 400
+_RESAMPLE_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """One step of segmentation.
+
+    Attributes
+    ----------
+    stage : str
+        The model running (``"locations"`` / ``"granules"``).
+    step, steps : int
+        Windows done in this stage, and their number.
+    done, total : int
+        Windows done over all stages, and their number (for one overall progress bar).
+    message : str
+        Human-readable description.
+    """
+
+    stage: str
+    step: int
+    steps: int
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class SegmentationResult:
+    """Label maps of one micrograph, the same shape as the input image.
+
+    Attributes
+    ----------
+    labels : dict
+        ``{"locations": uint8 array, "granules": uint8 array}`` (only the models that ran).
+    confidence : dict
+        Same keys; max softmax probability per pixel (float32), when asked for.
+    pixel_size_nm, pixel_size_source : float, str
+        The image's pixel size and where it came from (metadata, user, model).
+    mode : str
+        The mode that ran (``auto`` resolved).
+    models : dict
+        The :class:`ModelCard` of each model.
+    name : str
+        The micrograph's name (file stem).
+    """
+
+    labels: dict[str, np.ndarray]
+    confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    pixel_size_nm: float = 0.8
+    pixel_size_source: str = "model"
+    mode: str = "whole"
+    models: dict[str, Any] = field(default_factory=dict)
+    name: str = "image"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def locations(self) -> np.ndarray | None:
+        return self.labels.get("locations")
+
+    @property
+    def granules(self) -> np.ndarray | None:
+        return self.labels.get("granules")
+
+    @property
+    def untrained(self) -> list[str]:
+        """Kinds of the models that had random (untrained) weights."""
+        return [k for k, card in self.models.items() if not card.trained]
+
+
+def run_to_completion(gen: Generator[Any, None, Any]) -> Any:
+    """Drive a progress generator to its end and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+# -------------------------------------------------------------------------------------------------
+# Input preparation
+# -------------------------------------------------------------------------------------------------
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """Convert an image to float32 in [0, 1] by its dtype's range, as the original tool does.
+
+    ``uint8`` is divided by 255 and ``uint16`` by 65535 (so a 12-bit camera image in a 16-bit file
+    looks dark, exactly as it did to the original models). Signed integers map their dtype range
+    to [0, 1]. Floats already in [0, 1] pass unchanged; other floats are min-max scaled (with a
+    warning, since their range is unknown).
+    """
+    a = np.asarray(image)
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if a.dtype.kind == "u":
+        return (a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)).astype(np.float32)
+    if a.dtype.kind == "i":
+        info = np.iinfo(a.dtype)
+        return ((a.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32, copy=False)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("the image contains NaN or infinite values")
+        if lo >= 0.0 and hi <= 1.0:
+            return a
+        warnings.warn(
+            f"float image with values in [{lo:g}, {hi:g}] scaled to [0, 1] by its own range; "
+            "save micrographs as 8- or 16-bit integers to keep the original tool's scaling",
+            UserWarning,
+            stacklevel=3,
+        )
+        return ((a - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
+    raise ValueError(f"unsupported image dtype {a.dtype}")
+
+
+def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from skimage.transform import resize
+
+    shrinking = shape[0] < image.shape[0]
+    return resize(image, shape + image.shape[2:], order=1, mode="reflect",
+                  anti_aliasing=shrinking, preserve_range=True).astype(np.float32)
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        try:
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+        except ImportError:
+            return None
+
+
+def estimate_memory_bytes(shape: tuple[int, int], batch: int = 1) -> int:
+    """Rough peak memory of one forward pass over ``batch`` images of ``shape`` (padded to 128)."""
+    h, w = (-(-s // MULTIPLE) * MULTIPLE for s in shape)
+    return int(h * w * batch * _BYTES_PER_PIXEL)
+
+
+def _resolve_model(model: SegmentationModel | str | os.PathLike | None, kind: str):
+    if isinstance(model, SegmentationModel):
+        if model.kind != kind:
+            raise ValueError(f"a {model.kind} model was given where a {kind} model is needed")
+        return model
+    if model is None:
+        return default_model(kind)
+    return load_model(model, kind)
+
+
+# -------------------------------------------------------------------------------------------------
+# Per-model prediction generators
+# -------------------------------------------------------------------------------------------------
+def _predict_whole(model: SegmentationModel, x: np.ndarray, want_probs: bool):
+    padded, crop = pad_to_multiple(x, MULTIPLE)
+    if want_probs:
+        probs = model.predict_probabilities(padded[None])[0]
+        yield 1
+        return probs[crop]
+    labels, conf = model.predict_labels(padded[None])
+    yield 1
+    return labels[0][crop], conf[0][crop]
+
+
+def _predict_tiled(model: SegmentationModel, x: np.ndarray, plan: TilePlan, batch_size: int,
+                   want_probs: bool):
+    padded = plan.pad(x)
+    weights = plan.weights()
+    wy, wx = plan.window
+    acc = np.zeros(plan.padded_shape + (model.n_classes,), np.float32)
+    wsum = np.zeros(plan.padded_shape, np.float32)
+    origins = list(plan.origins())
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        batch = np.stack([padded[y:y + wy, xx:xx + wx] for y, xx in chunk])
+        probs = model.predict_probabilities(batch)
+        for (y, xx), p in zip(chunk, probs, strict=True):
+            acc[y:y + wy, xx:xx + wx] += p * weights[..., None]
+            wsum[y:y + wy, xx:xx + wx] += weights
+        yield len(chunk)
+    probs = plan.crop(acc)
+    probs /= plan.crop(wsum)[..., None]
+    if want_probs:
+        return probs
+    return probs.argmax(-1).astype(np.uint8), probs.max(-1)
+
+
+def _predict_seed(model: SegmentationModel, x: np.ndarray, batch_size: int):
+    h, w = x.shape
+    labels = np.zeros((h, w), np.uint8)
+    conf = np.zeros((h, w), np.float32)
+    origins = seed_tile_origins((h, w), SEED_TILE)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        tiles = []
+        for y, xx in chunk:
+            tile = x[y:y + SEED_TILE, xx:xx + SEED_TILE]
+            if tile.shape != (SEED_TILE, SEED_TILE):  # edge tiles: mirror out to full size
+                tile = np.pad(tile, ((0, SEED_TILE - tile.shape[0]), (0, SEED_TILE - tile.shape[1])),
+                              mode="reflect" if min(tile.shape) > 1 else "edge")
+            tiles.append(tile)
+        lab, cf = model.predict_labels(np.stack(tiles))
+        for (y, xx), lb, c in zip(chunk, lab, cf, strict=True):
+            th, tw = min(SEED_TILE, h - y), min(SEED_TILE, w - xx)
+            labels[y:y + th, xx:xx + tw] = lb[:th, :tw]
+            conf[y:y + th, xx:xx + tw] = c[:th, :tw]
+        yield len(chunk)
+    return labels, conf
+
+
+# -------------------------------------------------------------------------------------------------
+# The pipeline
+# -------------------------------------------------------------------------------------------------
+def _choose_mode(mode: str, shape: tuple[int, int], budget: int | None, max_window: int | None,
+                 batch_size: int) -> tuple[str, int]:
+    """Resolve ``auto`` and pick the tiled window size that fits the memory budget."""
+    if max_window is None:
+        max_window = 2048
+        if budget is not None:
+            while max_window > 512 and estimate_memory_bytes((max_window,) * 2, batch_size) > budget:
+                max_window //= 2
+    if mode != "auto":
+        return mode, max_window
+    if budget is None or estimate_memory_bytes(shape) <= budget:
+        return "whole", max_window
+    return "tiled", max_window
+
+
+def segment_micrograph_iter(
+    image: np.ndarray | Micrograph | str | os.PathLike,
+    pixel_size_nm: float | None = None,
+    *,
+    mode: str = "auto",
+    locations_model: SegmentationModel | str | os.PathLike | None = None,
+    granules_model: SegmentationModel | str | os.PathLike | None = None,
+    kinds: tuple[str, ...] = ("locations", "granules"),
+    confidence: bool = False,
+    max_window: int | None = None,
+    halo: int = 128,
+    batch_size: int = 1,
+    memory_budget_bytes: int | None = None,
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    """Segment a micrograph with the Locations and Granules models, yielding progress.
+
+    Parameters
+    ----------
+    image : ndarray, Micrograph or path
+        A 2-D gray micrograph (any integer dtype, or float in [0, 1]), a :class:`Micrograph`, or a
+        file to read.
+    pixel_size_nm : float, optional
+        The image's pixel size, used when the file's metadata has none (arrays: always).
+        Defaults to the model's (0.8 nm).
+    mode : {"auto", "whole", "tiled", "seed"}
+        See the module docstring.
+    locations_model, granules_model : SegmentationModel or path, optional
+        Models or weight files; the bundled defaults when None.
+    kinds : tuple of str
+        Which models to run.
+    confidence : bool
+        Also return each model's per-pixel confidence (max softmax probability).
+    max_window, halo : int
+        Largest window side and minimum context for ``tiled`` (multiples of 128). ``max_window``
+        defaults to the largest power of two up to 2048 that fits the memory budget.
+    batch_size : int
+        Windows per forward pass (``tiled``, ``seed``).
+    memory_budget_bytes : int, optional
+        Memory ``auto`` may plan for; default half the available memory.
+
+    Yields
+    ------
+    SegmentProgress
+        After every forward pass.
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    unknown = set(kinds) - {"locations", "granules"}
+    if unknown or not kinds:
+        raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
+    if isinstance(image, (str, os.PathLike)):
+        micrograph = read_micrograph(Path(image), pixel_size_nm)
+    else:
+        micrograph = as_micrograph(image, pixel_size_nm)
+    models = {
+        k: _resolve_model(locations_model if k == "locations" else granules_model, k) for k in kinds
+    }
+    if micrograph.pixel_size_source == "model":
+        # "the model's pixel size": the image takes the (first) model's, whatever its default was.
+        micrograph.pixel_size_nm = models[kinds[0]].card.pixel_size_nm
+    budget = memory_budget_bytes
+    if budget is None:
+        avail = _available_memory_bytes()
+        budget = avail // 2 if avail else None
+    resolved, window = _choose_mode(mode, micrograph.shape, budget, max_window, batch_size)
+    x = to_unit_float(micrograph.data)
+    notes: list[str] = []
+    plans: dict[str, tuple[np.ndarray, float, TilePlan | None, int]] = {}
+    for kind, model in models.items():
+        factor = micrograph.pixel_size_nm / model.card.pixel_size_nm
+        resample = abs(factor - 1.0) > _RESAMPLE_TOLERANCE and resolved != "seed"
+        if resolved == "seed" and abs(factor - 1.0) > _RESAMPLE_TOLERANCE:
+            notes.append(
+                f"seed mode does not resample: the image is {micrograph.pixel_size_nm:g} nm/px, "
+                f"the {kind} model expects {model.card.pixel_size_nm:g} nm/px"
+            )
+        shape = micrograph.shape
+        if resample:
+            shape = tuple(max(8, round(s * factor)) for s in micrograph.shape)
+        plan = None
+        if resolved == "tiled":
+            plan = TilePlan.for_image(shape, window, halo, MULTIPLE)
+            steps = -(-plan.n_windows // batch_size)
+        elif resolved == "seed":
+            steps = -(-len(seed_tile_origins(shape, SEED_TILE)) // batch_size)
+        else:
+            steps = 1
+        plans[kind] = (shape, factor if resample else 1.0, plan, steps)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    total = sum(p[3] for p in plans.values())
+    done = 0
+    labels: dict[str, np.ndarray] = {}
+    confs: dict[str, np.ndarray] = {}
+    for kind, model in models.items():
+        shape, factor, plan, steps = plans[kind]
+        xin = x if factor == 1.0 else _resample(x, shape)
+        want_probs = factor != 1.0
+        if resolved == "whole":
+            gen = _predict_whole(model, xin, want_probs)
+        elif resolved == "tiled":
+            gen = _predict_tiled(model, xin, plan, batch_size, want_probs)
+        else:
+            gen = _predict_seed(model, xin, batch_size)
+        step = 0
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                out = stop.value
+                break
+            step += 1
+            done += 1
+            yield SegmentProgress(kind, step, steps, done, total,
+                                  f"{kind}: pass {step}/{steps} ({resolved})")
+        if want_probs:
+            probs = _resample(out, micrograph.shape)
+            lab, cf = probs.argmax(-1).astype(np.uint8), probs.max(-1)
+        else:
+            lab, cf = out
+        labels[kind] = lab
+        if confidence:
+            confs[kind] = cf.astype(np.float32, copy=False)
+    return SegmentationResult(
+        labels=labels,
+        confidence=confs,
+        pixel_size_nm=micrograph.pixel_size_nm,
+        pixel_size_source=micrograph.pixel_size_source,
+        mode=resolved,
+        models={k: m.card for k, m in models.items()},
+        name=micrograph.name,
+        notes=notes,
+    )
+
+
+def segment_micrograph(image, pixel_size_nm: float | None = None, **kwargs) -> SegmentationResult:
+    """Segment a micrograph and return its label maps; see :func:`segment_micrograph_iter`.
+
+    Examples
+    --------
+    >>> from napari_emgranules import segment_micrograph
+    >>> result = segment_micrograph("cell.tif")          # doctest: +SKIP
+    >>> result.locations.shape, result.granules.dtype    # doctest: +SKIP
+    ((4096, 4096), dtype('uint8'))
+    """
+    return run_to_completion(segment_micrograph_iter(image, pixel_size_nm, **kwargs))
+
