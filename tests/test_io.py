@@ -329,6 +329,20 @@ def test_gray_saved_as_rgb_converts_silently(tmp_path, no_warnings):
     assert mg.metadata["converted_from"] == "rgb"
 
 
+def test_palette_and_min_is_white_tiffs(tmp_path, no_warnings):
+    index = (np.arange(64 * 64).reshape(64, 64) % 4).astype(np.uint8)
+    gray_palette = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
+    pal = tmp_path / "palette.tif"
+    tifffile.imwrite(pal, index, photometric="palette", colormap=gray_palette)
+    mg = read_micrograph(pal)
+    np.testing.assert_array_equal(mg.data, index)
+    assert mg.metadata["converted_from"] == "palette"
+    np.testing.assert_array_equal(read_labels(pal), index)  # labels keep the indices
+    white = tmp_path / "miniswhite.tif"
+    tifffile.imwrite(white, index, photometric="miniswhite")
+    np.testing.assert_array_equal(read_micrograph(white).data, 255 - index)
+
+
 def test_array_stack_refused():
     with _raises("<array>", "stack of 5", "64x64", "one 2-D"):
         check_image_array(np.zeros((5, 64, 64), np.uint8))
@@ -393,9 +407,18 @@ def test_other_integer_dtypes_kept(dtype):
     assert out.dtype == dtype
 
 
-def test_complex_refused():
+def test_complex_and_text_arrays_refused():
     with _raises("<array>", "complex"):
         check_image_array(np.zeros((64, 64), np.complex64))
+    with _raises("<array>", "unsupported pixel type"):
+        check_image_array(np.full((64, 64), "a"))
+
+
+def test_float64_overflowing_float32_refused():
+    data = np.ones((64, 64))
+    data[0, 0] = 1e300
+    with _raises("<array>", "1 NaN/infinite"):
+        check_image_array(data)
 
 
 def test_empty_inputs_refused(tmp_path):
@@ -630,6 +653,23 @@ def test_read_labels_refuses_rgb_and_accepts_palette(tmp_path):
     im.putpalette([v for i in range(256) for v in (i * 40 % 256, i * 90 % 256, i * 10 % 256)])
     im.save(pal)
     np.testing.assert_array_equal(read_labels(pal), labels)
+
+
+def test_read_labels_float_file(tmp_path):
+    labels = _labels()
+    ok = tmp_path / "float.tif"
+    tifffile.imwrite(ok, labels.astype(np.float32))
+    back = read_labels(ok)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, labels)
+    bad = tmp_path / "fractional.tif"
+    tifffile.imwrite(bad, labels.astype(np.float32) + 0.5)
+    with _raises(bad, "whole numbers"):
+        read_labels(bad)
+    jpg = tmp_path / "labels.jpg"
+    iio.imwrite(jpg, labels)
+    with _raises(jpg, "unsupported", ".png"):
+        read_labels(jpg)
 
 
 def test_read_labels_errors(tmp_path):

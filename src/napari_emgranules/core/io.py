@@ -230,7 +230,7 @@ def _warn(message: str) -> None:
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, MicrographWarning, stacklevel=level - 1)
+    warnings.warn(message, MicrographWarning, stacklevel=level)
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -653,7 +653,10 @@ def _read_tiff(p: Path, what: str, *, raw: bool) -> _Decoded:
             if raw:
                 pass  # label maps: keep stored values (palette indices, min-is-white codes)
             elif photometric == int(tifffile.PHOTOMETRIC.PALETTE) and page.colormap is not None:
-                data = np.moveaxis(tifffile.apply_colormap(data, page.colormap), 0, -1)
+                cmap = np.asarray(page.colormap)  # (3, 2**bits) uint16
+                data = np.moveaxis(cmap[:, data], 0, -1)
+                if np.all(cmap % 257 == 0):  # 8-bit colours scaled to 16 bit
+                    data = (data // 257).astype(np.uint8)
                 info["converted_from"] = "palette"
             elif photometric == int(tifffile.PHOTOMETRIC.MINISWHITE) and data.dtype.kind in "ub":
                 data = np.invert(data)
@@ -1086,14 +1089,14 @@ def read_labels(path: PathLike) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        2-D non-negative integer array: uint8 or uint16 (other unsigned integer types are
-        kept; signed or float maps with integral values 0..65535 become uint8/uint16).
+        2-D array of class codes, uint8 or uint16 (other integer or integral-float maps with
+        values 0..65535 are converted: uint8 if all codes < 256, else uint16).
 
     Raises
     ------
     MicrographError
         If the file is missing, unreadable, truncated, colour (labels must be single-channel),
-        a stack, or holds negative, non-integral or non-finite values.
+        a stack, or holds negative, non-integral, non-finite or >= 65536 values.
     """
     p, fmt = _check_path(path, LABEL_SUFFIXES, "label map")
     what = str(p)
@@ -1101,8 +1104,8 @@ def read_labels(path: PathLike) -> np.ndarray:
     a = np.squeeze(decoded.data)
     if a.size == 0:
         raise MicrographError(f"{what}: is empty (shape {tuple(decoded.data.shape)})")
-    channels = a.shape[0] if decoded.channel_axis_first else a.shape[-1]
-    if a.ndim == 3 and (decoded.channel_axis_first or channels in (2, 3, 4)):
+    if a.ndim == 3 and (decoded.channel_axis_first or a.shape[-1] in (2, 3, 4)):
+        channels = a.shape[0] if decoded.channel_axis_first else a.shape[-1]
         raise MicrographError(
             f"{what}: has {channels} colour channels; labels must be single-channel (one class "
             "code per pixel) — save the label map as gray or indexed, not RGB"
@@ -1115,7 +1118,7 @@ def read_labels(path: PathLike) -> np.ndarray:
 
 
 def _label_values(a: np.ndarray, what: str, *, reading: bool) -> np.ndarray:
-    """Check label values and return uint8/uint16 (or the stored unsigned type when reading)."""
+    """Check label values (integral, 0..65535) and return them as uint8/uint16."""
     kind = a.dtype.kind
     if kind == "b":
         return a.astype(np.uint8)
@@ -1140,8 +1143,6 @@ def _label_values(a: np.ndarray, what: str, *, reading: bool) -> np.ndarray:
             f"{what}: labels contain negative values (minimum {lo}); class codes must be >= 0"
         )
     if hi >= 65536:
-        if reading and kind == "u":
-            return a.astype(a.dtype.newbyteorder("="), copy=False)
         raise MicrographError(
             f"{what}: labels contain values up to {hi}; class codes must be below 65536"
         )

@@ -30,7 +30,7 @@ import logging
 import os
 import warnings
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ def segment_micrograph_iter(
     }
     if micrograph.pixel_size_source == "model":
         # "the model's pixel size": the image takes the (first) model's, whatever its default was.
-        micrograph.pixel_size_nm = models[kinds[0]].card.pixel_size_nm
+        micrograph = replace(micrograph, pixel_size_nm=models[kinds[0]].card.pixel_size_nm)
     budget = memory_budget_bytes
     if budget is None:
         avail = _available_memory_bytes()

@@ -61,8 +61,8 @@ def pad_to_multiple(
 class TilePlan:
     """A grid of equal, overlapping windows covering an image.
 
-    Each axis is cut into ``n`` cores of (almost) equal length ``core``; a window is its core plus a
-    halo of context on both sides, rounded up so the window side is a multiple of ``multiple``.
+    Each axis is cut into ``n`` cores of equal length ``core``; a window is its core plus a halo of
+    context on both sides (all multiples of 128, on the whole-image pass's grid).
     Windows are read from the image reflect-padded by the halo (:meth:`pad`), predicted, weighted by
     :meth:`weights` (a linear cross-fade over the overlaps, zero in the outer half of each halo)
     and summed; dividing by the summed weights gives a seam-free result.
@@ -87,6 +87,11 @@ class TilePlan:
     ) -> TilePlan:
         """Plan windows no larger than ``max_window`` with at least ``halo`` px of context.
 
+        The windows sit on the same ``multiple`` grid as a whole-image pass (the image padded as
+        :func:`pad_to_multiple` pads it): a U-Net with 7 poolings gives the same output for an
+        input shifted by a multiple of 128 only, so this alignment is what makes tiled results
+        match whole-image results. Cores and halos are therefore multiples of ``multiple``.
+
         Raises
         ------
         ValueError
@@ -94,26 +99,24 @@ class TilePlan:
         """
         if max_window % multiple:
             raise ValueError(f"max_window must be a multiple of {multiple}, got {max_window}")
-        if halo < 0 or max_window - 2 * halo < multiple:
+        h = round_up(max(halo, 0), multiple)
+        if max_window - 2 * h < multiple:
             raise ValueError(
-                f"max_window {max_window} is too small for a halo of {halo} px on each side"
+                f"max_window {max_window} is too small for a halo of {h} px on each side "
+                f"(halos are rounded up to multiples of {multiple})"
             )
-        window, core, counts, pad_before, halos = [], [], [], [], []
+        window, core, counts, pad_before = [], [], [], []
         for size in image_shape[:2]:
-            n = max(1, math.ceil(size / (max_window - 2 * halo)))
-            c = math.ceil(size / n)
-            win = min(round_up(c + 2 * halo, multiple), max_window)
-            while win - c < 2 * halo:  # rounding capped by max_window: one more window
-                n += 1
-                c = math.ceil(size / n)
-                win = min(round_up(c + 2 * halo, multiple), max_window)
-            window.append(win)
+            aligned = round_up(size, multiple)  # the whole-image pass's padded size
+            n = max(1, math.ceil(aligned / (max_window - 2 * h)))
+            c = round_up(math.ceil(aligned / n), multiple)
+            n = math.ceil(aligned / c)
+            window.append(c + 2 * h)
             core.append(c)
             counts.append(n)
-            pad_before.append((win - c) // 2)
-            halos.append((win - c) // 2)
+            pad_before.append((aligned - size) // 2 + h)
         return cls(tuple(image_shape[:2]), tuple(window), tuple(core), tuple(counts),
-                   tuple(pad_before), tuple(halos))
+                   tuple(pad_before), (h, h))
 
     # -- geometry ------------------------------------------------------------------------------------
     @property
@@ -127,7 +130,7 @@ class TilePlan:
         )
 
     def origins(self) -> Iterator[tuple[int, int]]:
-        """Top-left corner of each window in the padded image, row by row."""
+        """Top-left corner of each window in the padded image (see :meth:`pad`), row by row."""
         for i in range(self.counts[0]):
             for j in range(self.counts[1]):
                 yield i * self.core[0], j * self.core[1]

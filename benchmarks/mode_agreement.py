@@ -1,0 +1,91 @@
+"""How closely does ``tiled`` inference agree with ``whole``? (and ``seed`` with ``whole``)
+
+For a synthetic micrograph, runs each model whole and tiled with several window/halo settings and
+reports the fraction of pixels with the same label, the mean and 99.9th percentile of the absolute
+difference in class probabilities, and the same for the seed's non-overlapping tiles.
+
+    python benchmarks/mode_agreement.py --size 2048 --windows 512,1024 --halos 64,128,256
+
+Weights: the bundled defaults (untrained random weights in this version, so the figures are an upper
+bound on disagreement: a random network spreads its sensitivity over its whole receptive field,
+whereas a trained one concentrates it near the pixel), or ``--locations-weights`` /
+``--granules-weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+import numpy as np
+
+from napari_emgranules.core.models import load_model
+from napari_emgranules.core.segment import _predict_seed, _predict_tiled, _predict_whole, to_unit_float
+from napari_emgranules.core.synthetic import synthetic_micrograph
+from napari_emgranules.core.tiling import TilePlan
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
+    whole = _drain(_predict_whole(model, x, want_probs=True))
+    wl = whole.argmax(-1)
+    rows = []
+    for window in windows:
+        for halo in halos:
+            try:
+                plan = TilePlan.for_image(x.shape, window, halo)
+            except ValueError:
+                continue
+            tiled = _drain(_predict_tiled(model, x, plan, 1, want_probs=True))
+            diff = np.abs(tiled - whole).max(-1)
+            rows.append({"model": model.kind, "mode": "tiled", "window": window, "halo": halo,
+                         "windows": plan.n_windows,
+                         "label_agreement": float((tiled.argmax(-1) == wl).mean()),
+                         "mean_abs_prob_diff": float(diff.mean()),
+                         "p999_abs_prob_diff": float(np.quantile(diff, 0.999))})
+    labels, _ = _drain(_predict_seed(model, x, 1))
+    rows.append({"model": model.kind, "mode": "seed", "window": 1024, "halo": 0,
+                 "label_agreement": float((labels == wl).mean())})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--windows", default="512,1024")
+    ap.add_argument("--halos", default="64,128,256")
+    ap.add_argument("--locations-weights")
+    ap.add_argument("--granules-weights")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    args = ap.parse_args()
+    s = synthetic_micrograph((args.size, args.size), seed=args.seed)
+    x = to_unit_float(s.image)
+    windows = [int(w) for w in args.windows.split(",")]
+    halos = [int(h) for h in args.halos.split(",")]
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kind, path in (("locations", args.locations_weights),
+                           ("granules", args.granules_weights)):
+            model = load_model(path, kind)
+            trained = "trained" if model.card.trained else "untrained"
+            for row in compare(model, x, windows, halos):
+                row["weights"] = trained
+                rows.append(row)
+                print(json.dumps(row))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

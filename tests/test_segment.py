@@ -1,0 +1,183 @@
+"""Segmentation: shapes, scaling, resampling, modes and their agreement, progress and cancel."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_emgranules.core.io import Micrograph, MicrographError, write_image
+from napari_emgranules.core.models import default_model
+from napari_emgranules.core.segment import (
+    _predict_tiled,
+    _predict_whole,
+    run_to_completion,
+    segment_micrograph,
+    segment_micrograph_iter,
+    to_unit_float,
+)
+from napari_emgranules.core.synthetic import synthetic_micrograph
+from napari_emgranules.core.tiling import TilePlan
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_untrained():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default_model("locations")
+        default_model("granules")
+        yield
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic_micrograph((384, 520), seed=5)
+
+
+def test_labels_have_the_image_shape_and_schema_codes(small):
+    result = segment_micrograph(small.image, mode="whole", confidence=True)
+    for kind, n in (("locations", 7), ("granules", 2)):
+        lab = result.labels[kind]
+        assert lab.shape == small.image.shape and lab.dtype == np.uint8
+        assert lab.max() < n
+        conf = result.confidence[kind]
+        assert conf.shape == small.image.shape
+        assert (conf >= 1.0 / n - 1e-6).all() and (conf <= 1 + 1e-6).all()
+    assert result.mode == "whole"
+    assert result.pixel_size_nm == 0.8 and result.pixel_size_source == "model"
+    assert set(result.untrained) == {"locations", "granules"}
+
+
+def test_scaling_by_dtype_range_as_the_seed():
+    a8 = np.array([[0, 128, 255]], np.uint8)
+    np.testing.assert_allclose(to_unit_float(a8), [[0, 128 / 255, 1]], rtol=1e-6)
+    a16 = np.array([[0, 65535]], np.uint16)
+    np.testing.assert_allclose(to_unit_float(a16), [[0, 1]])
+    f = np.array([[0.25, 0.5]], np.float32)
+    assert to_unit_float(f) is f or np.array_equal(to_unit_float(f), f)
+    with pytest.warns(UserWarning, match="scaled"):
+        np.testing.assert_allclose(to_unit_float(np.array([[2.0, 4.0]])), [[0, 1]])
+
+
+def test_8_and_16_bit_versions_of_an_image_segment_alike(small):
+    img16 = (small.image // 257 * 257).astype(np.uint16)  # exactly representable in 8 bits
+    img8 = (img16 // 257).astype(np.uint8)
+    r16 = segment_micrograph(img16, mode="whole", kinds=("granules",))
+    r8 = segment_micrograph(img8, mode="whole", kinds=("granules",))
+    np.testing.assert_array_equal(r16.granules, r8.granules)
+
+
+def test_other_pixel_sizes_are_resampled_to_the_model_and_back(small, monkeypatch):
+    seen = []
+    model = default_model("granules")
+    original = type(model).predict_probabilities
+
+    def spy(self, batch):
+        seen.append(np.asarray(batch).shape)
+        return original(self, batch)
+
+    monkeypatch.setattr(type(model), "predict_probabilities", spy)
+    result = segment_micrograph(small.image, pixel_size_nm=1.6, mode="whole", kinds=("granules",))
+    assert result.granules.shape == small.image.shape
+    assert result.pixel_size_source == "user"
+    # 384x520 at 1.6 nm/px is 768x1040 at the model's 0.8 nm/px, padded to 768x1152
+    assert seen == [(1, 768, 1152)]
+
+
+def test_tiled_agrees_with_whole(small):
+    """Bound: away from the image edge, tiled probabilities match whole within 5e-3.
+
+    Windows sit on the whole pass's 128-px grid, so a window sees exactly what the whole pass sees
+    except zero padding at its own edges; those effects fall in the halo, which the cross-fade
+    discards. Labels can then only differ where the top two classes are closer than that bound
+    (measured: benchmarks/mode_agreement.py, docs/benchmarks.md).
+    """
+    x = to_unit_float(synthetic_micrograph((640, 768), seed=9).image)
+    model = default_model("granules")
+    whole = run_to_completion(_predict_whole(model, x, want_probs=True))
+    plan = TilePlan.for_image(x.shape, 512, 128)
+    assert plan.n_windows > 1
+    tiled = run_to_completion(_predict_tiled(model, x, plan, 2, want_probs=True))
+    inner = (slice(128, -128), slice(128, -128))
+    diff = np.abs(tiled - whole)
+    assert diff[inner].max() < 5e-3
+    assert diff.mean() < 2e-3
+    top2 = np.sort(whole, -1)
+    margin = top2[..., -1] - top2[..., -2]
+    confident = margin[inner] > 1e-2
+    assert (tiled.argmax(-1)[inner] == whole.argmax(-1)[inner])[confident].all()
+    assert (tiled.argmax(-1) == whole.argmax(-1)).mean() > 0.98
+
+
+def test_seed_mode_is_the_seeds_non_overlapping_1024_tiles():
+    img = synthetic_micrograph((1024, 2048), seed=3).image
+    model = default_model("granules")
+    result = segment_micrograph(img, mode="seed", kinds=("granules",))
+    x = to_unit_float(img)
+    for x0 in (0, 1024):
+        logits = model.predict_logits(x[None, :, x0:x0 + 1024])
+        np.testing.assert_array_equal(result.granules[:, x0:x0 + 1024], logits[0].argmax(-1))
+
+
+def test_seed_mode_mirrors_edge_tiles_and_keeps_the_shape():
+    img = synthetic_micrograph((300, 1100), seed=4).image
+    result = segment_micrograph(img, mode="seed", kinds=("granules",))
+    assert result.granules.shape == (300, 1100)
+
+
+def test_progress_events_count_up_to_the_total(small):
+    gen = segment_micrograph_iter(small.image, mode="tiled", max_window=384, halo=128)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert [e.done for e in events] == list(range(1, len(events) + 1))
+    assert all(e.total == len(events) for e in events)
+    assert {e.stage for e in events} == {"locations", "granules"}
+    assert result.mode == "tiled"
+
+
+def test_closing_the_generator_cancels(small):
+    gen = segment_micrograph_iter(small.image, mode="tiled", max_window=384, halo=128)
+    first = next(gen)
+    assert first.done == 1
+    gen.close()  # what the GUI's Cancel does; must not raise
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_auto_mode_tiles_when_the_whole_image_would_not_fit(small):
+    assert segment_micrograph(small.image, kinds=("granules",)).mode == "whole"
+    r = segment_micrograph(small.image, kinds=("granules",), memory_budget_bytes=60_000_000)
+    assert r.mode == "tiled"
+
+
+def test_micrograph_files_and_objects(tmp_path, small):
+    path = write_image(tmp_path / "cell.tif", small.image, pixel_size_nm=0.8)
+    result = segment_micrograph(path, mode="whole", kinds=("granules",))
+    assert result.name == "cell"
+    assert result.pixel_size_source.startswith("metadata")
+    m = Micrograph(small.image, 0.8, "model")
+    segment_micrograph(m, kinds=("granules",))
+    assert m.pixel_size_source == "model"  # the caller's object is not changed
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [(np.full((64, 64), np.nan, np.float32), "NaN"), (np.zeros((3, 64, 64), np.uint8), "stack"),
+     (np.zeros((8, 8), np.uint8), "32")],
+)
+def test_bad_arrays_are_refused_clearly(image, match):
+    with pytest.raises(MicrographError, match=match):
+        segment_micrograph(image)
+
+
+def test_bad_options_are_refused(small):
+    with pytest.raises(ValueError, match="mode"):
+        segment_micrograph(small.image, mode="fast")
+    with pytest.raises(ValueError, match="kinds"):
+        segment_micrograph(small.image, kinds=("mitochondria",))
