@@ -21,7 +21,12 @@ import warnings
 import numpy as np
 
 from napari_emgranules.core.models import load_model
-from napari_emgranules.core.segment import _predict_seed, _predict_tiled, _predict_whole, to_unit_float
+from napari_emgranules.core.segment import (
+    _predict_seed,
+    _predict_tiled,
+    _predict_whole,
+    to_unit_float,
+)
 from napari_emgranules.core.synthetic import synthetic_micrograph
 from napari_emgranules.core.tiling import TilePlan
 

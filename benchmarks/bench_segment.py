@@ -1,0 +1,176 @@
+"""End-to-end segmentation of one 4096x4096 16-bit micrograph, per mode, beside bare model compute.
+
+    python benchmarks/bench_segment.py                    # timings (about 5 minutes on 2 cores)
+    python benchmarks/bench_segment.py --memory           # peak memory per input pixel
+    python benchmarks/bench_segment.py --write-docs       # also update docs/benchmarks.md
+
+*Bare compute* is the two networks' forward passes on the image already in memory as float32
+(``model.predict_on_batch``, nothing else). *End to end* is what a user runs:
+``emgranules segment FILE --out DIR --mode M`` in-process: read the TIFF, scale, pad or tile, both
+networks, labels (argmax) and confidence reduction, stitching, and writing both label TIFFs.
+Every measurement is repeated (``--repeat``, after a warm-up that builds the graphs) and runs are
+interleaved, so the ratios compare like with like on a noisy machine; the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _markers(key: str) -> tuple[str, str]:
+    return f"<!-- bench_segment:{key}:begin -->", f"<!-- bench_segment:{key}:end -->"
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_timings(size: int, repeat: int, modes: list[str]) -> dict:
+    from napari_emgranules.cli import main as cli
+    from napari_emgranules.core.io import write_image
+    from napari_emgranules.core.models import default_model
+    from napari_emgranules.core.segment import to_unit_float
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = [default_model("locations"), default_model("granules")]
+    tmp = Path(tempfile.mkdtemp(prefix="emgranules-bench-"))
+    image = synthetic_micrograph((size, size), seed=11, dtype="uint16").image
+    path = write_image(tmp / "micrograph.tif", image, pixel_size_nm=0.8)
+    x = to_unit_float(image)[None, ..., None]
+
+    def bare():
+        for m in models:
+            m.keras_model.predict_on_batch(x)
+
+    def e2e(mode):
+        return lambda: cli(["segment", str(path), "--out", str(tmp / "out"), "--mode", mode,
+                            "--overwrite", "--quiet"])
+
+    jobs = {"bare": bare, **{m: e2e(m) for m in modes}}
+    for fn in jobs.values():  # warm-up: graph building and first-call allocation
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for _ in range(repeat):
+        for name, fn in jobs.items():
+            times[name].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "size": size,
+        "repeat": repeat,
+        "seconds": med,
+        "all_seconds": times,
+        "ratio_to_bare": {k: med[k] / med["bare"] for k in med},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "backend": models[0].keras_model.__class__.__module__.split(".")[0]
+        + f" ({os.environ.get('KERAS_BACKEND', 'tensorflow')})",
+    }
+
+
+_MEMORY_PROBE = r"""
+import resource, sys, warnings, numpy as np
+warnings.simplefilter("ignore")
+from napari_emgranules.core.models import default_model
+m = default_model(sys.argv[1])
+x = np.zeros((1, int(sys.argv[2]), int(sys.argv[2]), 1), np.float32)
+m.predict_labels(x[:, :128, :128])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m.predict_labels(x)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before * 1024, after * 1024)
+"""
+
+
+def run_memory(sizes: list[int]) -> dict:
+    """Peak RSS growth of one whole-image pass, per input pixel (slope between two sizes)."""
+    out = {}
+    for kind in ("locations", "granules"):
+        peaks = []
+        for s in sizes:
+            r = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, kind, str(s)],
+                               capture_output=True, text=True, check=True)
+            before, after = map(int, r.stdout.split()[-2:])
+            peaks.append(after)
+        slope = (peaks[-1] - peaks[0]) / (sizes[-1] ** 2 - sizes[0] ** 2)
+        out[kind] = {"sizes": sizes, "peak_rss_bytes": peaks, "bytes_per_pixel": slope}
+        print(json.dumps({kind: out[kind]}))
+    return out
+
+
+def _markdown(t: dict | None, mem: dict | None, argv: list[str]) -> tuple[str, str]:
+    cmd = "python benchmarks/bench_segment.py " + " ".join(argv)
+    key = "timings" if t else "memory"
+    begin, end = _markers(key)
+    lines = [begin, "", f"Command: `{cmd.strip()}`", ""]
+    if t:
+        s, r = t["seconds"], t["ratio_to_bare"]
+        lines += [
+            f"One {t['size']}x{t['size']} 16-bit micrograph, both models, {t['machine']}, "
+            f"Keras backend {t['backend']}; median of {t['repeat']} interleaved runs after a "
+            "warm-up.", "",
+            "| what | seconds | ratio to bare compute |", "|---|---:|---:|",
+            f"| bare compute (both networks, whole image in memory) | {s['bare']:.2f} | 1.00 |",
+        ]
+        for mode in (k for k in s if k != "bare"):
+            lines.append(f"| end to end, `--mode {mode}` | {s[mode]:.2f} | {r[mode]:.2f} |")
+        lines.append("")
+    if mem:
+        lines += ["Peak memory growth of one whole-image forward pass (slope of peak RSS between "
+                  f"{mem['locations']['sizes'][0]}^2 and {mem['locations']['sizes'][-1]}^2 "
+                  "inputs):", "", "| model | bytes per input pixel |", "|---|---:|"]
+        lines += [f"| {k} | {v['bytes_per_pixel']:.0f} |" for k, v in mem.items()]
+        lines.append("")
+    lines.append(end)
+    return key, "\n".join(lines)
+
+
+def _write_docs(key: str, block: str) -> None:
+    begin, end = _markers(key)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        title = {"timings": "Segmentation: end to end vs bare compute",
+                 "memory": "Segmentation: memory per pixel"}[key]
+        text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default="whole,tiled,seed")
+    ap.add_argument("--memory", action="store_true", help="measure memory per pixel instead")
+    ap.add_argument("--memory-sizes", default="1024,2048")
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    argv = [a for a in sys.argv[1:] if a != "--write-docs"]
+    timings = mem = None
+    if args.memory:
+        mem = run_memory([int(s) for s in args.memory_sizes.split(",")])
+    else:
+        timings = run_timings(args.size, args.repeat, args.modes.split(","))
+        print(json.dumps(timings, indent=1))
+    if args.write_docs:
+        _write_docs(*_markdown(timings, mem, argv))
+
+
+if __name__ == "__main__":
+    main()
