@@ -152,7 +152,7 @@ def test_closing_the_generator_cancels(small):
 
 def test_auto_mode_tiles_when_the_whole_image_would_not_fit(small):
     assert segment_micrograph(small.image, kinds=("granules",)).mode == "whole"
-    r = segment_micrograph(small.image, kinds=("granules",), memory_budget_bytes=60_000_000)
+    r = segment_micrograph(small.image, kinds=("granules",), memory_budget_bytes=30_000_000)
     assert r.mode == "tiled"
 
 

@@ -54,6 +54,14 @@ def _expand_inputs(items: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _output_folder(value: str) -> Path:
+    """``--out`` as a Path; refused up front when it names an existing file (not a folder)."""
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out}: --out must be a folder, but this is an existing file")
+    return out
+
+
 def _fail(msg: str) -> None:
     print(f"emgranules: error: {msg}", file=sys.stderr)
 
@@ -72,7 +80,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .core.io import read_micrograph, write_image, write_labels
     from .core.segment import segment_micrograph_iter
 
-    out = Path(args.out)
+    out = _output_folder(args.out)
     if not args.images and not args.sample:
         raise CliError("give micrographs to segment, or --sample for the bundled sample")
     jobs: list[tuple[str, object]] = []
@@ -89,7 +97,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     kinds = tuple(args.only) if args.only else ("locations", "granules")
     suffix = "." + args.format
     failures = 0
+    untrained: set[str] = set()  # kinds whose model had random weights, over the images segmented
+    claimed: dict[str, object] = {}  # output name -> the input that writes it in this run
     for name, path in jobs:
+        if name in claimed:  # e.g. day1/cell.tif and day2/cell.tif: one would replace the other
+            _fail(f"{path}: its outputs would replace those of {claimed[name]} (same name "
+                  f"'{name}'); rename it or segment it into another --out folder")
+            failures += 1
+            continue
+        claimed[name] = path
         targets = {k: out / k / f"{name}{suffix}" for k in kinds}
         if args.confidence:
             targets.update({f"{k}_confidence": out / f"{k}_confidence" / f"{name}.tif"
@@ -136,28 +152,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 for code, card_letter in result.models["locations"].schema.letters.items()
                 if present[code]
             )
-        untrained = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
+        untrained.update(result.untrained)
+        flag = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
             if result.untrained else ""
         print(f"{name}: {result.mode}, {result.pixel_size_nm:g} nm/px "
               f"({result.pixel_size_source}) -> {', '.join(str(targets[k]) for k in kinds)}"
-              f"{'; ' + fractions if fractions else ''}{untrained}")
-    if any(not c.trained for c in _loaded_cards(args, kinds)):
+              f"{'; ' + fractions if fractions else ''}{flag}")
+    if untrained:
         print("note: the bundled default models are UNTRAINED (random weights) in this version; "
               "their labels are meaningless. Pass --locations-weights/--granules-weights with "
               "trained weights.", file=sys.stderr)
     return EXIT_BAD_INPUT if failures else EXIT_OK
-
-
-def _loaded_cards(args: argparse.Namespace, kinds: tuple[str, ...]):
-    from .core.models import default_model
-
-    cards = []
-    for k in kinds:
-        if getattr(args, f"{k}_weights") is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cards.append(default_model(k).card)
-    return cards
 
 
 # -------------------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from .core.io import read_micrograph, write_image
     from .core.tiling import split_seed
 
-    out = Path(args.out)
+    out = _output_folder(args.out)
     failures = 0
     for path in _expand_inputs(args.images):
         try:

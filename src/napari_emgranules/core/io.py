@@ -1220,8 +1220,11 @@ def _write_tiff(tmp: Path, data: np.ndarray, pixel_size_nm: float | None) -> Non
         per_cm = 1e7 / pixel_size_nm
         kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
     photometric = "rgb" if data.ndim == 3 else "minisblack"
+    # Deflate level 1 on parallel strips: ~3x faster than the default level for ~30% larger label
+    # files, which matters when writing is on the end-to-end path of every micrograph.
     tifffile.imwrite(
-        tmp, data, photometric=photometric, compression="zlib", metadata=None, **kwargs
+        tmp, data, photometric=photometric, compression="zlib", compressionargs={"level": 1},
+        maxworkers=min(4, os.cpu_count() or 1), metadata=None, **kwargs
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .io import Micrograph, as_micrograph, read_micrograph
-from .models import MULTIPLE, SegmentationModel, default_model, load_model
+from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
 
 logger = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ __all__ = [
 
 MODES = ("auto", "whole", "tiled", "seed")
 SEED_TILE = 1024
-# Peak bytes per input pixel of one forward pass on the CPU (float32 activations of the widest
-# full-resolution layers plus framework workspace), measured by benchmarks/bench_segment.py
-# --memory; both networks are within a few % of each other.
-_BYTES_PER_PIXEL = 400
+# Peak memory growth per input pixel of one whole-image forward pass on the CPU: measured 175 B/px
+# (Locations) and 108 B/px (Granules) with `python benchmarks/bench_segment.py --memory`
+# (docs/benchmarks.md); 200 leaves a margin.
+_BYTES_PER_PIXEL = 200
 _RESAMPLE_TOLERANCE = 0.01
 
 
@@ -213,15 +213,16 @@ def _resolve_model(model: SegmentationModel | str | os.PathLike | None, kind: st
 # -------------------------------------------------------------------------------------------------
 # Per-model prediction generators
 # -------------------------------------------------------------------------------------------------
-def _predict_whole(model: SegmentationModel, x: np.ndarray, want_probs: bool):
+def _predict_whole(model: SegmentationModel, x: np.ndarray, want_probs: bool,
+                   confidence: bool = True):
     padded, crop = pad_to_multiple(x, MULTIPLE)
     if want_probs:
         probs = model.predict_probabilities(padded[None])[0]
         yield 1
         return probs[crop]
-    labels, conf = model.predict_labels(padded[None])
+    labels, conf = model.predict_labels(padded[None], confidence)
     yield 1
-    return labels[0][crop], conf[0][crop]
+    return labels[0][crop], None if conf is None else conf[0][crop]
 
 
 def _predict_tiled(model: SegmentationModel, x: np.ndarray, plan: TilePlan, batch_size: int,
@@ -237,20 +238,23 @@ def _predict_tiled(model: SegmentationModel, x: np.ndarray, plan: TilePlan, batc
         batch = np.stack([padded[y:y + wy, xx:xx + wx] for y, xx in chunk])
         probs = model.predict_probabilities(batch)
         for (y, xx), p in zip(chunk, probs, strict=True):
-            acc[y:y + wy, xx:xx + wx] += p * weights[..., None]
+            p *= weights[..., None]
+            acc[y:y + wy, xx:xx + wx] += p
             wsum[y:y + wy, xx:xx + wx] += weights
         yield len(chunk)
-    probs = plan.crop(acc)
-    probs /= plan.crop(wsum)[..., None]
+    scores, norm = plan.crop(acc), plan.crop(wsum)
     if want_probs:
-        return probs
-    return probs.argmax(-1).astype(np.uint8), probs.max(-1)
+        return scores / norm[..., None]
+    # argmax is unchanged by the per-pixel normalisation; only the maximum needs dividing
+    labels, best = reduce_scores(scores)
+    return labels, best / norm
 
 
-def _predict_seed(model: SegmentationModel, x: np.ndarray, batch_size: int):
+def _predict_seed(model: SegmentationModel, x: np.ndarray, batch_size: int,
+                  confidence: bool = True):
     h, w = x.shape
     labels = np.zeros((h, w), np.uint8)
-    conf = np.zeros((h, w), np.float32)
+    conf = np.zeros((h, w), np.float32) if confidence else None
     origins = seed_tile_origins((h, w), SEED_TILE)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
@@ -261,11 +265,12 @@ def _predict_seed(model: SegmentationModel, x: np.ndarray, batch_size: int):
                 tile = np.pad(tile, ((0, SEED_TILE - tile.shape[0]), (0, SEED_TILE - tile.shape[1])),
                               mode="reflect" if min(tile.shape) > 1 else "edge")
             tiles.append(tile)
-        lab, cf = model.predict_labels(np.stack(tiles))
-        for (y, xx), lb, c in zip(chunk, lab, cf, strict=True):
+        lab, cf = model.predict_labels(np.stack(tiles), confidence)
+        for i, (y, xx) in enumerate(chunk):
             th, tw = min(SEED_TILE, h - y), min(SEED_TILE, w - xx)
-            labels[y:y + th, xx:xx + tw] = lb[:th, :tw]
-            conf[y:y + th, xx:xx + tw] = c[:th, :tw]
+            labels[y:y + th, xx:xx + tw] = lab[i, :th, :tw]
+            if conf is not None:
+                conf[y:y + th, xx:xx + tw] = cf[i, :th, :tw]
         yield len(chunk)
     return labels, conf
 
@@ -275,12 +280,12 @@ def _predict_seed(model: SegmentationModel, x: np.ndarray, batch_size: int):
 # -------------------------------------------------------------------------------------------------
 def _choose_mode(mode: str, shape: tuple[int, int], budget: int | None, max_window: int | None,
                  batch_size: int) -> tuple[str, int]:
-    """Resolve ``auto`` and pick the tiled window size that fits the memory budget."""
+    """Resolve ``auto`` and pick the largest tiled window (<= 4096) that fits the memory budget."""
     if max_window is None:
         max_window = 2048
         if budget is not None:
-            while max_window > 512 and estimate_memory_bytes((max_window,) * 2, batch_size) > budget:
-                max_window //= 2
+            side = (budget / (_BYTES_PER_PIXEL * batch_size)) ** 0.5
+            max_window = int(min(4096, max(512, side // MULTIPLE * MULTIPLE)))
     if mode != "auto":
         return mode, max_window
     if budget is None or estimate_memory_bytes(shape) <= budget:
@@ -322,7 +327,7 @@ def segment_micrograph_iter(
         Also return each model's per-pixel confidence (max softmax probability).
     max_window, halo : int
         Largest window side and minimum context for ``tiled`` (multiples of 128). ``max_window``
-        defaults to the largest power of two up to 2048 that fits the memory budget.
+        defaults to the largest multiple of 128 up to 4096 that fits the memory budget.
     batch_size : int
         Windows per forward pass (``tiled``, ``seed``).
     memory_budget_bytes : int, optional
@@ -391,11 +396,11 @@ def segment_micrograph_iter(
         xin = x if factor == 1.0 else _resample(x, shape)
         want_probs = factor != 1.0
         if resolved == "whole":
-            gen = _predict_whole(model, xin, want_probs)
+            gen = _predict_whole(model, xin, want_probs, confidence)
         elif resolved == "tiled":
             gen = _predict_tiled(model, xin, plan, batch_size, want_probs)
         else:
-            gen = _predict_seed(model, xin, batch_size)
+            gen = _predict_seed(model, xin, batch_size, confidence)
         step = 0
         while True:
             try:
@@ -408,13 +413,13 @@ def segment_micrograph_iter(
             yield SegmentProgress(kind, step, steps, done, total,
                                   f"{kind}: pass {step}/{steps} ({resolved})")
         if want_probs:
-            probs = _resample(out, micrograph.shape)
-            lab, cf = probs.argmax(-1).astype(np.uint8), probs.max(-1)
+            lab, cf = reduce_scores(_resample(out, micrograph.shape))
         else:
             lab, cf = out
         labels[kind] = lab
         if confidence:
             confs[kind] = cf.astype(np.float32, copy=False)
+        del out
     return SegmentationResult(
         labels=labels,
         confidence=confs,

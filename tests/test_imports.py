@@ -1,0 +1,46 @@
+"""Importing the package is cheap: no napari, Qt or deep-learning framework comes with it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+HEAVY = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "keras", "tensorflow", "jax",
+         "torch")
+
+_PROBE = f"""
+import json, sys
+import napari_emgranules, napari_emgranules.core, napari_emgranules.cli
+import napari_emgranules._reader, napari_emgranules._sample
+heavy = {HEAVY!r}
+print(json.dumps({{
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in heavy),
+    "version": napari_emgranules.__version__,
+}}))
+"""
+
+
+def _probe() -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_pulls_in_no_gui_or_deep_learning_framework():
+    loaded = _probe()["loaded"]
+    offending = sorted({m.split(".")[0] for m in loaded})
+    assert not offending, (
+        f"importing napari_emgranules (core, cli, _reader, _sample) imported {offending} "
+        f"(modules: {', '.join(loaded[:20])})"
+    )
+
+
+def test_version_matches_installed_distribution():
+    import napari_emgranules
+
+    installed = importlib.metadata.version("napari-emgranules")
+    assert napari_emgranules.__version__ == installed
+    assert _probe()["version"] == installed
