@@ -351,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="emgranules: %(levelname)s: %(message)s")
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        from .core.models import UntrainedModelWarning
+
+        # The CLI says so in each result line and a closing note instead.
+        warnings.filterwarnings("ignore", category=UntrainedModelWarning)
         return _run(args)
 
 

@@ -572,6 +572,23 @@ def _exc_text(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+@contextlib.contextmanager
+def _decode_guard(what: str) -> Iterator[None]:
+    """Turn a decoder's failure into one :class:`MicrographError` naming the file and the problem."""
+    try:
+        yield
+    except MicrographError:
+        raise
+    except MemoryError as exc:
+        raise MicrographError(
+            f"{what}: not enough memory to decode it; use tiled/montage processing"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise MicrographError(
+            f"{what}: is truncated or corrupt ({type(exc).__name__}: {_exc_text(exc)})"
+        ) from exc
+
+
 def _read_tiff(p: Path, what: str, *, raw: bool) -> _Decoded:
     """Decode the single image of a TIFF; ``raw`` keeps stored values and skips pixel size."""
     try:
@@ -584,7 +601,7 @@ def _read_tiff(p: Path, what: str, *, raw: bool) -> _Decoded:
             f"{what}: {problem} cannot be read as TIFF: {_exc_text(exc)}"
         ) from exc
     with tif:
-        try:
+        with _decode_guard(what):
             if len(tif.pages) == 0:
                 raise MicrographError(
                     f"{what}: is truncated or corrupt — no readable image directory (IFD) was "
@@ -670,16 +687,6 @@ def _read_tiff(p: Path, what: str, *, raw: bool) -> _Decoded:
                 and int(page.samplesperpixel) == 2
             )
             pixel = None if raw else _tiff_pixel_size(tif, what)
-        except MicrographError:
-            raise
-        except MemoryError as exc:
-            raise MicrographError(
-                f"{what}: not enough memory to decode it; use tiled/montage processing"
-            ) from exc
-        except _DECODE_ERRORS as exc:
-            raise MicrographError(
-                f"{what}: is truncated or corrupt ({type(exc).__name__}: {_exc_text(exc)})"
-            ) from exc
     return _Decoded(data, info, pixel, channel_axis_first, gray_alpha)
 
 
@@ -733,7 +740,7 @@ def _read_pillow(p: Path, what: str, fmt: str, *, for_labels: bool) -> _Decoded:
     except _DECODE_ERRORS as exc:
         raise MicrographError(f"{what}: cannot be read as {name}: {_exc_text(exc)}") from exc
     with im:
-        try:
+        with _decode_guard(what):
             cols, rows = im.size
             bands = len(im.getbands())
             per_band = _PIL_BYTES_PER_BAND.get(im.mode, 2 if im.mode.startswith("I;16") else 1)
@@ -749,16 +756,6 @@ def _read_pillow(p: Path, what: str, fmt: str, *, for_labels: bool) -> _Decoded:
             mode = im.mode
             im.load()
             data, conv = _pillow_array(im, for_labels=for_labels)
-        except MicrographError:
-            raise
-        except MemoryError as exc:
-            raise MicrographError(
-                f"{what}: not enough memory to decode it; use tiled/montage processing"
-            ) from exc
-        except _DECODE_ERRORS as exc:
-            raise MicrographError(
-                f"{what}: is truncated or corrupt ({type(exc).__name__}: {_exc_text(exc)})"
-            ) from exc
     info: dict[str, Any] = {"format": fmt, "mode": mode, **conv}
     pixel = _png_pixel_size(file_info, what) if fmt == "png" and not for_labels else None
     return _Decoded(data, info, pixel, gray_alpha=mode == "LA")
