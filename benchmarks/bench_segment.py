@@ -42,6 +42,7 @@ def _timed(fn) -> float:
 
 def run_timings(size: int, repeat: int, modes: list[str]) -> dict:
     from napari_emgranules.cli import main as cli
+    from napari_emgranules.core._backend import backend_name
     from napari_emgranules.core.io import write_image
     from napari_emgranules.core.models import default_model
     from napari_emgranules.core.segment import to_unit_float
@@ -77,9 +78,8 @@ def run_timings(size: int, repeat: int, modes: list[str]) -> dict:
         "seconds": med,
         "all_seconds": times,
         "ratio_to_bare": {k: med[k] / med["bare"] for k in med},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "backend": models[0].keras_model.__class__.__module__.split(".")[0]
-        + f" ({os.environ.get('KERAS_BACKEND', 'tensorflow')})",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "backend": backend_name(),
     }
 
 
