@@ -307,13 +307,14 @@ def test_segment_modes(segmented, tmp_path, options, mode):
 @pytest.mark.parametrize("name", ["weights.txt", "weights.weights.h5"])
 def test_segment_bad_weights_file(tmp_path, write_micrograph, name):
     image = write_micrograph("cell.tif", shape=(256, 256), seed=10)
+    image2 = write_micrograph("cell2.tif", shape=(256, 256), seed=12)
     weights = tmp_path / name
     weights.write_text("these are not weights\n")
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("segment", image, "--out", out, "--granules-weights", weights,
-                                   "--quiet")
+    code, stdout, stderr = run_cli("segment", image, image2, "--out", out, "--granules-weights",
+                                   weights, "--quiet")
     assert code == 2
-    (line,) = error_lines(stderr)
+    (line,) = error_lines(stderr)  # one message for the bad weights, not one per image
     assert str(weights) in line
     assert "Traceback" not in stderr
     assert files_under(out) == []

@@ -95,6 +95,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         jobs.append(("sample", sample_path))
     jobs.extend((p.stem, p) for p in _expand_inputs(args.images))
     kinds = tuple(args.only) if args.only else ("locations", "granules")
+    # Weight files are checked once, before any image: a bad file is one message, not one per image.
+    weights = {k: getattr(args, f"{k}_weights") for k in kinds}
+    if any(weights.values()):
+        from .core.models import load_model
+
+        weights = {k: load_model(w, k) if w else None for k, w in weights.items()}
     suffix = "." + args.format
     failures = 0
     untrained: set[str] = set()  # kinds whose model had random weights, over the images segmented
@@ -119,8 +125,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             micrograph = read_micrograph(path, args.pixel_size,
                                          force_pixel_size=args.force_pixel_size)
             gen = segment_micrograph_iter(
-                micrograph, mode=args.mode, locations_model=args.locations_weights,
-                granules_model=args.granules_weights, kinds=kinds, confidence=args.confidence,
+                micrograph, mode=args.mode, locations_model=weights.get("locations"),
+                granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence,
                 max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
             )
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,

@@ -948,7 +948,7 @@ def _resolve_pixel_size(
             _warn(
                 f"{what}: the file's metadata ({source}) gives {value:.4g} nm/px but "
                 f"pixel_size_nm={user:.4g} was given; using the file's {value:.4g} nm/px — "
-                f"pass force_pixel_size=True to use {user:.4g} nm/px instead"
+                f"pass force_pixel_size=True (CLI: --force-pixel-size) to use {user:.4g} nm/px instead"
             )
         return value, source, meta
     if user is not None:
