@@ -516,7 +516,7 @@ def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
     tifffile.imwrite(tif, _image())
     png = tmp_path / "big.png"
     iio.imwrite(png, _image())
-    monkeypatch.setattr(mio, "_available_memory_bytes", lambda: 10_000)
+    monkeypatch.setattr(mio, "available_memory_bytes", lambda: 10_000)
     for path in (tif, png):
         with _raises(path, "GB", "tiled"):
             read_micrograph(path)
@@ -531,7 +531,7 @@ def test_oversized_side_refused(tmp_path, monkeypatch):
 
 
 def test_available_memory_is_reported():
-    available = mio._available_memory_bytes()
+    available = mio.available_memory_bytes()
     assert available is None or available > 0
 
 

@@ -181,3 +181,7 @@ def test_bad_options_are_refused(small):
         segment_micrograph(small.image, mode="fast")
     with pytest.raises(ValueError, match="kinds"):
         segment_micrograph(small.image, kinds=("mitochondria",))
+    with pytest.raises(ValueError, match="batch_size"):
+        segment_micrograph(small.image, mode="tiled", batch_size=0)
+    with pytest.raises(ValueError, match="max_window"):
+        segment_micrograph(small.image, mode="tiled", max_window=1000)

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LABEL_SUFFIXES",
+    "available_memory_bytes",
     "MICROGRAPH_SUFFIXES",
     "PIXEL_SIZE_SOURCES",
     "Micrograph",
@@ -257,7 +258,7 @@ def _check_pixel_size_value(value: Any, what: str, argname: str, *, warn: bool =
     return result
 
 
-def _available_memory_bytes() -> int | None:
+def available_memory_bytes() -> int | None:
     """Memory available for new allocations, in bytes, or None when it cannot be determined.
 
     Uses ``MemAvailable`` from ``/proc/meminfo`` (Linux; counts reclaimable page cache), then
@@ -287,7 +288,7 @@ def _check_decode_size(what: str, rows: int, cols: int, nbytes: int) -> None:
             f"{what}: is {rows}x{cols} px; sides above {MAX_SIDE_PX} px are not supported — "
             "split it into tiles (tiled/montage processing) and segment those"
         )
-    available = _available_memory_bytes()
+    available = available_memory_bytes()
     if available is None:
         logger.debug("%s: available memory unknown; skipping the size check", what)
         return

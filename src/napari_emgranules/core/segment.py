@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import Micrograph, as_micrograph, read_micrograph
+from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
 
@@ -180,18 +180,6 @@ def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     shrinking = shape[0] < image.shape[0]
     return resize(image, shape + image.shape[2:], order=1, mode="reflect",
                   anti_aliasing=shrinking, preserve_range=True).astype(np.float32)
-
-
-def _available_memory_bytes() -> int | None:
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        try:
-            import psutil
-
-            return int(psutil.virtual_memory().available)
-        except ImportError:
-            return None
 
 
 def estimate_memory_bytes(shape: tuple[int, int], batch: int = 1) -> int:
@@ -344,6 +332,11 @@ def segment_micrograph_iter(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if int(batch_size) < 1 or int(halo) < 0:
+        raise ValueError(f"batch_size must be >= 1 and halo >= 0, got {batch_size} and {halo}")
+    if max_window is not None and (max_window < 2 * MULTIPLE or max_window % MULTIPLE):
+        raise ValueError(f"max_window must be a multiple of {MULTIPLE} of at least "
+                         f"{2 * MULTIPLE}, got {max_window}")
     unknown = set(kinds) - {"locations", "granules"}
     if unknown or not kinds:
         raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
@@ -359,7 +352,7 @@ def segment_micrograph_iter(
         micrograph = replace(micrograph, pixel_size_nm=models[kinds[0]].card.pixel_size_nm)
     budget = memory_budget_bytes
     if budget is None:
-        avail = _available_memory_bytes()
+        avail = available_memory_bytes()
         budget = avail // 2 if avail else None
     resolved, window = _choose_mode(mode, micrograph.shape, budget, max_window, batch_size)
     x = to_unit_float(micrograph.data)
