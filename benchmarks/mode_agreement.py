@@ -28,26 +28,20 @@ from napari_emgranules.core.segment import (
     _predict_seed,
     _predict_tiled,
     _predict_whole,
+    run_to_completion,
     to_unit_float,
 )
 from napari_emgranules.core.synthetic import synthetic_micrograph
 from napari_emgranules.core.tiling import TilePlan
 
 
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
-    whole = _drain(_predict_whole(model, x, want_probs=True))
+    whole = run_to_completion(_predict_whole(model, x, want_probs=True))
     wl = whole.argmax(-1)
     top2 = np.sort(whole, -1)
     decided = (top2[..., -1] - top2[..., -2]) > 0.01  # pixels whose label is not a near-tie
-    inner = (slice(256, -256), slice(256, -256))
+    edge = min(256, min(x.shape) // 4)  # "interior": more than this from the image edge
+    inner = (slice(edge, -edge), slice(edge, -edge))
     rows = []
     for window in windows:
         for halo in halos:
@@ -55,7 +49,7 @@ def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
                 plan = TilePlan.for_image(x.shape, window, halo)
             except ValueError:
                 continue
-            tiled = _drain(_predict_tiled(model, x, plan, 1, want_probs=True))
+            tiled = run_to_completion(_predict_tiled(model, x, plan, 1, want_probs=True))
             diff = np.abs(tiled - whole).max(-1)
             rows.append({"model": model.kind, "mode": "tiled", "window": window, "halo": halo,
                          "windows": plan.n_windows,
@@ -66,7 +60,7 @@ def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
                          "interior_label_agreement_where_margin_gt_0.01": float(
                              (tiled.argmax(-1) == wl)[inner][decided[inner]].mean()),
                          "interior_pixels_with_margin_gt_0.01": float(decided[inner].mean())})
-    labels, _ = _drain(_predict_seed(model, x, 1))
+    labels, _ = run_to_completion(_predict_seed(model, x, 1))
     rows.append({"model": model.kind, "mode": "seed", "window": 1024, "halo": 0,
                  "label_agreement": float((labels == wl).mean())})
     return rows

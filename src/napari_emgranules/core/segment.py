@@ -357,7 +357,7 @@ def segment_micrograph_iter(
     resolved, window = _choose_mode(mode, micrograph.shape, budget, max_window, batch_size)
     x = to_unit_float(micrograph.data)
     notes: list[str] = []
-    plans: dict[str, tuple[np.ndarray, float, TilePlan | None, int]] = {}
+    plans: dict[str, tuple[tuple[int, int], float, TilePlan | None, int]] = {}
     for kind, model in models.items():
         factor = micrograph.pixel_size_nm / model.card.pixel_size_nm
         resample = abs(factor - 1.0) > _RESAMPLE_TOLERANCE and resolved != "seed"
@@ -384,9 +384,12 @@ def segment_micrograph_iter(
     done = 0
     labels: dict[str, np.ndarray] = {}
     confs: dict[str, np.ndarray] = {}
+    resampled: dict[tuple[int, int], np.ndarray] = {}  # both models usually share a pixel size
     for kind, model in models.items():
         shape, factor, plan, steps = plans[kind]
-        xin = x if factor == 1.0 else _resample(x, shape)
+        if factor != 1.0 and shape not in resampled:
+            resampled[shape] = _resample(x, shape)
+        xin = x if factor == 1.0 else resampled[shape]
         want_probs = factor != 1.0
         if resolved == "whole":
             gen = _predict_whole(model, xin, want_probs, confidence)
