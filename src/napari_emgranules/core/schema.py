@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
+# Distinct colours for the classes of a user's own schema (code 0 is black).
+_PALETTE = ("#ffe119", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
+            "#f032e6", "#bfef45", "#469990", "#9a6324", "#800000")
 
 
 class SchemaError(ValueError):
@@ -168,6 +171,32 @@ class ClassSchema:
                 for c in self.classes
             ],
         }
+
+    @classmethod
+    def from_names(cls, kind: str, names: Iterable[str], *, measured: Iterable[int] = ()) -> ClassSchema:
+        """A schema for a new task from its class names, codes ``0..n-1`` in the order given.
+
+        Letters are the first unused upper-case letter of each name (else of the alphabet), colours
+        come from a fixed palette, and ``measured`` lists the codes that enter density tables.
+
+        Examples
+        --------
+        >>> ClassSchema.from_names("membranes", ["background", "membrane"]).letters
+        {0: 'B', 1: 'M'}
+        """
+        names = [str(n).strip() for n in names]
+        if any(not n for n in names):
+            raise SchemaError(f"schema {kind!r}: class names must not be empty, got {names}")
+        measured = set(measured)
+        used: set[str] = set()
+        classes = []
+        for code, name in enumerate(names):
+            pool = [c.upper() for c in name if c.isalnum()] + list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+            letter = next((c for c in pool if c not in used), str(code))
+            used.add(letter)
+            colour = "#000000" if code == 0 else _PALETTE[(code - 1) % len(_PALETTE)]
+            classes.append(ClassInfo(code, letter, name, colour, measured=code in measured))
+        return cls(str(kind), tuple(classes))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClassSchema:

@@ -1,0 +1,208 @@
+"""Training: a learnable task is learned, runs resume, class weights matter, outputs are complete."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
+from napari_emgranules.core.models import load_model, save_model
+from napari_emgranules.core.schema import GRANULES_SCHEMA, ClassSchema
+from napari_emgranules.core.train import (
+    TrainConfig,
+    TrainingError,
+    augment_pair,
+    balanced_class_weights,
+    class_frequencies,
+    train,
+    train_iter,
+)
+
+BLOBS = ClassSchema.from_names("blobs", ["background", "blob"])
+FAST = dict(epochs=3, crop=128, batch_size=4, steps_per_epoch=6, contrast=0.0, brightness=0.0,
+            early_stopping_patience=None, reduce_lr_patience=None)
+
+
+def blob_image(seed: int, shape=(256, 256)) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random blobs: class 1 wherever the (noise-free) image is bright. Trivially learnable."""
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.normal(size=shape), 6)
+    field = (field - field.min()) / (field.max() - field.min())
+    labels = (field > 0.6).astype(np.uint8)
+    image = np.clip(field * 200 + rng.normal(0, 4, shape), 0, 255).astype(np.uint8)
+    return image, labels
+
+
+@pytest.fixture(scope="module")
+def blob_pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("blobs")
+    for seed in range(6):
+        image, labels = blob_image(seed)
+        export_training_pairs(image, labels, root, schema=BLOBS, tile_size=256, source=f"b{seed}",
+                              pixel_size_nm=0.8)
+    return root
+
+
+def run_events(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_a_learnable_task_is_learned_and_every_output_is_written(blob_pairs, tmp_path):
+    out = tmp_path / "run"
+    events, result = run_events(train_iter(blob_pairs, out, kind="blobs", schema=BLOBS,
+                                           seed=1, **{**FAST, "epochs": 4}))
+    epochs = [e for e in events if e.end_of_epoch]
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4]
+    assert sum(not e.end_of_epoch for e in events) == 4 * 6  # one event per batch
+    hist = result.history
+    assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
+    assert hist["val_accuracy"].max() > 0.9, hist
+    # outputs: best weights + sidecar with provenance, history CSV and plot, checkpoint
+    card = json.loads(result.weights_path.with_suffix(".json").read_text())
+    prov = card["provenance"]
+    assert card["kind"] == "blobs" and card["schema"]["classes"][1]["name"] == "blob"
+    assert prov["trained"] is True and prov["start"] == "fresh"
+    assert prov["data_manifest_hash"] == load_training_pairs(blob_pairs).manifest_hash()
+    assert prov["best_epoch"] == result.best_epoch
+    assert prov["final_metrics"]["val_accuracy"] == pytest.approx(
+        hist["val_accuracy"].iloc[result.best_epoch - 1])
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and float(rows[0]["loss"]) > 0
+    assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "checkpoint" / "state.json").is_file()
+    # the saved model segments new data of the task
+    image, labels = blob_image(99)
+    model = load_model(result.weights_path)
+    pred, _ = model.predict_labels((image / 255.0).astype(np.float32)[None], confidence=False)
+    assert (pred[0] == labels).mean() > 0.9
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(blob_pairs, tmp_path):
+    out = tmp_path / "run"
+    gen = train_iter(blob_pairs, out, kind="blobs", schema=BLOBS, seed=2, **FAST)
+    finished = 0
+    for event in gen:
+        finished += event.end_of_epoch
+        if finished == 2:
+            break
+    gen.close()  # as the GUI's Cancel does
+    with pytest.raises(TrainingError, match="resume"):
+        run_events(train_iter(blob_pairs, out, kind="blobs", schema=BLOBS, **FAST))
+    events, result = run_events(train_iter(blob_pairs, out, resume=True))
+    assert [e.epoch for e in events if e.end_of_epoch] == [3]
+    assert list(result.history["epoch"]) == [1, 2, 3]
+    assert any("resumed after epoch 2" in n for n in result.notes)
+    # more epochs can be asked of a finished run
+    _, more = run_events(train_iter(blob_pairs, out, resume=True, epochs=4))
+    assert list(more.history["epoch"]) == [1, 2, 3, 4]
+
+
+def test_resume_needs_a_run_and_the_same_data(blob_pairs, tmp_path):
+    with pytest.raises(TrainingError, match="no training run to resume"):
+        train(blob_pairs, tmp_path / "empty", resume=True)
+    out = tmp_path / "run"
+    train(blob_pairs, out, kind="blobs", schema=BLOBS, **{**FAST, "epochs": 1})
+    image, labels = blob_image(50)
+    export_training_pairs(image, labels, blob_pairs.parent / "more", schema=BLOBS, tile_size=256)
+    with pytest.raises(TrainingError, match="training data changed"):
+        train([blob_pairs, blob_pairs.parent / "more"], out, resume=True, epochs=2)
+
+
+def test_same_seed_same_run(blob_pairs, tmp_path):
+    a = train(blob_pairs, tmp_path / "a", kind="blobs", schema=BLOBS, seed=5, **{**FAST, "epochs": 2})
+    b = train(blob_pairs, tmp_path / "b", kind="blobs", schema=BLOBS, seed=5, **{**FAST, "epochs": 2})
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose(a.history["val_accuracy"], b.history["val_accuracy"], atol=1e-3)
+
+
+def test_class_weights_change_what_is_learned(blob_pairs, tmp_path):
+    def blob_fraction(weights):
+        r = train(blob_pairs, tmp_path / str(weights), kind="blobs", schema=BLOBS, seed=3,
+                  class_weights=weights, **{**FAST, "epochs": 2})
+        image, _ = blob_image(77)
+        pred, _ = r.model.predict_labels((image / 255.0).astype(np.float32)[None], confidence=False)
+        return pred.mean()
+
+    assert blob_fraction((1.0, 25.0)) > blob_fraction((1.0, 1.0)) + 0.05
+
+
+def test_fine_tuning_starts_from_given_weights_and_can_freeze_the_encoder(blob_pairs, tmp_path):
+    first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=4,
+                  **{**FAST, "epochs": 1})
+    before = {w.path: np.array(w) for w in first.model.keras_model.weights}
+    tuned = train(blob_pairs, tmp_path / "tuned", model=first.weights_path, freeze_encoder=True,
+                  **{**FAST, "epochs": 1})
+    prov = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]
+    assert prov["optimizer"] == "adam" and prov["start"] == str(first.weights_path)
+    after = {w.path: np.array(w) for w in tuned.model.keras_model.weights}
+    enc = [k for k in before if k.startswith("enc")]
+    dec = [k for k in before if k.startswith("dec")]
+    assert enc and all(np.array_equal(before[k], after[k]) for k in enc)
+    assert any(not np.array_equal(before[k], after[k]) for k in dec)
+
+
+def test_bad_settings_are_refused_before_training(blob_pairs, tmp_path):
+    with pytest.raises(ValueError, match="multiple of 128"):
+        TrainConfig(crop=200)
+    with pytest.raises(ValueError, match="class_weights"):
+        TrainConfig(class_weights="sometimes")
+    with pytest.raises(TrainingError, match="3 class weights given for 2 classes"):
+        train(blob_pairs, tmp_path / "x", kind="blobs", schema=BLOBS, class_weights=(1, 2, 3), **FAST)
+    with pytest.raises(TrainingError, match="say what to train"):
+        train(blob_pairs, tmp_path / "y", **FAST)
+    # the blob labels use codes 0/1, which a 2-class granules model accepts; a 1-code-too-many
+    # schema mismatch is caught when the data are loaded
+    three = ClassSchema.from_names("three", ["a", "b", "c"])
+    with pytest.raises(TrainingError, match="classes"):
+        first = train(blob_pairs, tmp_path / "z", kind="blobs", schema=BLOBS, **{**FAST, "epochs": 1})
+        train(blob_pairs, tmp_path / "w", model=first.weights_path, schema=three, **FAST)
+
+
+def test_augmentation_moves_image_and_labels_together():
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, 2, (16, 16)), np.ones((16, 16), np.uint8)).astype(np.uint8)
+    image = labels.astype(np.float32) * 0.8 + 0.1
+    cfg = TrainConfig(flips=True, rotate90=True, scale_jitter=0.2, contrast=0.0, brightness=0.0)
+    for _ in range(10):
+        img, lab = augment_pair(image, labels, 128, rng, cfg)
+        assert img.shape == lab.shape == (128, 128)
+        assert ((img > 0.5) == (lab == 1)).mean() > 0.97
+    small_img, small_lab = augment_pair(image[:50, :70], labels[:50, :70], 128, rng, cfg)
+    assert small_img.shape == small_lab.shape == (128, 128)
+    bright = TrainConfig(contrast=0.4, brightness=0.25)
+    img, _ = augment_pair(image, labels, 128, rng, bright)
+    assert img.min() >= 0 and img.max() <= 1
+
+
+def test_balanced_class_weights_favour_rare_classes():
+    labels = [np.r_[np.zeros(970, np.uint8), np.ones(30, np.uint8)]]
+    f = class_frequencies(labels, 3)
+    np.testing.assert_allclose(f, [0.97, 0.03, 0.0])
+    w = balanced_class_weights(f)
+    assert w[1] > 4 * w[0] and w[2] == 1.0
+    assert (f * w).sum() == pytest.approx(1.0)
+
+
+def test_granules_fine_tuning_from_a_saved_model(tmp_path):
+    """Fine-tuning a granules model keeps its kind, schema and pixel size."""
+    from napari_emgranules.core.models import ModelCard, SegmentationModel, build_granules_unet
+
+    image, labels = blob_image(7, (256, 256))
+    export_training_pairs(image, labels, tmp_path / "pairs", schema=GRANULES_SCHEMA, tile_size=256,
+                          pixel_size_nm=0.8)
+    card = ModelCard("granules", "unet_model", GRANULES_SCHEMA, provenance={"trained": True})
+    start = save_model(SegmentationModel(build_granules_unet(seed=1), card), tmp_path / "g")
+    r = train(tmp_path / "pairs", tmp_path / "run", model=start, **{**FAST, "epochs": 1})
+    assert r.model.kind == "granules" and r.model.card.schema == GRANULES_SCHEMA
+    assert r.weights_path.name == "granules.weights.h5"
+    assert "no validation pairs" in " ".join(r.notes) and r.monitor == "loss"
