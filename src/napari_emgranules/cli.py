@@ -298,7 +298,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emgranules",
-        description="Glycogen granules in EM micrographs of skeletal muscle: segment, split, info.",
+        description="Glycogen granules in EM micrographs of skeletal muscle: segment, split, export, "
+                    "train, evaluate, info.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -342,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tile numbering: column-major as the original utility (default) or row")
     spl.add_argument("--overwrite", action="store_true", help="replace existing tiles")
     spl.set_defaults(func=_cmd_split)
+
+    from ._cli_training import add_parsers
+
+    add_parsers(sub)
 
     inf = sub.add_parser("info", help="versions, Keras backend, devices, bundled models")
     inf.add_argument("--json", action="store_true", help="machine-readable output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._backend import BackendError, backend_name, get_keras
+from .dataset import DatasetError, TrainingPair, TrainingSet, export_training_pairs, load_training_pairs
 from .io import (
     Micrograph,
     MicrographError,
@@ -13,6 +14,7 @@ from .io import (
     write_image,
     write_labels,
 )
+from .metrics import EvaluationReport, ObjectMatch, evaluate, evaluate_iter, evaluate_predictions
 from .models import (
     ModelCard,
     SegmentationModel,
@@ -33,9 +35,11 @@ from .segment import (
 )
 from .synthetic import SyntheticMicrograph, sample_micrograph, synthetic_micrograph
 from .tiling import TilePlan, split_seed
+from .train import TrainConfig, TrainingError, TrainProgress, TrainResult, train, train_iter
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    MicrographError, WeightsError, SchemaError, BackendError, ValueError, FileExistsError,
+    MicrographError, WeightsError, SchemaError, BackendError, DatasetError, TrainingError, ValueError,
+    FileExistsError,
 )
 """Exceptions caused by the user's input: shown as a message, never as a traceback."""
 
@@ -49,4 +53,7 @@ __all__ = [
     "SegmentationResult", "SegmentProgress", "segment_micrograph", "segment_micrograph_iter",
     "SyntheticMicrograph", "sample_micrograph", "synthetic_micrograph",
     "TilePlan", "split_seed", "USER_ERRORS",
+    "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",
+    "EvaluationReport", "ObjectMatch", "evaluate", "evaluate_iter", "evaluate_predictions",
+    "TrainConfig", "TrainingError", "TrainProgress", "TrainResult", "train", "train_iter",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,10 @@ from .schema import ClassSchema, SchemaError
 __all__ = [
     "NORMALISATIONS",
     "REPORT_FILES",
+    "EvaluateProgress",
     "EvaluationReport",
+    "evaluate",
+    "evaluate_iter",
     "ObjectMatch",
     "confusion_matrix",
     "dice_per_class",
@@ -736,11 +739,7 @@ def evaluate_predictions(items: Iterable[Sequence[Any]], schema: ClassSchema, *,
     SchemaError
         As in :func:`image_metrics`, naming the image.
     """
-    codes = _object_codes(schema, object_codes)
-    threshold = _check_threshold(iou_threshold)
-    rows: list[dict[str, Any]] = []
-    total = np.zeros((schema.n_classes, schema.n_classes), dtype=np.int64)
-    pooled = {code: ObjectMatch.empty() for code in codes}
+    acc = _Accumulator(schema, object_codes, iou_threshold)
     for index, item in enumerate(items):
         try:
             name, truth, pred = item
@@ -749,25 +748,140 @@ def evaluate_predictions(items: Iterable[Sequence[Any]], schema: ClassSchema, *,
                 f"item {index}: expected a (name, truth, prediction) triple, got "
                 f"{type(item).__name__}"
             ) from None
+        acc.add(name, truth, pred)
+    return acc.report()
+
+
+class _Accumulator:
+    """Adds images one at a time (so callers can predict, report progress and free memory)."""
+
+    def __init__(self, schema: ClassSchema, object_codes: Iterable[int] | None, iou_threshold: float):
+        self.schema = schema
+        self.codes = _object_codes(schema, object_codes)
+        self.threshold = _check_threshold(iou_threshold)
+        self.rows: list[dict[str, Any]] = []
+        self.total = np.zeros((schema.n_classes, schema.n_classes), dtype=np.int64)
+        self.pooled = {code: ObjectMatch.empty() for code in self.codes}
+
+    def add(self, name: str, truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         try:
-            row, cm, matches = _evaluate_one(truth, pred, schema, codes, threshold)
+            row, cm, matches = _evaluate_one(truth, pred, self.schema, self.codes, self.threshold)
         except SchemaError as exc:
             raise SchemaError(f"{name}: {exc}") from exc
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from exc
-        rows.append({"image": str(name), **row})
-        total += cm
+        self.rows.append({"image": str(name), **row})
+        self.total += cm
         for code, match in matches.items():
-            pooled[code] = pooled[code] + match
-    if not rows:
-        raise ValueError("no images to evaluate: give at least one (name, truth, prediction)")
-    notes: list[str] = []
-    absent = [c for c in schema.classes if total[c.code, :].sum() == 0 and total[:, c.code].sum() == 0]
-    if absent:
-        listed = ", ".join(f"{c.letter} ({c.name})" for c in absent)
-        notes.append(f"absent from every truth and prediction, IoU/Dice undefined: {listed}")
-    names = [r["image"] for r in rows]
-    if len(set(names)) != len(names):
-        notes.append("some image names occur more than once; rows are in input order")
-    return EvaluationReport(schema=schema, table=pd.DataFrame(rows), confusion=total,
-                            objects=pooled, notes=notes, iou_threshold=threshold)
+            self.pooled[code] = self.pooled[code] + match
+        return self.rows[-1]
+
+    def report(self) -> EvaluationReport:
+        rows, total, schema = self.rows, self.total, self.schema
+        if not rows:
+            raise ValueError("no images to evaluate: give at least one (name, truth, prediction)")
+        notes: list[str] = []
+        absent = [c for c in schema.classes
+                  if total[c.code, :].sum() == 0 and total[:, c.code].sum() == 0]
+        if absent:
+            listed = ", ".join(f"{c.letter} ({c.name})" for c in absent)
+            notes.append(f"absent from every truth and prediction, IoU/Dice undefined: {listed}")
+        names = [r["image"] for r in rows]
+        if len(set(names)) != len(names):
+            notes.append("some image names occur more than once; rows are in input order")
+        return EvaluationReport(schema=schema, table=pd.DataFrame(rows), confusion=total,
+                                objects=self.pooled, notes=notes, iou_threshold=self.threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# A model on training pairs
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvaluateProgress:
+    """One image of :func:`evaluate_iter` done: its index (1-based), the total and its row."""
+
+    done: int
+    total: int
+    name: str
+    row: dict[str, Any]
+
+
+def evaluate_iter(
+    model: Any,
+    data: Any,
+    *,
+    kind: str | None = None,
+    mode: str = "auto",
+    iou_threshold: float = 0.5,
+    predictions_dir: PathLike | None = None,
+) -> Generator[EvaluateProgress, None, EvaluationReport]:
+    """Predict every pair's image with ``model`` and compare with its labels, image by image.
+
+    Parameters
+    ----------
+    model : SegmentationModel or weights path
+        The model to judge (a path is loaded with :func:`load_model`; ``kind`` is needed when the
+        file has no sidecar).
+    data : TrainingSet, folder or folders
+        Pairs as written by :func:`export_training_pairs` (or bare ``images``/``labels`` folders).
+    mode : str
+        Inference mode, as in :func:`segment_micrograph` (images are resampled to the model's
+        pixel size and the labels brought back, so truth and prediction align).
+    iou_threshold : float
+        IoU at which a true and a predicted object (granule) match.
+    predictions_dir : path-like, optional
+        Also write each predicted label map there (uint16 PNG named like the pair), as the
+        original tool does; existing files are never replaced.
+
+    Yields
+    ------
+    EvaluateProgress
+        After each image.
+
+    Returns
+    -------
+    EvaluationReport
+    """
+    from .dataset import TrainingSet, load_training_pairs
+    from .io import write_labels
+    from .models import SegmentationModel, load_model
+    from .segment import run_to_completion, segment_micrograph_iter
+
+    net = model if isinstance(model, SegmentationModel) else load_model(model, kind)
+    if not isinstance(data, TrainingSet):
+        data = load_training_pairs(*([data] if isinstance(data, (str, os.PathLike)) else data),
+                                   schema=net.card.schema)
+    out = Path(predictions_dir) if predictions_dir is not None else None
+    if out is not None:
+        clash = [out / (Path(p.name).stem + ".png") for p in data]
+        clash = [c for c in clash if c.exists()]
+        if clash:
+            raise FileExistsError(f"{clash[0]}: exists already (and {len(clash) - 1} more); "
+                                  "choose another predictions folder")
+    acc = _Accumulator(net.card.schema, None, iou_threshold)
+    for i, pair in enumerate(data, start=1):
+        image, truth = pair.load()
+        result = run_to_completion(segment_micrograph_iter(
+            image, pair.pixel_size_nm, models={"model": net}, mode=mode))
+        pred = result.labels["model"]
+        if out is not None:
+            write_labels(out / (Path(pair.name).stem + ".png"), pred, pixel_size_nm=pair.pixel_size_nm)
+        row = acc.add(pair.name, truth, pred)
+        yield EvaluateProgress(i, len(data), pair.name, row)
+    report = acc.report()
+    if not net.card.trained:
+        report.notes.append("the model is UNTRAINED (random weights)")
+    return report
+
+
+def evaluate(model: Any, data: Any, **kwargs: Any) -> EvaluationReport:
+    """Evaluate a model on training pairs; see :func:`evaluate_iter`.
+
+    Examples
+    --------
+    >>> report = evaluate("runs/granules/granules.weights.h5", "validation_pairs")  # doctest: +SKIP
+    >>> report.summary["object_f1_G"], report.table["pixel_accuracy"].mean()        # doctest: +SKIP
+    """
+    from .segment import run_to_completion
+
+    return run_to_completion(evaluate_iter(model, data, **kwargs))

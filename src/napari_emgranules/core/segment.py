@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,7 @@ def segment_micrograph_iter(
     locations_model: SegmentationModel | str | os.PathLike | None = None,
     granules_model: SegmentationModel | str | os.PathLike | None = None,
     kinds: tuple[str, ...] = ("locations", "granules"),
+    models: Mapping[str, SegmentationModel | str | os.PathLike] | None = None,
     confidence: bool = False,
     max_window: int | None = None,
     halo: int = 128,
@@ -311,6 +312,9 @@ def segment_micrograph_iter(
         Models or weight files; the bundled defaults when None.
     kinds : tuple of str
         Which models to run.
+    models : mapping of name to SegmentationModel or path, optional
+        Run these models instead (any kind, e.g. a user's own task): replaces the two model
+        arguments and ``kinds``; results are keyed by the mapping's names.
     confidence : bool
         Also return each model's per-pixel confidence (max softmax probability).
     max_window, halo : int
@@ -337,16 +341,25 @@ def segment_micrograph_iter(
     if max_window is not None and (max_window < 2 * MULTIPLE or max_window % MULTIPLE):
         raise ValueError(f"max_window must be a multiple of {MULTIPLE} of at least "
                          f"{2 * MULTIPLE}, got {max_window}")
-    unknown = set(kinds) - {"locations", "granules"}
-    if unknown or not kinds:
-        raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
+    if models is not None:
+        if not models:
+            raise ValueError("models must name at least one model")
+        kinds = tuple(models)
+    else:
+        unknown = set(kinds) - {"locations", "granules"}
+        if unknown or not kinds:
+            raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
     if isinstance(image, (str, os.PathLike)):
         micrograph = read_micrograph(Path(image), pixel_size_nm)
     else:
         micrograph = as_micrograph(image, pixel_size_nm)
-    models = {
-        k: _resolve_model(locations_model if k == "locations" else granules_model, k) for k in kinds
-    }
+    if models is not None:
+        models = {k: m if isinstance(m, SegmentationModel) else load_model(m) for k, m in models.items()}
+    else:
+        models = {
+            k: _resolve_model(locations_model if k == "locations" else granules_model, k)
+            for k in kinds
+        }
     if micrograph.pixel_size_source == "model":
         # "the model's pixel size": the image takes the (first) model's, whatever its default was.
         micrograph = replace(micrograph, pixel_size_nm=models[kinds[0]].card.pixel_size_nm)

@@ -500,8 +500,7 @@ def _read_state(ckpt: Path) -> dict[str, Any] | None:
     return state
 
 
-def _restore_optimizer(ckpt: Path, optimizer, variables) -> None:
-    optimizer.build(variables)
+def _restore_optimizer(ckpt: Path, optimizer) -> None:
     with np.load(ckpt / "optimizer.npz") as saved:
         arrays = [saved[k] for k in sorted(saved.files)]
     if len(arrays) != len(optimizer.variables) or any(
@@ -650,7 +649,8 @@ def train_iter(
             raise TrainingError(f"{out}: holds another training run; resume it (--resume) or "
                                 "choose an empty folder")
     train_set = _as_training_set(data, schema if state is None else card.schema)
-    if state is not None and train_set.manifest_hash() != state["data_hash"]:
+    data_hash = train_set.manifest_hash()  # of all pairs given, before any validation split
+    if state is not None and data_hash != state["data_hash"]:
         raise TrainingError(f"{out}: the training data changed since this run started; start a "
                             "new run in another folder to train on the new data")
     val_set = None
@@ -660,6 +660,7 @@ def train_iter(
         train_set, val_set = train_set.split(config.val_fraction, config.seed)
     pixel_sizes = [p.pixel_size_nm for p in train_set]
     data_px = float(np.median(pixel_sizes)) if pixel_sizes else 0.8
+    keras.utils.set_random_seed(config.seed)  # before building: dropout layers draw their seeds
     if state is None:
         trainable, start = _starting_model(model, kind, schema, architecture, fresh, data_px,
                                            config.seed)
@@ -704,14 +705,14 @@ def train_iter(
     optimizer = opt_cls(learning_rate=lr)
     net.compile(optimizer=optimizer, loss=_make_loss(n_classes, cw, config.dice_weight),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    optimizer.build(net.trainable_variables)  # now, so the first step is traced only once
 
     rng = np.random.default_rng(config.seed)
-    keras.utils.set_random_seed(config.seed)
     history: list[dict[str, float]] = []
     best_value = -math.inf if mode_max else math.inf
     best_epoch, wait_stop, wait_lr, epoch0, stopped = 0, 0, 0, 0, False
     if state is not None:
-        _restore_optimizer(ckpt, optimizer, net.trainable_variables)
+        _restore_optimizer(ckpt, optimizer)
         rng.bit_generator.state = state["rng"]
         keras.utils.set_random_seed(config.seed + state["epoch"])
         history = state["history"]
@@ -725,7 +726,6 @@ def train_iter(
         notes.append(f"resumed after epoch {epoch0}")
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / f"{name}.weights.h5"
-    data_hash = train_set.manifest_hash()
     roots = [str(r) for r in train_set.roots]
     weights_p = np.array([s.image.size for s in samples], np.float64)
     weights_p /= weights_p.sum()

@@ -1,0 +1,295 @@
+"""``emgranules export | train | evaluate``: training data, training and accuracy from the shell.
+
+Thin wrappers over :mod:`napari_emgranules.core.dataset`, ``core.train`` and ``core.metrics``;
+:func:`add_parsers` is called by :func:`napari_emgranules.cli.build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cli import EXIT_OK, CliError, _fail
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers
+# -------------------------------------------------------------------------------------------------
+def _schema_argument(value: str, task: str | None):
+    """``--schema``: a JSON file (a ClassSchema, e.g. a dataset's schema.json) or class names."""
+    from .core.schema import ClassSchema, SchemaError
+
+    p = Path(value)
+    if p.suffix.lower() == ".json" or p.is_file():
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CliError(f"{p}: cannot read the schema ({exc})") from None
+        schema = ClassSchema.from_dict(data)
+        return ClassSchema(task, schema.classes) if task else schema
+    names = [n.strip() for n in value.split(",")]
+    if len(names) < 2:
+        raise SchemaError(f"--schema {value!r}: give at least two class names separated by commas "
+                          "(code 0 first), or a schema JSON file")
+    return ClassSchema.from_names(task or "custom", names)
+
+
+def _kind_schema(args: argparse.Namespace):
+    from .core.schema import default_schema
+
+    if args.schema:
+        schema = _schema_argument(args.schema, getattr(args, "task", None))
+        if args.kind not in (None, "new") and schema.kind != args.kind:
+            raise CliError(f"--schema is a {schema.kind} schema but --model is {args.kind}")
+        return schema.kind, schema
+    if args.kind in (None, "new"):
+        raise CliError("a new model needs --schema (class names, e.g. "
+                       "'background,membrane', or a schema JSON file)")
+    return args.kind, default_schema(args.kind)
+
+
+def _parse_tiles(value: str):
+    if value == "all":
+        return "all"
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--tiles {value!r}: give 'all' or tile numbers such as 0,3,5") from None
+
+
+# -------------------------------------------------------------------------------------------------
+# export
+# -------------------------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .core.dataset import export_training_pairs
+    from .core.io import read_labels, read_micrograph
+
+    kind, schema = _kind_schema(args)
+    micrograph = read_micrograph(args.image, args.pixel_size)
+    labels = read_labels(args.labels)
+    before = read_labels(args.only_changed_from) if args.only_changed_from else None
+    pairs = export_training_pairs(
+        micrograph, labels, args.out, schema=schema, tiles=_parse_tiles(args.tiles),
+        tile_size=args.tile_size, only_changed_from=before, made_by=args.made_by,
+        image_format=args.format,
+    )
+    if not pairs:
+        print(f"{Path(args.image).name}: no tile differs from {args.only_changed_from}; "
+              "nothing exported")
+        return EXIT_OK
+    print(f"{Path(args.image).name}: {len(pairs)} {kind} training pairs -> {args.out} "
+          f"({', '.join(p.name for p in pairs[:6])}{' ...' if len(pairs) > 6 else ''})")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------------------
+# train
+# -------------------------------------------------------------------------------------------------
+def _train_options(args: argparse.Namespace) -> dict:
+    opts = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop,
+            "steps_per_epoch": args.steps_per_epoch, "optimizer": args.optimizer,
+            "learning_rate": args.lr, "dice_weight": args.dice, "val_fraction": args.val_fraction,
+            "monitor": args.monitor, "early_stopping_patience": args.patience,
+            "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
+            "scale_jitter": args.scale_jitter, "seed": args.seed}
+    cw = args.class_weights
+    if cw not in (None, "none", "balanced"):
+        try:
+            cw = tuple(float(w) for w in cw.split(","))
+        except ValueError:
+            raise CliError(f"--class-weights {cw!r}: give none, balanced or one number per class "
+                           "(e.g. 1,10)") from None
+    opts["class_weights"] = cw
+    if args.no_augment:
+        opts.update(flips=False, contrast=0.0, brightness=0.0)
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.train import train_iter
+
+    if args.resume:
+        gen = train_iter(args.data, args.out, resume=True,
+                         **({"epochs": args.epochs} if args.epochs else {}))
+    else:
+        kind, schema = _kind_schema(args)
+        start = args.weights
+        gen = train_iter(args.data, args.out, model=start, kind=kind, schema=schema,
+                         architecture=args.architecture, fresh=args.fresh,
+                         validation=args.validation or None, name=args.name,
+                         **_train_options(args))
+    bar = None
+    result = None
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if bar is None or ev.step == 1 and not ev.end_of_epoch:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=ev.steps, desc=f"epoch {ev.epoch}/{ev.epochs}", unit="step",
+                           file=sys.stderr, leave=False, disable=args.quiet)
+            if ev.end_of_epoch:
+                bar.close()
+                star = "  (best so far: saved)" if ev.improved else ""
+                print(ev.message + star, flush=True)
+            else:
+                bar.update(1)
+                bar.set_postfix(loss=f"{ev.logs.get('loss', float('nan')):.4f}")
+    except KeyboardInterrupt:
+        gen.close()
+        if bar is not None:
+            bar.close()
+        _fail(f"interrupted; the last finished epoch is kept: continue with "
+              f"'emgranules train {' '.join(args.data)} --out {args.out} --resume'")
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}: "
+          f"{result.weights_path} (history: {result.out_dir / 'history.csv'}, "
+          f"{result.out_dir / 'history.png'})")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------------------
+# evaluate
+# -------------------------------------------------------------------------------------------------
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.metrics import evaluate_iter
+    from .core.models import load_model
+
+    model = load_model(args.weights, args.kind)
+    if args.out:
+        from .core.metrics import REPORT_FILES
+
+        existing = [Path(args.out) / f for f in REPORT_FILES if (Path(args.out) / f).exists()]
+        if existing and not args.overwrite:
+            raise CliError(f"{existing[0]} exists already; use --overwrite or another --out")
+    gen = evaluate_iter(model, args.data, mode=args.mode, iou_threshold=args.iou_threshold,
+                        predictions_dir=args.predictions)
+    with tqdm(unit="image", file=sys.stderr, leave=False, disable=args.quiet) as bar:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                report = stop.value
+                break
+            bar.total = ev.total
+            bar.set_postfix_str(ev.name)
+            bar.update(1)
+    if args.json:
+        print(json.dumps({"summary": report.summary, "notes": report.notes}, indent=2, default=float))
+    else:
+        print(report.format())
+    if args.out:
+        written = report.write(args.out, overwrite=args.overwrite)
+        print(f"report: {', '.join(str(w) for w in written)}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------------------
+# parsers
+# -------------------------------------------------------------------------------------------------
+def _add_schema_options(p: argparse.ArgumentParser, required_kind: bool) -> None:
+    p.add_argument("--model", dest="kind", choices=("locations", "granules", "new"),
+                   required=required_kind,
+                   help="which model the labels are for; 'new' for a new task (needs --schema)")
+    p.add_argument("--schema", metavar="NAMES|FILE",
+                   help="classes of a new task: comma-separated names, code 0 first "
+                        "(e.g. background,membrane), or a schema JSON file")
+    p.add_argument("--task", metavar="NAME", help="name of a new task (default: custom)")
+
+
+def add_parsers(sub) -> None:
+    """Add the export, train and evaluate sub-commands."""
+    exp = sub.add_parser("export", help="micrograph + label map -> training pairs (never overwrites)")
+    exp.add_argument("image", metavar="IMAGE", help="the micrograph")
+    exp.add_argument("--labels", required=True, metavar="FILE",
+                     help="its label map (e.g. corrected Locations or Granules labels)")
+    exp.add_argument("--out", required=True, help="training-data folder (images/, labels/, "
+                                                  "manifest.csv); existing pairs are kept")
+    _add_schema_options(exp, required_kind=False)
+    exp.add_argument("--tiles", default="all", help="'all' or tile numbers (row-major from 0), "
+                                                    "e.g. 0,3,5")
+    exp.add_argument("--tile-size", type=int, default=1024, metavar="PX",
+                     help="tile side (default 1024, as the original tool)")
+    exp.add_argument("--only-changed-from", metavar="FILE",
+                     help="export only tiles whose labels differ from this map (e.g. the model's "
+                          "prediction before corrections)")
+    exp.add_argument("--made-by", default="corrected",
+                     help="who or what made the labels, recorded in the manifest")
+    exp.add_argument("--pixel-size", type=float, metavar="NM",
+                     help="pixel size when the image's metadata has none")
+    exp.add_argument("--format", default="png", choices=("png", "tif"), help="file format")
+    exp.set_defaults(func=_cmd_export)
+
+    tr = sub.add_parser("train", help="train or fine-tune a model on training pairs")
+    tr.add_argument("data", nargs="+", metavar="DATA",
+                    help="training-data folders (each with images/ and labels/)")
+    tr.add_argument("--out", required=True,
+                    help="run folder: best weights, history.csv/png, checkpoint")
+    _add_schema_options(tr, required_kind=False)
+    tr.add_argument("--weights", metavar="FILE",
+                    help="start from these weights (default: the bundled model when trained)")
+    tr.add_argument("--fresh", action="store_true", help="start from random weights")
+    tr.add_argument("--architecture", choices=("unet_model7", "unet_model"),
+                    help="network of a fresh model (default: Locations' for locations, else "
+                         "Granules')")
+    tr.add_argument("--name", help="weights file stem (default: the model kind)")
+    tr.add_argument("--validation", nargs="+", metavar="DIR",
+                    help="validation-pair folders (default: --val-fraction of DATA)")
+    tr.add_argument("--epochs", type=int, help="epochs in total (default 50)")
+    tr.add_argument("--batch-size", type=int, help="crops per step (default 2)")
+    tr.add_argument("--crop", type=int, help="crop side, a multiple of 128 (default 512)")
+    tr.add_argument("--steps-per-epoch", type=int,
+                    help="default: enough crops to cover the training pixels once")
+    tr.add_argument("--optimizer", choices=("nadam", "adam"),
+                    help="default nadam from scratch, adam when fine-tuning")
+    tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 / 5e-4 fine-tuning)")
+    tr.add_argument("--class-weights", metavar="none|balanced|W,W,...",
+                    help="per-class loss weights (default none)")
+    tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
+    tr.add_argument("--val-fraction", type=float, help="pairs held out (default 0.2)")
+    tr.add_argument("--monitor", choices=("val_mean_iou", "val_accuracy", "val_loss", "loss"),
+                    help="metric choosing the best epoch (default val_mean_iou)")
+    tr.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
+    tr.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    tr.add_argument("--rotate90", action="store_true", help="also augment by quarter turns")
+    tr.add_argument("--scale-jitter", type=float, metavar="S", help="random zoom in [1-S, 1+S]")
+    tr.add_argument("--no-augment", action="store_true",
+                    help="no flips, contrast or brightness changes")
+    tr.add_argument("--seed", type=int, help="random seed (default 0)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its last finished epoch")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="accuracy of weights on training pairs (per image, "
+                                         "per class, objects)")
+    ev.add_argument("weights", metavar="WEIGHTS")
+    ev.add_argument("data", nargs="+", metavar="DATA", help="pair folders (images/, labels/)")
+    ev.add_argument("--kind", choices=("locations", "granules"),
+                    help="what the weights are, when they have no sidecar")
+    ev.add_argument("--out", metavar="DIR", help="write per_image.csv, summary.csv, confusion "
+                                                 "matrices and accuracies.txt here")
+    ev.add_argument("--predictions", metavar="DIR", help="also write the predicted label maps")
+    ev.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"))
+    ev.add_argument("--iou-threshold", type=float, default=0.5,
+                    help="IoU for an object (granule) match (default 0.5)")
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.add_argument("--overwrite", action="store_true", help="replace report files in --out")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_evaluate)
+
