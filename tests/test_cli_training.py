@@ -1,0 +1,122 @@
+"""``emgranules export | train | evaluate``: the round trip a lab runs, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import ERROR, error_lines, files_under, run_cli
+from test_train import blob_image
+
+from napari_emgranules.core.dataset import load_training_pairs
+from napari_emgranules.core.io import write_image, write_labels
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Three 512 x 512 micrographs with blob labels, exported as 256 px pairs by the CLI."""
+    root = tmp_path_factory.mktemp("cli-train")
+    outputs = []
+    for i in range(3):
+        image, labels = blob_image(i, (512, 512))
+        write_image(root / f"cell{i}.tif", image, pixel_size_nm=0.8)
+        write_labels(root / f"cell{i}_labels.tif", labels)
+        outputs.append(run_cli("export", root / f"cell{i}.tif", "--labels", root / f"cell{i}_labels.tif",
+                               "--model", "new", "--task", "blobs", "--schema", "background,blob",
+                               "--tile-size", 256, "--out", root / "pairs"))
+    return root, outputs
+
+
+def test_export_writes_pairs_and_a_manifest(exported):
+    root, outputs = exported
+    assert all(code == 0 for code, _, _ in outputs), outputs
+    assert "4 blobs training pairs" in outputs[0][1]
+    pairs = load_training_pairs(root / "pairs")
+    assert len(pairs) == 12 and pairs.schema.kind == "blobs"
+    assert {p.origin for p in pairs} == {(0, 0), (0, 256), (256, 0), (256, 256)}
+
+
+def test_export_again_never_overwrites(exported, tmp_path):
+    root, _ = exported
+    before = {p: p.read_bytes() for p in files_under(root / "pairs" / "labels")}
+    code, out, _ = run_cli("export", root / "cell0.tif", "--labels", root / "cell0_labels.tif",
+                           "--schema", root / "pairs" / "schema.json", "--tile-size", 256,
+                           "--tiles", "1", "--out", root / "pairs")
+    assert code == 0 and "cell0_1-2.png" in out
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert len(load_training_pairs(root / "pairs")) == 13
+
+
+def test_export_bad_input_one_message_nothing_written(exported, tmp_path):
+    root, _ = exported
+    bad = np.full((512, 512), 7, np.uint16)
+    write_labels(tmp_path / "bad.tif", bad)
+    code, _, err = run_cli("export", root / "cell0.tif", "--labels", tmp_path / "bad.tif",
+                           "--model", "granules", "--out", tmp_path / "out")
+    assert code == 2 and "[7]" in err and "granules" in err
+    assert not files_under(tmp_path / "out")
+    code, _, err = run_cli("export", root / "cell0.tif", "--labels", root / "cell0_labels.tif",
+                           "--out", tmp_path / "out")
+    assert code == 2 and "--schema" in err
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+    code, _, err = run_cli("export", tmp_path / "junk.tif", "--labels", root / "cell0_labels.tif",
+                           "--model", "granules", "--out", tmp_path / "out")
+    assert code == 2 and len(error_lines(err)) == 1 and "junk.tif" in err
+    assert not files_under(tmp_path / "out")
+
+
+def test_train_then_evaluate(exported, tmp_path):
+    root, _ = exported
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", root / "pairs", "--model", "new", "--schema",
+                             root / "pairs" / "schema.json", "--epochs", 2, "--crop", 128,
+                             "--batch-size", 2, "--steps-per-epoch", 3, "--out", run, "--quiet")
+    assert code == 0, err
+    assert out.count("epoch ") >= 2 and "best val_mean_iou" in out
+    card = json.loads((run / "blobs.weights.json").read_text())
+    assert card["provenance"]["epochs"] >= 1 and card["kind"] == "blobs"
+    assert (run / "history.csv").is_file() and (run / "history.png").is_file()
+    # the same command again is refused (the run folder is taken); --resume continues it
+    code, _, err = run_cli("train", root / "pairs", "--model", "new", "--schema",
+                           root / "pairs" / "schema.json", "--out", run)
+    assert code == 2 and "--resume" in err
+    code, out, _ = run_cli("train", root / "pairs", "--out", run, "--resume", "--epochs", 3, "--quiet")
+    assert code == 0 and "epoch 3/3" in out
+    # evaluate: a table on stdout, report files, predictions; never overwritten
+    report = tmp_path / "report"
+    code, out, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--out", report,
+                             "--predictions", tmp_path / "pred", "--quiet")
+    assert code == 0, err
+    assert "mean IoU" in out and "pixel accuracy" in out
+    lines = (report / "accuracies.txt").read_text().split("\n")
+    assert len([ln for ln in lines if ln.strip()]) == 13
+    assert len(files_under(tmp_path / "pred")) == 13
+    code, _, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--out", report)
+    assert code == 2 and "exists already" in err
+    code, out, _ = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--json", "--quiet")
+    summary = json.loads(out)["summary"]
+    assert summary["n_images"] == 13 and 0 <= summary["pixel_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{missing}", "--model", "granules", "--out", "{out}"], "does not exist"),
+    (["train", "{pairs}", "--out", "{out}", "--resume"], "no training run to resume"),
+    (["train", "{pairs}", "--model", "new", "--schema", "membrane", "--out", "{out}"],
+     "at least two class names"),
+    (["train", "{pairs}", "--model", "new", "--out", "{out}"], "needs --schema"),
+    (["train", "{pairs}", "--model", "granules", "--crop", "100", "--out", "{out}"], "multiple of 128"),
+    (["train", "{pairs}", "--model", "new", "--schema", "a,b", "--class-weights", "1,x",
+      "--out", "{out}"], "class-weights"),
+    (["evaluate", "{corrupt}", "{pairs}", "--kind", "granules"], "corrupt.weights.h5"),
+])
+def test_training_commands_refuse_bad_input_with_one_message(exported, tmp_path, argv, message):
+    root, _ = exported
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    values = {"missing": tmp_path / "nothing", "out": tmp_path / "run", "pairs": root / "pairs",
+              "corrupt": corrupt}
+    code, _, err = run_cli(*[a.format(**values) for a in argv])
+    assert code == 2, err
+    assert message in err and err.count(ERROR) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists() or not files_under(tmp_path / "run")
