@@ -578,6 +578,255 @@ def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.nda
 # -------------------------------------------------------------------------------------------------
 # The loop
 # -------------------------------------------------------------------------------------------------
+@dataclass
+class _Watch:
+    """Best value of the monitored metric, and the patience counters built on it."""
+
+    monitor: str
+    best_value: float = math.nan
+    best_epoch: int = 0
+    wait_stop: int = 0
+    wait_lr: int = 0
+
+    @property
+    def maximise(self) -> bool:
+        return not self.monitor.endswith("loss")
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True if it is the best so far."""
+        better = math.isfinite(value) and (
+            not math.isfinite(self.best_value)
+            or (value > self.best_value if self.maximise else value < self.best_value))
+        if better:
+            self.best_value, self.best_epoch, self.wait_stop, self.wait_lr = value, epoch, 0, 0
+        else:
+            self.wait_stop += 1
+            self.wait_lr += 1
+        return better
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between epochs (and saves in its checkpoint)."""
+
+    out: Path
+    config: TrainConfig
+    card: ModelCard
+    name: str
+    start: str
+    model: SegmentationModel
+    samples: list[_Sample]
+    val_samples: list[_Sample]
+    class_weights: np.ndarray
+    optimizer_name: str
+    steps: int
+    data_hash: str
+    roots: list[str]
+    watch: _Watch
+    rng: np.random.Generator
+    optimizer: Any = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0
+    stopped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / "checkpoint"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.out / f"{self.name}.weights.h5"
+
+    def provenance(self, final: dict[str, float]) -> dict[str, Any]:
+        return {
+            "trained": True, "data": self.roots, "data_manifest_hash": self.data_hash,
+            "n_training_pairs": len(self.samples), "n_validation_pairs": len(self.val_samples),
+            "start": self.start, "epochs": self.epoch, "best_epoch": self.watch.best_epoch,
+            "monitor": self.watch.monitor, "final_metrics": final, "training": self.config.to_dict(),
+            "optimizer": self.optimizer_name, "class_weights": [float(w) for w in self.class_weights],
+            "backend": backend_name(),
+        }
+
+    def state(self) -> dict[str, Any]:
+        w = self.watch
+        return {
+            "format": _STATE_FORMAT, "epoch": self.epoch, "config": self.config.to_dict(),
+            "card": self.card.to_dict(), "name": self.name, "start": self.start,
+            "data_hash": self.data_hash, "rng": self.rng.bit_generator.state, "history": self.history,
+            "best_value": w.best_value, "best_epoch": w.best_epoch, "wait_stop": w.wait_stop,
+            "wait_lr": w.wait_lr, "learning_rate": float(np.asarray(self.optimizer.learning_rate)),
+            "stopped_early": self.stopped, "notes": self.notes,
+        }
+
+
+def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: ClassSchema) -> np.ndarray:
+    n = schema.n_classes
+    if isinstance(config.class_weights, str):
+        if config.class_weights == "balanced":
+            return balanced_class_weights(class_frequencies([s.labels for s in samples], n))
+        return np.ones(n, np.float32)
+    if len(config.class_weights) != n:
+        raise TrainingError(f"{len(config.class_weights)} class weights given for {n} classes "
+                            f"({', '.join(schema.names.values())})")
+    return np.asarray(config.class_weights, np.float32)
+
+
+def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, validation, config,
+             resume: bool, name: str | None, options: dict[str, Any]) -> tuple[_Run, dict | None]:
+    """Check everything and build the run (nothing is trained or written yet)."""
+    keras = get_keras()
+    ckpt = out / "checkpoint"
+    state = _read_state(ckpt) if resume and ckpt.exists() else None
+    if resume and state is None:
+        raise TrainingError(f"{out}: there is no training run to resume here")
+    if state is not None:
+        extra = set(options) - {"epochs"}
+        if extra:
+            logger.warning("resuming keeps the run's settings; ignored: %s", ", ".join(sorted(extra)))
+        config = replace(TrainConfig.from_dict(state["config"]),
+                         **{k: v for k, v in options.items() if k == "epochs"})
+        card = ModelCard.from_dict(state["card"], where=str(ckpt / "state.json"))
+        schema, name = card.schema, state["name"]
+    else:
+        config = replace(config or TrainConfig(), **options)
+        if out.exists() and (ckpt.exists() or any(out.glob("*.weights.h5"))):
+            raise TrainingError(f"{out}: holds another training run; resume it (--resume) or "
+                                "choose an empty folder")
+    train_set = _as_training_set(data, schema)
+    data_hash = train_set.manifest_hash()  # of all pairs given, before any validation split
+    if state is not None and data_hash != state["data_hash"]:
+        raise TrainingError(f"{out}: the training data changed since this run started; start a "
+                            "new run in another folder to train on the new data")
+    val_set = None
+    if validation is not None:
+        val_set = _as_training_set(validation, schema)
+    elif config.val_fraction > 0 and len(train_set) >= 2:
+        train_set, val_set = train_set.split(config.val_fraction, config.seed)
+    keras.utils.set_random_seed(config.seed)  # before building: dropout layers draw their seeds
+    if state is None:
+        data_px = float(np.median(train_set.pixel_sizes())) if len(train_set) else 0.8
+        trainable, start = _starting_model(model, kind, schema, architecture, fresh, data_px,
+                                           config.seed)
+        card = trainable.card
+    else:
+        trainable = SegmentationModel(build_unet(card.architecture, card.schema.n_classes), card)
+        trainable.keras_model.load_weights(ckpt / "last.weights.h5")
+        start = state["start"]
+    samples = _load_samples(train_set, card.schema, card.pixel_size_nm)
+    val_samples = _load_samples(val_set, card.schema, card.pixel_size_nm) if val_set else []
+    notes = []
+    monitor = config.monitor
+    if not val_samples and monitor != "loss":
+        notes.append("no validation pairs: the best checkpoint is chosen by the training loss")
+        monitor = "loss"
+    fine_tuning = start != "fresh" and not start.startswith("untrained")
+    total_px = sum(s.image.size for s in samples)
+    run = _Run(
+        out=out, config=config, card=card, name=name or card.kind, start=start, model=trainable,
+        samples=samples, val_samples=val_samples,
+        class_weights=_resolve_class_weights(config, samples, card.schema),
+        optimizer_name=config.optimizer or ("adam" if fine_tuning else "nadam"),
+        steps=config.steps_per_epoch or max(8, math.ceil(total_px / config.crop**2 / config.batch_size)),
+        data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
+        rng=np.random.default_rng(config.seed), notes=notes,
+    )
+    lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
+    _compile(run, lr)
+    return run, state
+
+
+def _compile(run: _Run, lr: float) -> None:
+    keras = get_keras()
+    net = run.model.keras_model
+    if run.config.freeze_encoder:
+        for layer in net.layers:
+            if layer.name.startswith("enc"):
+                layer.trainable = False
+    opt_cls = keras.optimizers.Nadam if run.optimizer_name == "nadam" else keras.optimizers.Adam
+    run.optimizer = opt_cls(learning_rate=lr)
+    net.compile(optimizer=run.optimizer,
+                loss=_make_loss(run.card.schema.n_classes, run.class_weights, run.config.dice_weight),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    run.optimizer.build(net.trainable_variables)  # now, so the first step is traced only once
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Continue a checkpointed run: optimiser, data order, history and patience counters."""
+    _restore_optimizer(run.ckpt, run.optimizer)
+    run.rng.bit_generator.state = state["rng"]
+    get_keras().utils.set_random_seed(run.config.seed + state["epoch"])
+    run.history = state["history"]
+    run.epoch = state["epoch"]
+    run.notes = list(state.get("notes", [])) + run.notes
+    w = run.watch
+    w.best_value, w.best_epoch = state["best_value"], state["best_epoch"]
+    w.wait_stop, w.wait_lr = state["wait_stop"], state["wait_lr"]
+    was_stopped = bool(state.get("stopped_early", False))
+    run.stopped = was_stopped and run.config.epochs <= run.epoch
+    if was_stopped and not run.stopped:  # more epochs asked after an early stop: patience anew
+        w.wait_stop = 0
+    run.optimizer.learning_rate = state["learning_rate"]
+    run.notes.append(f"resumed after epoch {run.epoch}")
+
+
+def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
+    """One epoch of optimisation steps on random augmented crops; returns the epoch's logs."""
+    cfg, net = run.config, run.model.keras_model
+    p = np.array([s.image.size for s in run.samples], np.float64)
+    p /= p.sum()  # big tiles give proportionally more crops
+    net.reset_metrics()
+    logs: dict[str, float] = {}
+    for step in range(1, run.steps + 1):
+        idx = run.rng.choice(len(run.samples), size=cfg.batch_size, p=p)
+        crops = [augment_pair(run.samples[i].image, run.samples[i].labels, cfg.crop, run.rng, cfg)
+                 for i in idx]
+        x = np.stack([c[0] for c in crops])[..., None]
+        y = np.stack([c[1] for c in crops]).astype(np.int32)
+        logs = {k: float(v) for k, v in net.train_on_batch(x, y, return_dict=True).items()}
+        if not math.isfinite(logs.get("loss", 0.0)):
+            raise TrainingError(f"the loss became {logs['loss']} at epoch {run.epoch}, step {step}: "
+                                "lower the learning rate")
+        yield TrainProgress(run.epoch, cfg.epochs, step, run.steps, dict(logs),
+                            message=f"epoch {run.epoch}/{cfg.epochs}: step {step}/{run.steps}")
+    return logs
+
+
+def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
+    """Validate, keep the best weights, adjust the learning rate, stop early, checkpoint."""
+    cfg, w = run.config, run.watch
+    if run.val_samples:
+        logs.update(_validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
+                              run.class_weights, cfg.dice_weight))
+    lr = float(np.asarray(run.optimizer.learning_rate))
+    logs["learning_rate"] = lr
+    logs["epoch"] = run.epoch
+    run.history.append(logs)
+    improved = w.update(logs[w.monitor], run.epoch)
+    if improved:
+        final = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
+        run.model.card = replace(run.card, provenance=run.provenance(final))
+        save_model(run.model, run.weights_path, overwrite=True)
+    if cfg.reduce_lr_patience is not None and w.wait_lr >= cfg.reduce_lr_patience:
+        new_lr = max(cfg.min_learning_rate, lr * cfg.reduce_lr_factor)
+        if new_lr < lr:
+            run.optimizer.learning_rate = new_lr
+            run.notes.append(f"epoch {run.epoch}: learning rate reduced to {new_lr:.2g}")
+        w.wait_lr = 0
+    if cfg.early_stopping_patience is not None and w.wait_stop >= cfg.early_stopping_patience:
+        run.stopped = True
+        run.notes.append(f"stopped early after epoch {run.epoch}: no {w.monitor} improvement in "
+                         f"{w.wait_stop} epochs")
+    _write_history(run.out, run.history)
+    _save_checkpoint(run.ckpt, run.model.keras_model, run.optimizer, run.state())
+    try:
+        plot_history(run.history, run.out / "history.png",
+                     f"{run.name}: {len(run.samples)} training pairs")
+    except Exception as exc:  # a plot must never lose a training run
+        logger.warning("could not draw history.png: %s", exc)
+    return improved
+
+
 def train_iter(
     data: TrainingSet | str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -620,198 +869,49 @@ def train_iter(
     config : TrainConfig, optional
         Run settings; keyword ``options`` override single fields (``epochs=5``).
     resume : bool
-        Continue the run in ``out_dir`` from its last finished epoch (``epochs`` may be raised).
+        Continue the run in ``out_dir`` from its last finished epoch (``epochs`` may be raised;
+        other settings are the run's own).
     name : str, optional
         Stem of the weights file; default the model kind.
 
     Raises
     ------
-    TrainingError, DatasetError, SchemaError, WeightsError, FileExistsError
+    TrainingError, DatasetError, SchemaError, WeightsError, ValueError
         Before any training, with a message saying what to change.
     """
-    keras = get_keras()
     out = Path(out_dir)
-    ckpt = out / "checkpoint"
-    state = _read_state(ckpt) if resume and ckpt.exists() else None
-    if resume and state is None:
-        raise TrainingError(f"{out}: there is no training run to resume here")
+    run, state = _prepare(data, out, model=model, kind=kind, schema=schema,
+                          architecture=architecture, fresh=fresh, validation=validation,
+                          config=config, resume=resume, name=name, options=options)
     if state is not None:
-        base_config = TrainConfig.from_dict(state["config"])
-        config = replace(base_config, **{k: v for k, v in options.items() if k in ("epochs",)})
-        extra = set(options) - {"epochs"}
-        if extra:
-            logger.warning("resuming keeps the run's settings; ignored: %s", ", ".join(sorted(extra)))
-        card = ModelCard.from_dict(state["card"], where=str(ckpt / "state.json"))
-        name = state["name"]
-    else:
-        config = replace(config or TrainConfig(), **options) if options else (config or TrainConfig())
-        if out.exists() and (ckpt.exists() or any(out.glob("*.weights.h5"))):
-            raise TrainingError(f"{out}: holds another training run; resume it (--resume) or "
-                                "choose an empty folder")
-    train_set = _as_training_set(data, schema if state is None else card.schema)
-    data_hash = train_set.manifest_hash()  # of all pairs given, before any validation split
-    if state is not None and data_hash != state["data_hash"]:
-        raise TrainingError(f"{out}: the training data changed since this run started; start a "
-                            "new run in another folder to train on the new data")
-    val_set = None
-    if validation is not None:
-        val_set = _as_training_set(validation, schema if state is None else card.schema)
-    elif config.val_fraction > 0 and len(train_set) >= 2:
-        train_set, val_set = train_set.split(config.val_fraction, config.seed)
-    pixel_sizes = [p.pixel_size_nm for p in train_set]
-    data_px = float(np.median(pixel_sizes)) if pixel_sizes else 0.8
-    keras.utils.set_random_seed(config.seed)  # before building: dropout layers draw their seeds
-    if state is None:
-        trainable, start = _starting_model(model, kind, schema, architecture, fresh, data_px,
-                                           config.seed)
-        card = trainable.card
-        name = name or card.kind
-    else:
-        trainable = SegmentationModel(build_unet(card.architecture, card.schema.n_classes), card)
-        trainable.keras_model.load_weights(ckpt / "last.weights.h5")
-        start = state["start"]
-    schema = card.schema
-    n_classes = schema.n_classes
-    samples = _load_samples(train_set, schema, card.pixel_size_nm)
-    val_samples = _load_samples(val_set, schema, card.pixel_size_nm) if val_set else []
-    notes: list[str] = []
-    monitor = config.monitor
-    if not val_samples and monitor != "loss":
-        notes.append("no validation pairs: the best checkpoint is chosen by the training loss")
-        monitor = "loss"
-    mode_max = not monitor.endswith("loss")
-
-    freqs = class_frequencies([s.labels for s in samples], n_classes)
-    if isinstance(config.class_weights, str):
-        cw = (balanced_class_weights(freqs) if config.class_weights == "balanced"
-              else np.ones(n_classes, np.float32))
-    else:
-        if len(config.class_weights) != n_classes:
-            raise TrainingError(f"{len(config.class_weights)} class weights given for "
-                                f"{n_classes} classes ({', '.join(schema.names.values())})")
-        cw = np.asarray(config.class_weights, np.float32)
-    fine_tuning = start != "fresh" and not start.startswith("untrained")
-    opt_name = config.optimizer or ("adam" if fine_tuning else "nadam")
-    lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
-    total_px = sum(s.image.size for s in samples)
-    steps = config.steps_per_epoch or max(8, math.ceil(total_px / config.crop**2 / config.batch_size))
-
-    net = trainable.keras_model
-    if config.freeze_encoder:
-        for layer in net.layers:
-            if layer.name.startswith("enc"):
-                layer.trainable = False
-    opt_cls = keras.optimizers.Nadam if opt_name == "nadam" else keras.optimizers.Adam
-    optimizer = opt_cls(learning_rate=lr)
-    net.compile(optimizer=optimizer, loss=_make_loss(n_classes, cw, config.dice_weight),
-                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    optimizer.build(net.trainable_variables)  # now, so the first step is traced only once
-
-    rng = np.random.default_rng(config.seed)
-    history: list[dict[str, float]] = []
-    best_value = -math.inf if mode_max else math.inf
-    best_epoch, wait_stop, wait_lr, epoch0, stopped = 0, 0, 0, 0, False
-    if state is not None:
-        _restore_optimizer(ckpt, optimizer)
-        rng.bit_generator.state = state["rng"]
-        keras.utils.set_random_seed(config.seed + state["epoch"])
-        history = state["history"]
-        best_value, best_epoch = state["best_value"], state["best_epoch"]
-        wait_stop, wait_lr, epoch0 = state["wait_stop"], state["wait_lr"], state["epoch"]
-        was_stopped = bool(state.get("stopped_early", False))
-        stopped = was_stopped and config.epochs <= epoch0
-        if was_stopped and not stopped:  # more epochs asked after an early stop: patience anew
-            wait_stop = 0
-        optimizer.learning_rate = state["learning_rate"]
-        notes.append(f"resumed after epoch {epoch0}")
+        _restore(run, state)
     out.mkdir(parents=True, exist_ok=True)
-    weights_path = out / f"{name}.weights.h5"
-    roots = [str(r) for r in train_set.roots]
-    weights_p = np.array([s.image.size for s in samples], np.float64)
-    weights_p /= weights_p.sum()
-
-    def provenance(final: dict[str, float], epoch: int) -> dict[str, Any]:
-        return {
-            "trained": True, "data": roots, "data_manifest_hash": data_hash,
-            "n_training_pairs": len(samples), "n_validation_pairs": len(val_samples),
-            "start": start, "epochs": epoch, "best_epoch": best_epoch, "monitor": monitor,
-            "final_metrics": final, "training": config.to_dict(), "optimizer": opt_name,
-            "class_weights": [float(w) for w in cw], "backend": backend_name(),
-        }
-
-    epoch = epoch0
-    while epoch < config.epochs and not stopped:
-        epoch += 1
+    while run.epoch < run.config.epochs and not run.stopped:
+        run.epoch += 1
         t0 = time.perf_counter()
-        net.reset_metrics()
-        logs: dict[str, float] = {}
-        for step in range(1, steps + 1):
-            idx = rng.choice(len(samples), size=config.batch_size, p=weights_p)
-            pairs = [augment_pair(samples[i].image, samples[i].labels, config.crop, rng, config)
-                     for i in idx]
-            x = np.stack([p[0] for p in pairs])[..., None]
-            y = np.stack([p[1] for p in pairs]).astype(np.int32)
-            result = net.train_on_batch(x, y, return_dict=True)
-            logs = {k: float(v) for k, v in result.items()}
-            if not math.isfinite(logs.get("loss", 0.0)):
-                raise TrainingError(f"the loss became {logs['loss']} at epoch {epoch}, step {step}: "
-                                    "lower the learning rate")
-            yield TrainProgress(epoch, config.epochs, step, steps, dict(logs),
-                                message=f"epoch {epoch}/{config.epochs}: step {step}/{steps}")
-        if val_samples:
-            logs.update(_validate(net, val_samples, n_classes, cw, config.dice_weight))
-        logs["learning_rate"] = float(np.asarray(optimizer.learning_rate))
-        logs["seconds"] = time.perf_counter() - t0
-        logs["epoch"] = epoch
-        history.append(logs)
-        value = logs[monitor]
-        improved = math.isfinite(value) and (value > best_value if mode_max else value < best_value)
-        if improved:
-            best_value, best_epoch, wait_stop, wait_lr = value, epoch, 0, 0
-            trainable.card = replace(card, provenance=provenance(
-                {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}, epoch))
-            save_model(trainable, weights_path, overwrite=True)
-        else:
-            wait_stop += 1
-            wait_lr += 1
-            if config.reduce_lr_patience is not None and wait_lr >= config.reduce_lr_patience:
-                new_lr = max(config.min_learning_rate, logs["learning_rate"] * config.reduce_lr_factor)
-                if new_lr < logs["learning_rate"]:
-                    optimizer.learning_rate = new_lr
-                    notes.append(f"epoch {epoch}: learning rate reduced to {new_lr:.2g}")
-                wait_lr = 0
-            if config.early_stopping_patience is not None and wait_stop >= config.early_stopping_patience:
-                stopped = True
-                notes.append(f"stopped early after epoch {epoch}: no {monitor} improvement in "
-                             f"{wait_stop} epochs")
-        _write_history(out, history)
-        _save_checkpoint(ckpt, net, optimizer, {
-            "format": _STATE_FORMAT, "epoch": epoch, "config": config.to_dict(),
-            "card": card.to_dict(), "name": name, "start": start, "data_hash": data_hash,
-            "rng": rng.bit_generator.state, "history": history, "best_value": best_value,
-            "best_epoch": best_epoch, "wait_stop": wait_stop, "wait_lr": wait_lr,
-            "learning_rate": float(np.asarray(optimizer.learning_rate)), "stopped_early": stopped,
-        })
-        try:
-            plot_history(history, out / "history.png", f"{name}: {len(samples)} training pairs")
-        except Exception as exc:  # a plot must never lose a training run
-            logger.warning("could not draw history.png: %s", exc)
+        logs = yield from _train_epoch(run)
+        logs["seconds"] = time.perf_counter() - t0  # optimisation steps only (throughput)
+        improved = _end_epoch(run, logs)
+        shown = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
         yield TrainProgress(
-            epoch, config.epochs, steps, steps, {k: v for k, v in logs.items() if k != "epoch"},
-            end_of_epoch=True, improved=improved,
-            message=f"epoch {epoch}/{config.epochs}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch", "seconds")),
+            run.epoch, run.config.epochs, run.steps, run.steps, shown, end_of_epoch=True,
+            improved=improved, message=f"epoch {run.epoch}/{run.config.epochs}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()),
         )
+    return _result(run)
+
+
+def _result(run: _Run) -> TrainResult:
     import pandas as pd
 
-    if not weights_path.exists():  # no epoch gave a finite monitored value: keep the last weights
-        trainable.card = replace(card, provenance=provenance({}, epoch))
-        save_model(trainable, weights_path, overwrite=True)
-        notes.append(f"{monitor} was never finite; the last epoch's weights were saved")
-    best = load_model(weights_path)
-    return TrainResult(model=best, weights_path=weights_path, history=pd.DataFrame(history),
-                       best_epoch=best_epoch, monitor=monitor, best_value=float(best_value),
-                       stopped_early=stopped, out_dir=out, notes=notes)
+    if not run.weights_path.exists():  # no epoch gave a finite monitored value
+        run.model.card = replace(run.card, provenance=run.provenance({}))
+        save_model(run.model, run.weights_path, overwrite=True)
+        run.notes.append(f"{run.watch.monitor} was never finite; the last epoch's weights were saved")
+    return TrainResult(model=load_model(run.weights_path), weights_path=run.weights_path,
+                       history=pd.DataFrame(run.history), best_epoch=run.watch.best_epoch,
+                       monitor=run.watch.monitor, best_value=float(run.watch.best_value),
+                       stopped_early=run.stopped, out_dir=run.out, notes=run.notes)
 
 
 def train(data, out_dir, **kwargs: Any) -> TrainResult:
