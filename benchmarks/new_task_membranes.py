@@ -10,8 +10,8 @@ The task imitates the ISBI 2012 neuronal-structure challenge (30 training slices
 stand-ins with exact truth: warped, weighted Voronoi cells (curved boundaries, varying sizes, some
 elongated) separated by dark membranes 2-5 px wide, and interiors with low-frequency texture, dark
 organelle-like blobs, vesicle-like dots, short dark streaks and textured "mitochondria" whose
-intensity overlaps the membranes' (all labelled interior: they are the distractors that make the real task hard), imaged
-with blur, noise, uneven illumination and a random contrast per slice.
+intensity overlaps the membranes' (all labelled interior: they are the distractors that make the
+real task hard), imaged with blur, noise, uneven illumination and a random contrast per slice.
 
 Slices with seeds 0..29 are exported as training pairs with ``export_training_pairs`` (class schema
 ``membranes: interior, membrane``), a fresh network is trained with ``train_iter`` using the
@@ -86,21 +86,18 @@ def _cells(rng: np.random.Generator, size: int) -> np.ndarray:
     best = np.full((size, size), np.inf, np.float32)
     ids = np.zeros((size, size), np.int32)
     for i in range(n):
-        dy, dx = yy - seeds[i, 0], xx - seeds[i, 1]
-        c, s = np.cos(angle[i]), np.sin(angle[i])
-        u, v = c * dy + s * dx, -s * dy + c * dx
-        d = np.sqrt(u * u / aspect[i] + v * v * aspect[i]) / weights[i]
+        dy, dx = yy - np.float32(seeds[i, 0]), xx - np.float32(seeds[i, 1])
+        c, s = np.float32(np.cos(angle[i])), np.float32(np.sin(angle[i]))
+        u, v = c * dy + s * dx, c * dx - s * dy
+        d = (u * u * np.float32(1 / aspect[i]) + v * v * np.float32(aspect[i])) \
+            * np.float32(1 / weights[i] ** 2)  # squared distance: same nearest seed
         closer = d < best
         best[closer] = d[closer]
         ids[closer] = i
     # anisotropic metrics can leave detached fragments: every connected piece is its own cell
-    out = np.zeros_like(ids)
-    nxt = 0
-    for i in np.unique(ids):
-        comp, k = ndi.label(ids == i)
-        out[comp > 0] = comp[comp > 0] + nxt
-        nxt += k
-    return out
+    from skimage.measure import label
+
+    return label(ids, background=-1, connectivity=1) - 1
 
 
 def _disk_mask(shape, cy, cx, ry, rx, theta):
@@ -457,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="folder for the pairs, the run and benchmark.json (default: a temp dir)")
     ap.add_argument("--write-docs", action="store_true", help=f"write {DOC.relative_to(DOC.parents[1])}")
     args = ap.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     res = run(args)
     if args.write_docs:
         DOC.write_text(_markdown(res))

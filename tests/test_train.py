@@ -208,3 +208,35 @@ def test_granules_fine_tuning_from_a_saved_model(tmp_path):
     assert r.model.kind == "granules" and r.model.card.schema == GRANULES_SCHEMA
     assert r.weights_path.name == "granules.weights.h5"
     assert "no validation pairs" in " ".join(r.notes) and r.monitor == "loss"
+
+
+JAX_SCRIPT = """
+import sys, numpy as np
+from napari_emgranules.core._backend import backend_name
+from napari_emgranules.core.schema import ClassSchema
+from napari_emgranules.core.train import train
+assert backend_name() == "jax", backend_name()
+schema = ClassSchema.from_names("blobs", ["background", "blob"])
+r = train(sys.argv[1], sys.argv[2], kind="blobs", schema=schema, epochs=1, crop=128, batch_size=2,
+          steps_per_epoch=2, seed=0)
+x = np.load(sys.argv[3])
+np.save(sys.argv[4], r.model.predict_logits(x))
+"""
+
+
+def test_training_runs_under_jax_and_its_weights_load_under_tensorflow(blob_pairs, tmp_path):
+    """The loop is backend-neutral: a JAX-trained model gives the same logits in TensorFlow."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    x = (blob_image(3)[0][None, ..., None] / 255.0).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(blob_pairs), str(tmp_path / "run"),
+                           str(tmp_path / "x.npy"), str(tmp_path / "jax.npy")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(tmp_path / "run" / "blobs.weights.h5")
+    np.testing.assert_allclose(model.predict_logits(x), np.load(tmp_path / "jax.npy"), atol=1e-3)
