@@ -240,3 +240,26 @@ def test_training_runs_under_jax_and_its_weights_load_under_tensorflow(blob_pair
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model(tmp_path / "run" / "blobs.weights.h5")
     np.testing.assert_allclose(model.predict_logits(x), np.load(tmp_path / "jax.npy"), atol=1e-3)
+
+
+@pytest.mark.parametrize("pixel_size_nm", [0.8, 1.0])
+def test_evaluate_scores_a_model_against_its_own_predictions_perfectly(tmp_path, pixel_size_nm):
+    """Truth = the model's own output (at any pixel size): every measure must be perfect."""
+    from napari_emgranules.core.metrics import evaluate
+    from napari_emgranules.core.models import ModelCard, SegmentationModel, build_granules_unet
+    from napari_emgranules.core.segment import segment_micrograph
+
+    card = ModelCard("granules", "unet_model", GRANULES_SCHEMA, provenance={"trained": True})
+    model = SegmentationModel(build_granules_unet(seed=3), card)
+    for seed in range(4):
+        image, _ = blob_image(seed, (256, 256))  # one tile per image: the same pipeline as the truth
+        pred = segment_micrograph(image, pixel_size_nm, models={"g": model}).labels["g"]
+        export_training_pairs(image, pred, tmp_path / "pairs", schema=GRANULES_SCHEMA, tile_size=256,
+                              source=f"c{seed}.tif", pixel_size_nm=pixel_size_nm)
+    report = evaluate(model, tmp_path / "pairs", predictions_dir=tmp_path / "pred")
+    assert report.n_images == 4
+    assert report.summary["pixel_accuracy"] == 1.0
+    assert (report.table["pixel_accuracy"] == 1.0).all()
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 4
+    with pytest.raises(FileExistsError):
+        evaluate(model, tmp_path / "pairs", predictions_dir=tmp_path / "pred")
