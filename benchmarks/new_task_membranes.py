@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -341,13 +342,20 @@ def run(args: argparse.Namespace) -> dict:
 # -------------------------------------------------------------------------------------------------
 # docs/new_task.md
 # -------------------------------------------------------------------------------------------------
-def _markdown(res: dict) -> str:
-    t, cfg, b = res["test"], res["config"], res["baseline_threshold"]
-    fv, bv = res["final"], res["best_val"]
-    n_val = 6  # of the 30 training pairs (val_fraction 0.2)
-    flags = (" and " + ", ".join(f"`{k}={v}`" for k, v in res["options"].items())) if res["options"] else ""
-    lines = [
+_BLOCK = re.compile(r"<!-- run:(?P<key>[^:]*):begin -->.*?<!-- run:(?P=key):end -->", re.S)
+ALL_INTERIOR_MIOU = 0.45  # validation mean IoU below this: (nearly) everything predicted interior
+
+
+def _run_key(options: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
+
+
+def _intro() -> list[str]:
+    return [
         "# Training a model for a new task: neural-EM membranes", "",
+        "<!-- Written by `python benchmarks/new_task_membranes.py --write-docs`; each run (the",
+        "package defaults, or a set of flags) has its own block below, replaced when that run is",
+        "repeated. -->", "",
         "The package's training functions are not tied to glycogen granules: a new task is a new",
         "*class schema* (a name and a list of classes), and the same functions and CLI commands",
         "export training pairs, train a fresh network, and evaluate it. This page records a",
@@ -358,64 +366,35 @@ def _markdown(res: dict) -> str:
         "pixel accuracy).", "",
         "**The numbers below are on synthetic stand-ins, not on ISBI data.** ISBI could not be",
         "downloaded where this was run, so `benchmarks/new_task_membranes.py` generates slices with",
-        "exact truth (seeded, NumPy/SciPy only): warped, weighted Voronoi cells (curved boundaries,",
-        "large profiles and bundles of small ones, some elongated) separated by dark membranes",
-        "2-5 px wide whose darkness varies along them; interiors with low-frequency texture, dark",
-        "organelle-like blobs, vesicle-like dots, short dark streaks and textured mitochondria, all",
-        "labelled interior and as dark as parts of the membranes (the distractors that make the",
-        "real task hard); then blur, noise, uneven illumination and a random contrast per slice.",
-        "The check on real ISBI data is still to be done (commands at the end).", "",
+        "exact truth (seeded, NumPy/SciPy/scikit-image only): warped, weighted Voronoi cells",
+        "(curved boundaries; 40-80 large profiles plus bundles of small ones, ~30% elongated)",
+        "separated by dark membranes 2-5 px wide whose darkness varies along them; interiors with",
+        "low-frequency texture, dark organelle-like blobs, vesicle-like dots, short dark streaks and",
+        "textured mitochondria, all labelled interior and as dark as parts of the membranes (the",
+        "distractors that make the real task hard); then blur, noise, uneven illumination and a",
+        "random contrast per slice. The check on real ISBI data is still to be done (commands at",
+        "the end).", "",
         "## What the benchmark does", "",
         "1. Draws 30 training slices (seeds 0-29) and 30 test slices (seeds 1000-1029) and writes",
         "   each as a training pair with `export_training_pairs(image, labels, out_dir,",
         "   schema=ClassSchema.from_names(\"membranes\", [\"interior\", \"membrane\"]),",
         "   tile_size=512, pixel_size_nm=8.0)`.",
         "2. Trains a fresh network with `train_iter(train_dir, run_dir, kind=\"membranes\",",
-        f"   schema=schema)`: the package defaults{flags} (from scratch: the Granules U-Net",
-        f"   architecture, Nadam, learning rate 2e-3, batch {cfg['batch_size']}, random "
-        f"{cfg['crop']} px crops with flips,",
-        "   contrast and brightness jitter, no class weights; 20% of the pairs held out for",
-        "   validation; best epoch by validation mean IoU; learning rate halved after 4 epochs",
-        f"   without improvement, early stop after {cfg['early_stopping_patience']}; at most "
-        f"{cfg['epochs']} epochs).",
+        "   schema=schema, **flags)`: the package defaults except the flags given (from scratch:",
+        "   the Granules U-Net architecture, Nadam, learning rate 2e-3, batch 2, random 512 px crops",
+        "   with flips, contrast and brightness jitter, no class weights; 20% of the pairs (6)",
+        "   held out for validation; best epoch by validation mean IoU; learning rate halved after",
+        "   4 epochs without improvement, early stop after 10; at most 50 epochs).",
         "3. Evaluates the best weights with `evaluate(result.model, test_dir)` on the 30 held-out",
-        "   slices.", "",
-        "Command:", "", "```", res["command"] + " --write-docs", "```", "",
-        f"Machine: {res['machine']}; Keras backend `{res['backend']}`.", "",
+        "   slices, beside two baselines: calling everything interior, and the best single global",
+        "   threshold (every pixel darker than one grey level, after a Gaussian blur of sigma 1.5,",
+        "   is membrane; the level is chosen on the training slices).", "",
         "## Results", "",
-        "| measure | value |", "|---|---:|",
-        f"| training time | {res['train_seconds']:.0f} s |",
-        f"| epochs run (steps per epoch) | {res['epochs_run']} ({res['steps_per_epoch']}) |",
-        f"| stopped early | {'yes' if res['stopped_early'] else 'no'} |",
-        f"| best epoch (by {res['monitor']}) | {res['best_epoch']} |",
     ]
-    for k in ("val_accuracy", "val_mean_iou", "val_loss"):
-        if k in bv:
-            lines.append(f"| best epoch {k.replace('_', ' ')} ({n_val} validation slices) | {bv[k]:.4f} |")
-    for k in ("loss", "accuracy"):
-        if k in fv:
-            lines.append(f"| last epoch training {k} | {fv[k]:.4f} |")
-    lines += [
-        f"| **test pixel accuracy**, mean over 30 images | **{t['mean_image_accuracy']:.4f}** |",
-        f"| test pixel accuracy, pooled over all pixels | {t['pixel_accuracy_pooled']:.4f} |",
-        f"| test pixel accuracy, worst / best image | {t['min_image_accuracy']:.4f} / "
-        f"{t['max_image_accuracy']:.4f} |",
-        f"| test membrane IoU / Dice | {t['iou_membrane']:.4f} / {t['dice_membrane']:.4f} |",
-        f"| test interior IoU / Dice | {t['iou_interior']:.4f} / {t['dice_interior']:.4f} |",
-        f"| test mean IoU | {t['mean_iou']:.4f} |",
-        f"| baseline: all interior (test) | {res['baseline_all_interior']:.4f} |",
-        f"| baseline: best global threshold on blurred image (test) | {b['test_accuracy']:.4f} |",
-        "| reference: ISBI 2012 tutorial U-Net (real data) | 0.92 |", "",
-        f"Membrane pixels: {100 * res['membrane_fraction_train']:.1f}% of the training slices, "
-        f"{100 * res['membrane_fraction_test']:.1f}% of the test slices.",
-        "The threshold baseline calls every pixel darker than one global grey level membrane (after a",
-        f"Gaussian blur of sigma 1.5; level {b['t']:.0f} chosen on the training slices, where it "
-        f"scores {b['train_accuracy']:.4f}).", "",
-    ]
-    if res["notes"]:
-        lines += ["Training notes: " + "; ".join(res["notes"]) + ".", ""]
-    lines += [
-        "Per-epoch logs: `run/history.csv` and `run/history.png` in the output folder (`--out`).",
+
+
+def _outro() -> list[str]:
+    return [
         "The synthetic slices are easier than real neuropil in some ways (membranes are the only",
         "long connected dark structures; no section-to-section artefacts, no oblique, blurred",
         "membranes, no synapses), so a score here says that the pipeline learns a new task from",
@@ -433,14 +412,77 @@ def _markdown(res: dict) -> str:
         "emgranules train pairs --model new --schema pairs/schema.json --out run",
         "emgranules evaluate run/membranes.weights.h5 test_pairs --out report",
         "```", "",
-        "`train` writes `run/membranes.weights.h5` (the best epoch; the name comes from the task in",
+        "(`--pixel-size` only matters when the TIFFs carry no pixel size; any training flag of the",
+        "benchmark has a `train` option of the same name, e.g. `--epochs 100`.) `train` writes",
+        "`run/membranes.weights.h5` (the best epoch; the name comes from the task in",
         "`pairs/schema.json`), `run/history.csv` and `run/history.png`; `evaluate` prints the",
         "per-class IoU and Dice and the pixel accuracy and writes `report/summary.csv`,",
         "`report/per_image.csv` and the confusion matrices. ISBI's public test labels are not",
         "released, so on real data hold out some of the 30 labelled training slices as `test_pairs`.",
         "",
     ]
+
+
+def _block(res: dict) -> str:
+    t, b = res["test"], res["baseline_threshold"]
+    fv, bv = res["final"], res["best_val"]
+    key = _run_key(res["options"])
+    title = ("package defaults" if not res["options"]
+             else "defaults except " + ", ".join(f"{k}={v}" for k, v in res["options"].items()))
+    hist = res["history"]
+    stalled = [int(h["epoch"]) for h in hist if h.get("val_mean_iou", 1.0) < ALL_INTERIOR_MIOU]
+    lines = [
+        f"<!-- run:{key}:begin -->", "",
+        f"### Run: {title}", "",
+        "```", res["command"] + " --write-docs", "```", "",
+        f"Machine: {res['machine']}; Keras backend `{res['backend']}`. Generating the 60 slices took "
+        f"{res['generate_seconds']:.0f} s, evaluating {res['evaluate_seconds']:.0f} s.", "",
+        "| measure | value |", "|---|---:|",
+        f"| training time | {res['train_seconds']:.0f} s |",
+        f"| epochs run (steps of {res['config']['batch_size']} crops each) | {res['epochs_run']} "
+        f"({res['steps_per_epoch']}) |",
+        f"| stopped early | {'yes' if res['stopped_early'] else 'no'} |",
+        f"| best epoch (by {res['monitor']}) | {res['best_epoch']} |",
+    ]
+    for k in ("val_accuracy", "val_mean_iou", "val_loss"):
+        if k in bv:
+            lines.append(f"| best epoch: {k.replace('_', ' ')} (6 validation slices) | {bv[k]:.4f} |")
+    for k in ("loss", "accuracy"):
+        if k in fv:
+            lines.append(f"| last epoch: training {k} | {fv[k]:.4f} |")
+    lines += [
+        f"| **test pixel accuracy**, mean over 30 images | **{t['mean_image_accuracy']:.4f}** |",
+        f"| test pixel accuracy, pooled over all pixels | {t['pixel_accuracy_pooled']:.4f} |",
+        f"| test pixel accuracy, worst / best image | {t['min_image_accuracy']:.4f} / "
+        f"{t['max_image_accuracy']:.4f} |",
+        f"| test membrane IoU / Dice | {t['iou_membrane']:.4f} / {t['dice_membrane']:.4f} |",
+        f"| test interior IoU / Dice | {t['iou_interior']:.4f} / {t['dice_interior']:.4f} |",
+        f"| test mean IoU | {t['mean_iou']:.4f} |",
+        f"| baseline: all interior (test) | {res['baseline_all_interior']:.4f} |",
+        f"| baseline: best global threshold, level {b['t']:.0f} (test) | {b['test_accuracy']:.4f} |",
+        "| reference: ISBI 2012 tutorial U-Net (real data) | 0.92 |", "",
+        f"Membrane pixels: {100 * res['membrane_fraction_train']:.1f}% of the training slices, "
+        f"{100 * res['membrane_fraction_test']:.1f}% of the test slices.",
+        f"Epochs at the all-interior solution (validation mean IoU < {ALL_INTERIOR_MIOU}): "
+        + (", ".join(map(str, stalled)) if stalled else "none") + ".",
+    ]
+    if res["notes"]:
+        lines.append("Training notes: " + "; ".join(res["notes"]) + ".")
+    if res["best_epoch"] == res["epochs_run"] and not res["stopped_early"]:
+        lines.append("The best epoch was the last: the run was still improving when it reached its "
+                     "epoch limit.")
+    lines += ["", f"<!-- run:{key}:end -->"]
     return "\n".join(lines)
+
+
+def write_docs(res: dict, path: Path = DOC) -> None:
+    """Write ``path``, keeping the blocks of other runs already there and replacing this run's."""
+    blocks = {m["key"]: m[0] for m in _BLOCK.finditer(path.read_text())} if path.exists() else {}
+    blocks[_run_key(res["options"])] = _block(res)
+    order = sorted(blocks, key=lambda k: (k != "defaults", k))
+    text = "\n".join(_intro()) + "\n" + "\n\n".join(blocks[k] for k in order) + "\n\n" \
+        + "\n".join(_outro())
+    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -457,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     res = run(args)
     if args.write_docs:
-        DOC.write_text(_markdown(res))
+        write_docs(res)
         print(f"wrote {DOC}")
     return res
 
