@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
 from napari_emgranules.core.models import WeightsError, load_model, save_model
 from napari_emgranules.core.schema import GRANULES_SCHEMA, ClassSchema
+from napari_emgranules.core.segment import run_to_completion
 from napari_emgranules.core.train import (
     TrainConfig,
     TrainingError,
@@ -49,11 +50,7 @@ def blob_pairs(tmp_path_factory):
 
 def run_events(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, run_to_completion(gen, events.append)
 
 
 def test_a_learnable_task_is_learned_and_every_output_is_written(blob_pairs, tmp_path):

@@ -110,6 +110,7 @@ def _train_options(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .core.segment import run_to_completion
     from .core.train import train_iter
 
     if args.resume:
@@ -123,30 +124,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          validation=args.validation or None, name=args.name,
                          **_train_options(args))
     bar = None
-    result = None
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if bar is None or ev.step == 1 and not ev.end_of_epoch:
-                if bar is not None:
-                    bar.close()
-                bar = tqdm(total=ev.steps, desc=f"epoch {ev.epoch}/{ev.epochs}", unit="step",
-                           file=sys.stderr, leave=False, disable=args.quiet)
-            if ev.end_of_epoch:
+
+    def show(ev) -> None:  # one progress bar per epoch, one line when an epoch ends
+        nonlocal bar
+        if bar is None or ev.step == 1 and not ev.end_of_epoch:
+            if bar is not None:
                 bar.close()
-                star = "  (best so far: saved)" if ev.improved else ""
-                print(ev.message + star, flush=True)
-            else:
-                bar.update(1)
-                bar.set_postfix(loss=f"{ev.logs.get('loss', float('nan')):.4f}")
+            bar = tqdm(total=ev.steps, desc=f"epoch {ev.epoch}/{ev.epochs}", unit="step",
+                       file=sys.stderr, leave=False, disable=args.quiet)
+        if ev.end_of_epoch:
+            bar.close()
+            star = "  (best so far: saved)" if ev.improved else ""
+            print(ev.message + star, flush=True)
+        else:
+            bar.update(1)
+            bar.set_postfix(loss=f"{ev.logs.get('loss', float('nan')):.4f}")
+
+    try:
+        result = run_to_completion(gen, show)
     except KeyboardInterrupt:
         gen.close()
-        if bar is not None:
-            bar.close()
         _fail(f"interrupted; the last finished epoch is kept: continue with "
               f"'emgranules train {' '.join(args.data)} --out {args.out} --resume'")
         return 130
@@ -169,6 +166,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .core.metrics import evaluate_iter
     from .core.models import load_model
+    from .core.segment import run_to_completion
 
     model = load_model(args.weights, args.kind)
     if args.out:
@@ -180,15 +178,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     gen = evaluate_iter(model, args.data, mode=args.mode, iou_threshold=args.iou_threshold,
                         predictions_dir=args.predictions)
     with tqdm(unit="image", file=sys.stderr, leave=False, disable=args.quiet) as bar:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                report = stop.value
-                break
+        def advance(ev):
             bar.total = ev.total
             bar.set_postfix_str(ev.name)
             bar.update(1)
+
+        report = run_to_completion(gen, advance)
     if args.json:
         print(json.dumps({"summary": report.summary, "notes": report.notes}, indent=2, default=float))
     else:

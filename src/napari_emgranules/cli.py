@@ -78,7 +78,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.io import read_micrograph, write_image, write_labels
-    from .core.segment import segment_micrograph_iter
+    from .core.segment import run_to_completion, segment_micrograph_iter
 
     out = _output_folder(args.out)
     if not args.images and not args.sample:
@@ -131,15 +131,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             )
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
                       disable=args.quiet) as bar:
-                while True:
-                    try:
-                        ev = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
+                def advance(ev, bar=bar):
                     bar.total = ev.total
                     bar.set_postfix_str(ev.stage)
                     bar.update(1)
+
+                result = run_to_completion(gen, advance)
         except _user_errors() as exc:
             _fail(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
             failures += 1

@@ -42,6 +42,7 @@ from .io import (
     MIN_SIDE_PX,
     Micrograph,
     MicrographError,
+    _fmt_shape,
     atomic_output,
     read_labels,
     read_micrograph,
@@ -330,10 +331,6 @@ class TrainingSet:
 
 def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
-
-
-def _fmt_shape(shape: tuple[int, ...]) -> str:
-    return "x".join(str(int(s)) for s in shape)
 
 
 def _shape_problem(image_path: Path, image_shape: tuple[int, ...], labels_path: Path,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -129,13 +129,19 @@ class SegmentationResult:
         return [k for k, card in self.models.items() if not card.trained]
 
 
-def run_to_completion(gen: Generator[Any, None, Any]) -> Any:
-    """Drive a progress generator to its end and return its result."""
+def run_to_completion(gen: Generator[Any, None, Any],
+                      on_event: Callable[[Any], None] | None = None) -> Any:
+    """Drive a progress generator to its end and return its result.
+
+    ``on_event`` is called with every yielded event (e.g. to move a progress bar).
+    """
     while True:
         try:
-            next(gen)
+            event = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(event)
 
 
 # -------------------------------------------------------------------------------------------------
