@@ -178,6 +178,81 @@ def test_loaded_models_are_cached_until_the_file_changes(tmp_path, granules_mode
     assert load_model(path) is not a
 
 
+def test_float16_weights_are_half_the_size_and_predict_alike(tmp_path, granules_model,
+                                                              monkeypatch):
+    import h5py
+
+    from napari_emgranules.core import models as models_module
+    from napari_emgranules.core._backend import get_keras
+
+    full = save_model(granules_model, tmp_path / "full")
+    half = save_model(granules_model, tmp_path / "half", provenance={"data": "unit test"},
+                      weights_dtype="float16")
+    assert half.name == "half.weights.h5" and weights_format(half) == "keras3-h5"
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    assert sorted(q.name for q in tmp_path.iterdir()) == [  # no temporary files left behind
+        "full.weights.h5", "full.weights.json", "half.weights.h5", "half.weights.json"]
+    prov = json.loads(sidecar_path(half).read_text())["provenance"]
+    assert prov["weights_dtype"] == "float16" and prov["data"] == "unit test"
+    assert json.loads(sidecar_path(full).read_text())["provenance"]["weights_dtype"] == "float32"
+    with h5py.File(half, "r") as f:  # same Keras 3 layout, every array stored as float16
+        found: list = []
+        f.visititems(lambda name, obj: found.append((name, obj.dtype))
+                     if isinstance(obj, h5py.Dataset) else None)
+        assert len(found) == len(granules_model.keras_model.weights)
+        assert {dtype for _, dtype in found} == {np.dtype(np.float16)}
+        assert f["layers/conv2d/vars"].attrs["name"] == "enc0_conv1"
+    x = np.random.default_rng(1).random((1, 128, 128, 1), dtype=np.float32)
+    reference = granules_model.predict_logits(x)
+    loaded = load_model(half)
+    assert all(w.dtype == "float32" for w in loaded.keras_model.weights)
+    assert loaded.card.provenance["weights_dtype"] == "float16"
+    logits = loaded.predict_logits(x)
+    assert np.abs(logits - reference).max() <= 1e-2 * np.abs(reference).max()
+    assert (logits.argmax(-1) == reference.argmax(-1)).mean() >= 0.99
+    # Keras itself reads the file (it is a plain .weights.h5), into float32 variables
+    plain = build_granules_unet()
+    plain.load_weights(half)
+    np.testing.assert_allclose(get_keras().ops.convert_to_numpy(plain(x)), logits,
+                               rtol=1e-5, atol=1e-5)
+    # a float16 bundled default loads like any other
+    bundled = tmp_path / "bundled"
+    save_model(granules_model, bundled / "granules", weights_dtype="float16")
+    monkeypatch.setattr(models_module, "_bundled_dir", lambda: bundled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        np.testing.assert_array_equal(default_model("granules").predict_logits(x), logits)
+    # existing files are still refused, and replaced only when asked
+    before = full.read_bytes()
+    with pytest.raises(FileExistsError):
+        save_model(granules_model, full, weights_dtype="float16")
+    assert full.read_bytes() == before
+    save_model(granules_model, full, weights_dtype="float16", overwrite=True)
+    assert full.stat().st_size == half.stat().st_size
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", "half", np.float16, None])
+def test_unknown_weights_dtype_is_refused(tmp_path, granules_model, dtype):
+    with pytest.raises(ValueError, match=r"weights_dtype must be one of 'float32', 'float16'"):
+        save_model(granules_model, tmp_path / "bad", weights_dtype=dtype)
+    assert not any(tmp_path.iterdir())
+
+
+def test_weights_beyond_float16_range_are_refused(tmp_path):
+    from napari_emgranules.core._backend import get_keras
+
+    keras = get_keras()
+    inp = keras.Input((None, None, 1))
+    small = keras.Model(inp, keras.layers.Conv2D(2, 1)(inp))
+    kernel, bias = small.get_weights()
+    small.set_weights([np.full_like(kernel, 1e6), bias])
+    model = SegmentationModel(small, ModelCard.default("granules"))
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        save_model(model, tmp_path / "big", weights_dtype="float16")
+    assert not any(tmp_path.iterdir())  # nothing written, no temporary folder left
+    assert save_model(model, tmp_path / "big").is_file()  # float32 keeps them
+
+
 def test_keras_file_loads_in_safe_mode(tmp_path, granules_model, batch):
     path = tmp_path / "colleague.keras"
     granules_model.keras_model.save(path)

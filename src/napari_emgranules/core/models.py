@@ -55,6 +55,7 @@ __all__ = [
     "load_model",
     "default_model",
     "save_model",
+    "WEIGHTS_DTYPES",
     "sidecar_path",
     "weights_format",
     "clear_model_cache",
@@ -567,6 +568,15 @@ def _read_arrays(path: Path, fmt: str, model) -> list[np.ndarray]:
     raise WeightsError(f"{path}: unsupported weights format {fmt!r}")
 
 
+def _as_float32(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Floating-point arrays as float32 (the models' variables), e.g. from float16 files."""
+    return [
+        a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32
+        else a
+        for a in arrays
+    ]
+
+
 def _shape_signature(arch: str) -> list[tuple[int, ...]]:
     """Weight shapes of an architecture (for its default classes), without building it."""
     spec = ARCHITECTURES[arch]
@@ -693,7 +703,7 @@ def load_model(
     model = build_unet(card.architecture, card.schema.n_classes)
     arrays = _read_arrays(p, fmt, model)
     _check_arrays(p, arrays, model, card)
-    model.set_weights(arrays)
+    model.set_weights(_as_float32(arrays))
     loaded = SegmentationModel(model, card)
     logger.info("loaded %s from %s (%s)", loaded, p, fmt)
     with _CACHE_LOCK:
@@ -734,12 +744,59 @@ def default_model(kind: str) -> SegmentationModel:
     return model
 
 
+WEIGHTS_DTYPES = ("float32", "float16")
+"""Storage dtypes :func:`save_model` accepts for the weights file."""
+
+
+def _h5_as_float16(src: Path, dst: Path) -> None:
+    """Copy the HDF5 file ``src`` to a new file ``dst`` with every float dataset as float16.
+
+    Groups, names, attributes and all other datasets are copied unchanged, so a Keras 3
+    ``.weights.h5`` stays one (Keras and :func:`load_model` cast back to the variables' float32).
+    A new file is written because HDF5 does not give back the space of deleted datasets.
+
+    Raises
+    ------
+    ValueError
+        If a finite value is beyond float16's range (|x| > 65504).
+    """
+    import h5py
+
+    def copy_attrs(source, target) -> None:
+        for name in source.attrs:
+            target.attrs.create(name, source.attrs[name], dtype=source.attrs.get_id(name).dtype)
+
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        copy_attrs(fin, fout)
+
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Group):
+                copy_attrs(obj, fout.require_group(name))
+                return
+            if not (isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f"
+                    and obj.dtype.itemsize > 2):
+                fin.copy(obj, fout, name=name)
+                return
+            data = obj[()]
+            with np.errstate(over="ignore"):
+                half = np.asarray(data, dtype=np.float16)
+            if np.any(np.isinf(half) & np.isfinite(data)):
+                raise ValueError(
+                    f"weights {name!r} hold values beyond float16's range (max |x| "
+                    f"{float(np.nanmax(np.abs(data))):.3g} > 65504); save them as float32"
+                )
+            copy_attrs(obj, fout.create_dataset(name, data=half))
+
+        fin.visititems(visit)
+
+
 def save_model(
     model: SegmentationModel,
     path: str | os.PathLike,
     *,
     provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Save weights as ``.weights.h5`` with a JSON sidecar, atomically.
 
@@ -750,12 +807,30 @@ def save_model(
     path : path-like
         Target; ``.weights.h5`` is appended if missing.
     provenance : dict, optional
-        Merged into the card's provenance (data, epochs, ...); date and package version are added.
+        Merged into the card's provenance (data, epochs, ...); date, package version and
+        ``weights_dtype`` are added.
     overwrite : bool
         Refuse to replace existing files unless True.
+    weights_dtype : {"float32", "float16"}
+        How the weights are stored. ``"float16"`` halves the file (the Locations U-Net: 17.3 MB
+        instead of 34.6 MB); it is still a Keras 3 ``.weights.h5`` in the same layout, loaded back
+        into float32 variables. Predictions then differ from the float32 model's by float16
+        rounding (about 1e-3 relative).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``weights_dtype``, or weights beyond float16's range with ``"float16"``.
+    FileExistsError
+        The weights or the sidecar exist and ``overwrite`` is False.
     """
     from .. import __version__
 
+    if not isinstance(weights_dtype, str) or weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(
+            f"weights_dtype must be one of {', '.join(map(repr, WEIGHTS_DTYPES))}, "
+            f"got {weights_dtype!r}"
+        )
     p = Path(path)
     if not p.name.endswith(".weights.h5"):
         p = p.with_name(p.name + ".weights.h5")
@@ -768,11 +843,17 @@ def save_model(
     prov.update(provenance or {})
     prov.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     prov["package_version"] = __version__
+    prov["weights_dtype"] = weights_dtype
     data = {**card.to_dict(), "provenance": prov}
     tmpdir = Path(tempfile.mkdtemp(prefix=".saving-", dir=p.parent))
     try:
         tmp_w = tmpdir / p.name
-        model.keras_model.save_weights(tmp_w)
+        if weights_dtype == "float16":
+            tmp_full = tmpdir / f"float32-{p.name}"
+            model.keras_model.save_weights(tmp_full)
+            _h5_as_float16(tmp_full, tmp_w)
+        else:
+            model.keras_model.save_weights(tmp_w)
         tmp_s = tmpdir / side.name
         tmp_s.write_text(json.dumps(data, indent=2), encoding="utf-8")
         os.replace(tmp_w, p)
