@@ -94,8 +94,9 @@ def test_segment_exits_0_and_writes_both_label_maps(segmented):
     expected = {out / kind / f"{stem}.tif" for kind in ("locations", "granules") for stem in SHAPES}
     assert set(files_under(out)) == expected
     assert leftovers(out) == []
-    assert any(line.startswith("note:") and "UNTRAINED" in line
-               for line in segmented["stderr"].splitlines()), segmented["stderr"]
+    notes = [line for line in segmented["stderr"].splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "synthetic micrographs" in notes[0], segmented["stderr"]
+    assert "UNTRAINED" not in segmented["stderr"]
 
 
 @pytest.mark.parametrize("kind, n_classes", [("locations", 7), ("granules", 2)])
@@ -112,7 +113,7 @@ def test_segment_label_maps_have_image_shape_codes_and_pixel_size(segmented, kin
     assert m.pixel_size_source.startswith("metadata:")
 
 
-def test_segment_prints_one_summary_line_per_image_and_says_untrained(segmented):
+def test_segment_prints_one_summary_line_per_image(segmented):
     lines = summary_lines(segmented["stdout"])
     assert len(lines) == 2, segmented["stdout"]
     for stem, line in zip(sorted(SHAPES), lines, strict=True):
@@ -120,7 +121,22 @@ def test_segment_prints_one_summary_line_per_image_and_says_untrained(segmented)
         assert "0.8 nm/px (metadata:" in line
         assert str(segmented["out"] / "locations" / f"{stem}.tif") in line
         assert str(segmented["out"] / "granules" / f"{stem}.tif") in line
-        assert "UNTRAINED" in line
+        assert "UNTRAINED" not in line
+
+
+def test_segment_with_untrained_models_says_so(tmp_path, monkeypatch):
+    from napari_emgranules.core import models
+
+    monkeypatch.setattr(models, "_bundled_dir", lambda: tmp_path / "no-models")
+    models.clear_model_cache()
+    try:
+        image = synthetic_file(tmp_path / "cell.tif", (256, 256), seed=4)
+        code, stdout, stderr = run_cli("segment", image, "--out", tmp_path / "out")
+    finally:
+        models.clear_model_cache()
+    assert code == 0, stderr
+    assert "[UNTRAINED models: locations, granules]" in summary_lines(stdout)[0]
+    assert any(line.startswith("note:") and "UNTRAINED" in line for line in stderr.splitlines())
 
 
 def test_segment_folder_expands_to_its_micrographs(tmp_path, write_micrograph):
@@ -433,16 +449,20 @@ def test_info_json():
     assert isinstance(info["devices"], list)
     locations = info["bundled_models"]["locations"]
     assert locations["parameters"] == 8656655
-    assert locations["trained"] is False
+    assert locations["trained"] is True and locations["synthetic"] is True
+    assert "synthetic" in locations["training_data"]
     assert len(locations["classes"]) == 7
     assert len(info["bundled_models"]["granules"]["classes"]) == 2
 
 
-def test_info_plain_says_untrained():
+def test_info_plain_says_the_defaults_are_synthetic_trained():
     code, stdout, _ = run_cli("info")
     assert code == 0
     assert "Keras backend:" in stdout
-    assert "UNTRAINED" in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("bundled ")]
+    assert len(lines) == 2
+    assert all("trained on SYNTHETIC micrographs only" in line for line in lines)
+    assert "UNTRAINED" not in stdout
     assert "8,656,655 parameters" in stdout
 
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from napari_emgranules.core import models as models_module
 from napari_emgranules.core.models import (
     ModelCard,
     SegmentationModel,
@@ -182,7 +183,6 @@ def test_float16_weights_are_half_the_size_and_predict_alike(tmp_path, granules_
                                                               monkeypatch):
     import h5py
 
-    from napari_emgranules.core import models as models_module
     from napari_emgranules.core._backend import get_keras
 
     full = save_model(granules_model, tmp_path / "full")
@@ -426,7 +426,8 @@ def test_renamed_schema_travels_with_the_weights(tmp_path, granules_model):
     assert load_model(path).card.schema[1].name == "beta particle"
 
 
-def test_untrained_default_says_so():
+def test_untrained_default_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(models_module, "_bundled_dir", lambda: tmp_path)  # no bundled weights
     clear_model_cache()
     with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
         model = default_model("granules")
@@ -434,6 +435,29 @@ def test_untrained_default_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert default_model("granules") is model  # cached, warned once
+    clear_model_cache()
+
+
+@pytest.mark.parametrize("kind", ["locations", "granules"])
+def test_bundled_defaults_are_trained_small_float16_and_say_synthetic(kind):
+    import h5py
+
+    path = models_module._bundled_dir() / f"{kind}.weights.h5"
+    assert path.is_file() and path.stat().st_size < 20e6
+    with h5py.File(path) as f:
+        dtypes = set()
+        f.visititems(lambda _, o: dtypes.add(o.dtype) if isinstance(o, h5py.Dataset) else None)
+    assert dtypes == {np.dtype(np.float16)}
+    clear_model_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)
+        model = default_model(kind)
+    card = model.card
+    assert card.trained and card.synthetic and card.kind == kind
+    assert card.pixel_size_nm == 0.8
+    assert "scripts/train_defaults.py" in card.provenance["made_with"]
+    assert "synthetic" in card.provenance["training_data"]
+    assert card.provenance["weights_dtype"] == "float16"
 
 
 def test_schema_round_trip_and_validation():

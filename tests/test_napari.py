@@ -40,7 +40,7 @@ def test_manifest_loads_from_the_installed_distribution():
     contributions = manifest.contributions
     (reader,) = contributions.readers
     assert "*.tif" in reader.filename_patterns and "*.png" in reader.filename_patterns
-    assert [s.key for s in contributions.sample_data] == ["synthetic-muscle"]
+    assert [s.key for s in contributions.sample_data] == ["synthetic-muscle", "synthetic-muscle-4096"]
     # every command's python_name resolves to a callable
     for command in contributions.commands:
         module, _, attr = command.python_name.partition(":")

@@ -104,6 +104,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     suffix = "." + args.format
     failures = 0
     untrained: set[str] = set()  # kinds whose model had random weights, over the images segmented
+    synthetic: set[str] = set()  # kinds whose model was trained on synthetic micrographs only
     claimed: dict[str, object] = {}  # output name -> the input that writes it in this run
     for name, path in jobs:
         if name in claimed:  # e.g. day1/cell.tif and day2/cell.tif: one would replace the other
@@ -156,6 +157,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 if present[code]
             )
         untrained.update(result.untrained)
+        synthetic.update(k for k, m in result.models.items() if m.card.synthetic)
         flag = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
             if result.untrained else ""
         print(f"{name}: {result.mode}, {result.pixel_size_nm:g} nm/px "
@@ -165,6 +167,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print("note: the bundled default models are UNTRAINED (random weights) in this version; "
               "their labels are meaningless. Pass --locations-weights/--granules-weights with "
               "trained weights.", file=sys.stderr)
+    if synthetic:
+        print(f"note: the {' and '.join(sorted(synthetic))} model(s) used are the bundled defaults, "
+              "trained on synthetic micrographs only. On real micrographs check the labels, "
+              "correct them and retrain (emgranules export / train), or pass your lab's weights "
+              "with --locations-weights/--granules-weights.", file=sys.stderr)
     return EXIT_BAD_INPUT if failures else EXIT_OK
 
 
@@ -241,6 +248,8 @@ def collect_info() -> dict:
                 "architecture": c.architecture,
                 "parameters": m.count_params(),
                 "trained": c.trained,
+                "synthetic": c.synthetic,
+                "training_data": c.provenance.get("training_data"),
                 "pixel_size_nm": c.pixel_size_nm,
                 "classes": [f"{k.code} {k.letter} {k.name}" for k in c.schema.classes],
                 "measured": list(c.schema.measured_codes),
@@ -282,7 +291,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"Keras backend: {info['keras_backend']}  (set KERAS_BACKEND to change)")
     print("devices: " + ", ".join(info["devices"]))
     for kind, m in info["bundled_models"].items():
-        state = "trained" if m["trained"] else "UNTRAINED: random weights, labels are meaningless"
+        state = ("UNTRAINED: random weights, labels are meaningless" if not m["trained"] else
+                 "trained on SYNTHETIC micrographs only: on real data correct and retrain, or "
+                 "load your lab's weights" if m["synthetic"] else "trained")
         print(f"bundled {kind} model: {m['architecture']}, {m['parameters']:,} parameters, "
               f"{m['pixel_size_nm']} nm/px, {state}")
         print("    classes: " + "; ".join(m["classes"]) + f"  (measured: {m['measured']})")

@@ -216,8 +216,13 @@ class ModelCard:
 
     @property
     def trained(self) -> bool:
-        """False for random weights (the bundled defaults until trained ones ship)."""
+        """False for random weights (e.g. a fresh network before training)."""
         return bool(self.provenance.get("trained", True))
+
+    @property
+    def synthetic(self) -> bool:
+        """True for weights trained on synthetic micrographs only (the bundled defaults)."""
+        return bool(self.provenance.get("synthetic", False))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -216,9 +216,14 @@ def synthetic_micrograph(shape: tuple[int, int] = (4096, 4096), pixel_size_nm: f
     return SyntheticMicrograph(image, loc, granules, ps, fractions, int(seed), cell.drawn)
 
 
-def sample_micrograph() -> SyntheticMicrograph:
-    """The bundled sample: 2048 x 2048 px at 0.8 nm/px, uint16, seed 2024."""
-    return synthetic_micrograph((2048, 2048), 0.8, seed=2024, dtype="uint16")
+def sample_micrograph(size: int = 2048) -> SyntheticMicrograph:
+    """The bundled sample: ``size`` x ``size`` px (2048 or the full 4096) at 0.8 nm/px, uint16.
+
+    Seed 2024 shows every measured region at both sizes.
+    """
+    if size not in (2048, 4096):
+        raise ValueError(f"the sample is 2048 or 4096 px on a side, not {size!r}")
+    return synthetic_micrograph((size, size), 0.8, seed=2024, dtype="uint16")
 
 
 def _draw(rng: np.random.Generator, value: Any) -> float:
@@ -651,7 +656,8 @@ class _Cell:
         """A very dark ellipse (a speck or needle of precipitate) of semi-axes ra, rb."""
         h, w = self.shape
         k = int(max(ra, rb)) + 1
-        y0, y1, x0, x1 = max(0, int(y) - k), min(h, int(y) + k + 2), max(0, int(x) - k), min(w, int(x) + k + 2)
+        y0, y1 = max(0, int(y) - k), min(h, int(y) + k + 2)
+        x0, x1 = max(0, int(x) - k), min(w, int(x) + k + 2)
         if y0 >= y1 or x0 >= x1:
             return
         yy = (np.arange(y0, y1) + 0.5 - y)[:, None]
