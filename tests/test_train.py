@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from napari_emgranules.core._backend import get_keras
 from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
 from napari_emgranules.core.models import WeightsError, load_model, save_model
 from napari_emgranules.core.schema import GRANULES_SCHEMA, ClassSchema
@@ -155,6 +156,8 @@ def test_bad_settings_are_refused_before_training(blob_pairs, tmp_path):
         TrainConfig(crop=200)
     with pytest.raises(ValueError, match="class_weights"):
         TrainConfig(class_weights="sometimes")
+    with pytest.raises(ValueError, match="clip_norm"):
+        TrainConfig(clip_norm=0)
     with pytest.raises(TrainingError, match="3 class weights given for 2 classes"):
         train(blob_pairs, tmp_path / "x", kind="blobs", schema=BLOBS, class_weights=(1, 2, 3), **FAST)
     with pytest.raises(TrainingError, match="say what to train"):
@@ -260,3 +263,22 @@ def test_evaluate_scores_a_model_against_its_own_predictions_perfectly(tmp_path,
     assert len(list((tmp_path / "pred").glob("*.png"))) == 4
     with pytest.raises(FileExistsError):
         evaluate(model, tmp_path / "pairs", predictions_dir=tmp_path / "pred")
+
+
+def test_a_fresh_network_starts_with_live_layers_and_the_class_prior():
+    from napari_emgranules.core.models import build_unet
+    from napari_emgranules.core.train import _bias_to_priors, _scale_to_unit_activity
+
+    keras = get_keras()
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0.3, 0.7, (2, 128, 128, 1)).astype(np.float32)
+    net = build_unet("unet_model", 3, seed=0)
+    _scale_to_unit_activity(net, batch, target=0.5)
+    convs = [layer for layer in net.layers if layer.name.endswith("conv2") or layer.name == "head_conv"]
+    probe = keras.Model(net.inputs, [layer.output for layer in convs])
+    sds = [float(np.std(keras.ops.convert_to_numpy(o))) for o in probe(batch)]
+    assert all(0.3 < sd < 0.8 for sd in sds), sds  # no layer fades out with depth
+    freqs = np.array([0.7, 0.2, 0.1])
+    _bias_to_priors(net, freqs)
+    bias = net.get_layer("logits").get_weights()[1]
+    np.testing.assert_allclose(np.exp(bias) / np.exp(bias).sum(), freqs, rtol=1e-5)

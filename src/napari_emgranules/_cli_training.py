@@ -90,7 +90,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _train_options(args: argparse.Namespace) -> dict:
     opts = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop,
             "steps_per_epoch": args.steps_per_epoch, "optimizer": args.optimizer,
-            "learning_rate": args.lr, "dice_weight": args.dice, "val_fraction": args.val_fraction,
+            "learning_rate": args.lr, "clip_norm": args.clip_norm, "dice_weight": args.dice,
+            "val_fraction": args.val_fraction,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
             "scale_jitter": args.scale_jitter, "seed": args.seed}
@@ -253,6 +254,8 @@ def add_parsers(sub) -> None:
     tr.add_argument("--optimizer", choices=("nadam", "adam"),
                     help="default nadam from scratch, adam when fine-tuning")
     tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 / 5e-4 fine-tuning)")
+    tr.add_argument("--clip-norm", type=float, metavar="N",
+                    help="clip the gradient's global norm (e.g. 1.0; steadies training from scratch)")
     tr.add_argument("--class-weights", metavar="none|balanced|W,W,...",
                     help="per-class loss weights (default none)")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")

@@ -98,6 +98,10 @@ class TrainConfig:
         Default: Nadam when training from scratch, Adam when fine-tuning (the original recipe).
     learning_rate : float, optional
         Default: 2e-3 from scratch, 5e-4 when fine-tuning (the original recipe).
+    clip_norm : float, optional
+        Clip the gradient's global norm to this (None = no clipping). The original networks have
+        no normalisation layers; from scratch, clipping (with Adam 5e-4) keeps them from
+        diverging in the first epochs.
     class_weights : "none", "balanced" or sequence of float
         Per-class loss weights. ``"balanced"`` weighs each class by the inverse square root of its
         pixel frequency in the training labels (normalised to a mean pixel weight of 1), which
@@ -133,6 +137,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     optimizer: str | None = None
     learning_rate: float | None = None
+    clip_norm: float | None = None
     class_weights: str | tuple[float, ...] = "none"
     dice_weight: float = 0.0
     val_fraction: float = 0.2
@@ -163,6 +168,8 @@ class TrainConfig:
             problems.append(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if self.optimizer not in (None, "nadam", "adam"):
             problems.append(f"optimizer must be 'nadam' or 'adam', got {self.optimizer!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            problems.append(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if isinstance(self.class_weights, str) and self.class_weights not in ("none", "balanced"):
@@ -660,6 +667,42 @@ class _Run:
         }
 
 
+def _scale_to_unit_activity(net, batch: np.ndarray, target: float = 0.5, rounds: int = 2) -> None:
+    """Data-dependent start for a network trained from scratch (LSUV-like, Mishkin & Matas 2016).
+
+    The original U-Nets have no normalisation layers: with He initialisation their activations'
+    spread falls ten-fold through the depth, the output hardly depends on the image, and training
+    sits for hundreds of steps at the class prior. Scaling each convolution (kernel and bias;
+    ReLU is positively homogeneous) so that its output on a real batch has standard deviation
+    ``target`` gives every layer a signal to learn from. The architecture and weight shapes are
+    unchanged.
+    """
+    keras = get_keras()
+    convs = [layer for layer in net.layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
+             and layer.name != "logits"]
+    probe = keras.Model(net.inputs, [layer.output for layer in convs])
+    for _ in range(rounds):
+        for i, layer in enumerate(convs):
+            out = keras.ops.convert_to_numpy(probe(batch, training=False)[i])
+            sd = float(out.std())
+            if sd > 1e-8:
+                kernel, bias = layer.get_weights()
+                layer.set_weights([kernel * (target / sd), bias * (target / sd)])
+
+
+def _bias_to_priors(net, frequencies: np.ndarray) -> None:
+    """Start a network from scratch predicting the class frequencies (output bias = log prior).
+
+    Without this, the normalisation-free originals spend hundreds of steps learning the prior
+    through the last layer's bias before any feature matters (cross-entropy stays near log(n)).
+    """
+    layer = net.get_layer("logits")
+    kernel, bias = layer.get_weights()
+    prior = np.log(np.maximum(np.asarray(frequencies, np.float64), 1e-4))
+    layer.set_weights([kernel, (prior - prior.mean()).astype(bias.dtype)])
+
+
 def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: ClassSchema) -> np.ndarray:
     n = schema.n_classes
     if isinstance(config.class_weights, str):
@@ -721,6 +764,13 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         notes.append("no validation pairs: the best checkpoint is chosen by the training loss")
         monitor = "loss"
     fine_tuning = start != "fresh" and not start.startswith("untrained")
+    if state is None and not fine_tuning and samples:
+        probe_rng = np.random.default_rng(config.seed)
+        crops = [augment_pair(samples[int(k)].image, samples[int(k)].labels, min(config.crop, 256),
+                              probe_rng)[0] for k in probe_rng.integers(0, len(samples), 4)]
+        _scale_to_unit_activity(trainable.keras_model, np.stack(crops)[..., None])
+        _bias_to_priors(trainable.keras_model, class_frequencies([s.labels for s in samples],
+                                                                 card.schema.n_classes))
     total_px = sum(s.image.size for s in samples)
     run = _Run(
         out=out, config=config, card=card, name=name or card.kind, start=start, model=trainable,
@@ -744,7 +794,7 @@ def _compile(run: _Run, lr: float) -> None:
             if layer.name.startswith("enc"):
                 layer.trainable = False
     opt_cls = keras.optimizers.Nadam if run.optimizer_name == "nadam" else keras.optimizers.Adam
-    run.optimizer = opt_cls(learning_rate=lr)
+    run.optimizer = opt_cls(learning_rate=lr, global_clipnorm=run.config.clip_norm)
     net.compile(optimizer=run.optimizer,
                 loss=_make_loss(run.card.schema.n_classes, run.class_weights, run.config.dice_weight),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
