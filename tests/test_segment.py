@@ -185,3 +185,29 @@ def test_bad_options_are_refused(small):
         segment_micrograph(small.image, mode="tiled", batch_size=0)
     with pytest.raises(ValueError, match="max_window"):
         segment_micrograph(small.image, mode="tiled", max_window=1000)
+
+
+@pytest.mark.parametrize("pixel_size_nm", [0.8, 1.6])
+def test_small_granule_specks_are_removed_in_physical_units(pixel_size_nm):
+    from napari_emgranules.core.segment import remove_small_objects
+
+    lab = np.zeros((200, 200), np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    d_px = 10 / pixel_size_nm  # a 10 nm granule: kept
+    lab[(yy - 50) ** 2 + (xx - 50) ** 2 <= (d_px / 2) ** 2] = 1
+    lab[150:152, 150:152] = 1  # a 4-px speck: at most 2.3 nm across at 1 nm/px
+    lab[100, 10] = 1
+    out = remove_small_objects(lab.copy(), 8.0, pixel_size_nm)
+    assert out[50, 50] == 1 and out[150:152, 150:152].sum() == 0 and out[100, 10] == 0
+    assert out.sum() == (lab[:120].sum() - 1)
+
+
+def test_segment_drops_granule_specks_unless_asked_not_to(small):
+    raw = segment_micrograph(small.image, kinds=("granules",), min_granule_nm=None)
+    clean = segment_micrograph(small.image, kinds=("granules",))
+    assert (clean.granules <= raw.granules).all()  # only removes
+    from scipy import ndimage as ndi
+
+    comp, n = ndi.label(clean.granules, structure=np.ones((3, 3)))
+    if n:
+        assert np.bincount(comp.ravel())[1:].min() >= np.pi / 4 * (8 / 0.8) ** 2

@@ -129,6 +129,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 micrograph, mode=args.mode, locations_model=weights.get("locations"),
                 granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence,
                 max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
+                min_granule_nm=args.min_granule or None,
             )
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
                       disable=args.quiet) as bar:
@@ -157,7 +158,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 if present[code]
             )
         untrained.update(result.untrained)
-        synthetic.update(k for k, m in result.models.items() if m.card.synthetic)
+        synthetic.update(k for k, card in result.models.items() if card.synthetic)
         flag = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
             if result.untrained else ""
         print(f"{name}: {result.mode}, {result.pixel_size_nm:g} nm/px "
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--locations-weights", metavar="FILE",
                      help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint)")
     seg.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
+    seg.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
+                     help="granule objects smaller than a disc this wide become background "
+                          "(default 8 nm; 0 keeps the raw model output)")
     seg.add_argument("--only", action="append", choices=("locations", "granules"),
                      help="run only this model (repeatable)")
     seg.add_argument("--format", default="tif", choices=("tif", "png"),

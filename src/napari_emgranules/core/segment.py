@@ -27,6 +27,7 @@ Images are scaled to float32 in [0, 1] by their dtype's range (as the original t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Generator, Mapping
@@ -51,6 +52,8 @@ __all__ = [
     "to_unit_float",
     "estimate_memory_bytes",
     "run_to_completion",
+    "remove_small_objects",
+    "MIN_GRANULE_NM",
 ]
 
 MODES = ("auto", "whole", "tiled", "seed")
@@ -287,6 +290,31 @@ def _choose_mode(mode: str, shape: tuple[int, int], budget: int | None, max_wind
     return "tiled", max_window
 
 
+MIN_GRANULE_NM = 8.0
+"""Default smallest granule diameter kept in the Granules label map (nm)."""
+
+
+def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_nm: float,
+                         background: int = 0) -> np.ndarray:
+    """Set objects (8-connected, per code) smaller than a disc of ``min_diameter_nm`` to background.
+
+    Returns ``labels`` itself (changed in place) for convenience.
+    """
+    from scipy import ndimage as ndi
+
+    min_px = math.pi / 4 * (float(min_diameter_nm) / float(pixel_size_nm)) ** 2
+    for code in np.unique(labels):
+        if code == background:
+            continue
+        comp, n = ndi.label(labels == code, structure=np.ones((3, 3), bool))
+        if not n:
+            continue
+        small = np.bincount(comp.ravel()) < min_px
+        small[0] = False
+        labels[small[comp]] = background
+    return labels
+
+
 def segment_micrograph_iter(
     image: np.ndarray | Micrograph | str | os.PathLike,
     pixel_size_nm: float | None = None,
@@ -301,6 +329,7 @@ def segment_micrograph_iter(
     halo: int = 128,
     batch_size: int = 1,
     memory_budget_bytes: int | None = None,
+    min_granule_nm: float | None = MIN_GRANULE_NM,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a micrograph with the Locations and Granules models, yielding progress.
 
@@ -328,6 +357,10 @@ def segment_micrograph_iter(
         defaults to the largest multiple of 128 up to 4096 that fits the memory budget.
     batch_size : int
         Windows per forward pass (``tiled``, ``seed``).
+    min_granule_nm : float or None
+        Granules-model objects (8-connected) smaller than a disc of this diameter are returned
+        as background: specks of a few pixels that no glycogen particle (10-45 nm) makes.
+        Default 8 nm; None keeps the raw model output.
     memory_budget_bytes : int, optional
         Memory ``auto`` may plan for; default half the available memory.
 
@@ -431,6 +464,8 @@ def segment_micrograph_iter(
             lab, cf = reduce_scores(_resample(out, micrograph.shape))
         else:
             lab, cf = out
+        if min_granule_nm and model.card.kind == "granules":
+            lab = remove_small_objects(lab, min_granule_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
         if confidence:
             confs[kind] = cf.astype(np.float32, copy=False)
