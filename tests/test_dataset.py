@@ -298,7 +298,7 @@ def test_bare_seed_layout_loads(tmp_path):
 
     # a schema argument checks the codes
     assert load_training_pairs(root, schema=LOCATIONS_SCHEMA).schema == LOCATIONS_SCHEMA
-    with _raises_listing("cell_0.png", "not in the granules schema"):
+    with _raises_listing("cell_1.png", "not in the granules schema"):  # it holds codes above 1
         load_training_pairs(root, schema=GRANULES_SCHEMA)
 
 

@@ -438,7 +438,10 @@ def test_untrained_default_says_so(tmp_path, monkeypatch):
     clear_model_cache()
 
 
-@pytest.mark.parametrize("kind", ["locations", "granules"])
+SHIPPED = ["granules"]  # trained defaults in this version; Locations is still being trained
+
+
+@pytest.mark.parametrize("kind", SHIPPED)
 def test_bundled_defaults_are_trained_small_float16_and_say_synthetic(kind):
     import h5py
 
@@ -475,3 +478,10 @@ def test_schema_round_trip_and_validation():
         LOCATIONS_SCHEMA.check_labels(np.array([[0, 9]], np.uint8))
     with pytest.raises(SchemaError, match="malformed"):
         ClassSchema.from_dict({"kind": "x", "classes": [{"code": 0}]})
+
+
+def test_the_locations_default_is_untrained_and_says_so():
+    clear_model_cache()
+    with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
+        assert default_model("locations").card.trained is False
+    clear_model_cache()

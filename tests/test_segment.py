@@ -46,7 +46,7 @@ def test_labels_have_the_image_shape_and_schema_codes(small):
         assert (conf >= 1.0 / n - 1e-6).all() and (conf <= 1 + 1e-6).all()
     assert result.mode == "whole"
     assert result.pixel_size_nm == 0.8 and result.pixel_size_source == "model"
-    assert result.untrained == []  # the bundled defaults are trained (on synthetic data)
+    assert result.untrained == ["locations"]  # Granules ships trained (on synthetic data)
 
 
 def test_scaling_by_dtype_range_as_the_seed():
@@ -113,7 +113,7 @@ def test_tiled_agrees_with_whole(small):
 def test_seed_mode_is_the_seeds_non_overlapping_1024_tiles():
     img = synthetic_micrograph((1024, 2048), seed=3).image
     model = default_model("granules")
-    result = segment_micrograph(img, mode="seed", kinds=("granules",))
+    result = segment_micrograph(img, mode="seed", kinds=("granules",), min_granule_nm=None)
     x = to_unit_float(img)
     for x0 in (0, 1024):
         logits = model.predict_logits(x[None, :, x0:x0 + 1024])

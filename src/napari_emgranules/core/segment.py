@@ -340,7 +340,7 @@ def segment_micrograph_iter(
         file to read.
     pixel_size_nm : float, optional
         The image's pixel size, used when the file's metadata has none (arrays: always).
-        Defaults to the model's (0.8 nm).
+        Defaults to the finest pixel size of the models used (0.8 nm for the Granules model).
     mode : {"auto", "whole", "tiled", "seed"}
         See the module docstring.
     locations_model, granules_model : SegmentationModel or path, optional
@@ -400,8 +400,10 @@ def segment_micrograph_iter(
             for k in kinds
         }
     if micrograph.pixel_size_source == "model":
-        # "the model's pixel size": the image takes the (first) model's, whatever its default was.
-        micrograph = replace(micrograph, pixel_size_nm=models[kinds[0]].card.pixel_size_nm)
+        # "the model's pixel size": an image of unknown scale is taken to be at the finest pixel
+        # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
+        micrograph = replace(micrograph, pixel_size_nm=min(m.card.pixel_size_nm
+                                                           for m in models.values()))
     budget = memory_budget_bytes
     if budget is None:
         avail = available_memory_bytes()
