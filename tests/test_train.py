@@ -275,7 +275,7 @@ def test_a_fresh_network_starts_with_live_layers_and_the_class_prior():
     net = build_unet("unet_model", 3, seed=0)
     _scale_to_unit_activity(net, batch, target=0.5)
     convs = [layer for layer in net.layers if layer.name.endswith("conv2") or layer.name == "head_conv"]
-    probe = keras.Model(net.inputs, [layer.output for layer in convs])
+    probe = keras.Model(net.inputs[0], [layer.output for layer in convs])
     sds = [float(np.std(keras.ops.convert_to_numpy(o))) for o in probe(batch)]
     assert all(0.3 < sd < 0.8 for sd in sds), sds  # no layer fades out with depth
     freqs = np.array([0.7, 0.2, 0.1])

@@ -165,9 +165,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
               f"({result.pixel_size_source}) -> {', '.join(str(targets[k]) for k in kinds)}"
               f"{'; ' + fractions if fractions else ''}{flag}")
     if untrained:
-        print("note: the bundled default models are UNTRAINED (random weights) in this version; "
-              "their labels are meaningless. Pass --locations-weights/--granules-weights with "
-              "trained weights.", file=sys.stderr)
+        print(f"note: the bundled {' and '.join(sorted(untrained))} model(s) used are UNTRAINED "
+              "(random weights) in this version; their labels are meaningless. Pass "
+              "--locations-weights/--granules-weights with trained weights.", file=sys.stderr)
     if synthetic:
         print(f"note: the {' and '.join(sorted(synthetic))} model(s) used are the bundled defaults, "
               "trained on synthetic micrographs only. On real micrographs check the labels, "

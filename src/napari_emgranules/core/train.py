@@ -681,7 +681,7 @@ def _scale_to_unit_activity(net, batch: np.ndarray, target: float = 0.5, rounds:
     convs = [layer for layer in net.layers
              if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
              and layer.name != "logits"]
-    probe = keras.Model(net.inputs, [layer.output for layer in convs])
+    probe = keras.Model(net.inputs[0], [layer.output for layer in convs])
     for _ in range(rounds):
         for i, layer in enumerate(convs):
             out = keras.ops.convert_to_numpy(probe(batch, training=False)[i])
