@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,8 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
               f"{time.perf_counter() - t:.1f} s", flush=True)
 
 
-def train_kind(work: Path, kind: str, epochs: int, seed: int) -> Path:
-    """Train ``kind`` from scratch (resuming a killed run); returns the weights."""
+def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None = None) -> Path:
+    """Train ``kind`` from scratch or from ``start`` weights (resuming a killed run)."""
     from napari_emgranules.core.models import ModelCard, SegmentationModel, build_unet
     from napari_emgranules.core.schema import default_schema
     from napari_emgranules.core.train import TrainConfig, train_iter
@@ -99,6 +100,10 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int) -> Path:
     resume = (out / "checkpoint" / "state.json").exists()
     if resume:
         gen = train_iter(work / "data" / "train" / kind, out, resume=True, epochs=epochs)
+    elif start is not None:  # continue an earlier run's weights (fine-tuning: Adam, no re-init)
+        gen = train_iter(work / "data" / "train" / kind, out, model=start, kind=kind,
+                         validation=work / "data" / "val" / kind,
+                         config=replace(config, learning_rate=RECIPES[kind].get("learning_rate")))
     else:
         schema = default_schema(kind)
         arch = "unet_model7" if kind == "locations" else "unet_model"
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096, help="side of a training micrograph")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=Path, metavar="WEIGHTS",
+                        help="continue from these weights instead of a fresh network "
+                             "(e.g. scripts/wip/locations-3.2nm.weights.h5)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0 = its default)")
     args = parser.parse_args(argv)
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         make_data(args.work, args.micrographs, args.validation, args.size, kinds)
     for kind in kinds:
         if "train" in steps:
-            train_kind(args.work, kind, args.epochs, args.seed)
+            train_kind(args.work, kind, args.epochs, args.seed, args.start)
         if "install" in steps:
             install(args.work, kind, command)
     return 0
