@@ -44,11 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from napari_emgranules.core.io import atomic_output
-from napari_emgranules.core.metrics import ObjectMatch, confusion_matrix, iou_per_class, match_objects
+from napari_emgranules.core.io import atomic_output, file_sha256
+from napari_emgranules.core.metrics import (
+    ObjectMatch,
+    confusion_matrix,
+    iou_per_class,
+    match_objects,
+    region_pixel_fractions,
+)
 from napari_emgranules.core.models import SegmentationModel, default_model, load_model
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
 from napari_emgranules.core.segment import segment_micrograph
+from napari_emgranules.core.synthetic import SyntheticParams, synthetic_micrograph
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_BASE = 100_000  # training uses seeds 0..9999
@@ -91,37 +98,15 @@ CONDITIONS: tuple[Condition, ...] = (
 # -------------------------------------------------------------------------------------------------
 # Generator
 # -------------------------------------------------------------------------------------------------
-def make_params(cond: Condition) -> Any:
-    """``SyntheticParams`` for a condition (None for default settings).
-
-    Raises
-    ------
-    SystemExit
-        If the generator has no ``SyntheticParams`` or lacks a field the condition sets.
-    """
-    if not cond.overrides:
-        return None
-    from napari_emgranules.core import synthetic
-
-    cls = getattr(synthetic, "SyntheticParams", None)
-    if cls is None:
-        raise SystemExit(
-            f"condition {cond.key!r} needs napari_emgranules.core.synthetic.SyntheticParams, which "
-            "this version of the generator does not have yet; run only the conditions that need "
-            "no params with --conditions in-range,pixel-0.6,pixel-1.0,pixel-1.2")
-    names = {f.name for f in dataclasses.fields(cls)}
-    missing = sorted(set(cond.overrides) - names)
-    if missing:
-        raise SystemExit(f"condition {cond.key!r}: SyntheticParams has no field(s) {missing}")
-    return dataclasses.replace(cls(), **cond.overrides)
+def make_params(cond: Condition) -> SyntheticParams | None:
+    """``SyntheticParams`` for a condition (None for default settings)."""
+    return dataclasses.replace(SyntheticParams(), **cond.overrides) if cond.overrides else None
 
 
-def generate(cond: Condition, params: Any, size: int, seed: int) -> Any:
-    """One synthetic micrograph of ``size`` x ``size`` px for a condition (params only if set)."""
-    from napari_emgranules.core.synthetic import synthetic_micrograph
-
-    kwargs = {} if params is None else {"params": params}
-    return synthetic_micrograph((size, size), cond.pixel_size_nm, seed=seed, dtype="uint16", **kwargs)
+def generate(cond: Condition, params: SyntheticParams | None, size: int, seed: int) -> Any:
+    """One synthetic micrograph of ``size`` x ``size`` px for a condition."""
+    return synthetic_micrograph((size, size), cond.pixel_size_nm, seed=seed, dtype="uint16",
+                                params=params)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -136,15 +121,12 @@ def get_model(path: str | None, kind: str) -> SegmentationModel:
 
 def weights_hash(model: SegmentationModel) -> str:
     """Short SHA-256 of the weights file, or of the weight arrays when there is no file."""
-    h = hashlib.sha256()
     source = model.card.provenance.get("source")
     if source and Path(source).is_file():
-        with open(source, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    else:
-        for arr in model.keras_model.get_weights():
-            h.update(np.ascontiguousarray(arr).tobytes())
+        return file_sha256(source)[:12]
+    h = hashlib.sha256()
+    for arr in model.keras_model.get_weights():
+        h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:12]
 
 
@@ -172,20 +154,12 @@ def mean_iou_truth(cm: np.ndarray) -> float:
     return float(iou_per_class(cm)[present].mean()) if present.any() else math.nan
 
 
-def predicted_fractions(loc: np.ndarray, gran: np.ndarray) -> dict[str, float]:
-    """Predicted pf per measured region: granule px in predicted region / predicted region px."""
-    n_region = np.bincount(loc.ravel(), minlength=N_LOC)
-    n_granule = np.bincount(loc[gran.astype(bool)], minlength=N_LOC)
-    return {LOCATIONS_SCHEMA.letters[c]: float(n_granule[c] / n_region[c]) if n_region[c] else math.nan
-            for c in LOCATIONS_SCHEMA.measured_codes}
-
-
 def measure(truth: Any, pred_loc: np.ndarray, pred_gran: np.ndarray) -> dict[str, Any]:
     """All measures of one image: confusion matrices, object match and pixel fractions."""
     cm_loc = confusion_matrix(truth.locations, pred_loc, N_LOC)
     cm_gran = confusion_matrix(truth.granules, pred_gran, 2)
     match = match_objects(truth.granules == 1, pred_gran == 1, iou_threshold=0.5)
-    pf_pred = predicted_fractions(pred_loc, pred_gran)
+    pf_pred = region_pixel_fractions(pred_loc, pred_gran)
     pf_true = {r: float(truth.true_pixel_fractions.get(r, math.nan)) for r in REGIONS}
     return {"cm_loc": cm_loc, "cm_gran": cm_gran, "match": match, "pf_pred": pf_pred,
             "pf_true": pf_true}
@@ -465,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = command_line(argv)
     print(command, flush=True)
-    for _, cond in args.selected:  # fail before any work if the generator lacks a needed param
-        make_params(cond)
     start = time.perf_counter()
     models = {"locations": get_model(args.locations, "locations"),
               "granules": get_model(args.granules, "granules")}

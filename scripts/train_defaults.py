@@ -27,7 +27,6 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +101,7 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None
         gen = train_iter(work / "data" / "train" / kind, out, resume=True, epochs=epochs)
     elif start is not None:  # continue an earlier run's weights (fine-tuning: Adam, no re-init)
         gen = train_iter(work / "data" / "train" / kind, out, model=start, kind=kind,
-                         validation=work / "data" / "val" / kind,
-                         config=replace(config, learning_rate=RECIPES[kind].get("learning_rate")))
+                         validation=work / "data" / "val" / kind, config=config)
     else:
         schema = default_schema(kind)
         arch = "unet_model7" if kind == "locations" else "unet_model"

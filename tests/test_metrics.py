@@ -375,3 +375,16 @@ def test_report_notes_absent_classes():
     report = evaluate_predictions([("x", truth, truth)], LOCATIONS_SCHEMA)
     assert report.notes and "U (unclassified)" in report.notes[0]
     assert "note:" in report.format()
+
+
+def test_region_pixel_fractions_count_granules_per_measured_region():
+    from napari_emgranules.core.metrics import region_pixel_fractions
+
+    loc = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 6, 6]], np.uint8)
+    gran = np.array([[1, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]], np.uint8)
+    pf = region_pixel_fractions(loc, gran)
+    assert list(pf) == ["A", "I", "Z", "S", "N"]  # measured codes only: no U, no O
+    assert pf["A"] == 0.25 and pf["I"] == 0.5
+    assert all(np.isnan(pf[k]) for k in "ZSN")  # absent regions
+    with pytest.raises(ValueError):
+        region_pixel_fractions(loc, gran[:2])

@@ -14,7 +14,14 @@ from .io import (
     write_image,
     write_labels,
 )
-from .metrics import EvaluationReport, ObjectMatch, evaluate, evaluate_iter, evaluate_predictions
+from .metrics import (
+    EvaluationReport,
+    ObjectMatch,
+    evaluate,
+    evaluate_iter,
+    evaluate_predictions,
+    region_pixel_fractions,
+)
 from .models import (
     ModelCard,
     SegmentationModel,
@@ -55,5 +62,6 @@ __all__ = [
     "TilePlan", "split_seed", "USER_ERRORS",
     "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",
     "EvaluationReport", "ObjectMatch", "evaluate", "evaluate_iter", "evaluate_predictions",
+    "region_pixel_fractions",
     "TrainConfig", "TrainingError", "TrainProgress", "TrainResult", "train", "train_iter",
 ]

@@ -44,6 +44,7 @@ from .io import (
     MicrographError,
     _fmt_shape,
     atomic_output,
+    file_sha256,
     read_labels,
     read_micrograph,
     write_image,
@@ -92,7 +93,6 @@ MIN_TILE_SIDE_PX = MIN_SIDE_PX
 MAX_LISTED_PROBLEMS = 20
 
 _IMAGE_FORMATS = {"png": ".png", "tif": ".tif", "tiff": ".tif"}
-_HASH_CHUNK = 1 << 20
 _EXTRA = "\0extra"  # DictReader key for values beyond the header
 # Characters that cannot (or should not) appear in file names on Windows, macOS or Linux.
 _UNSAFE_NAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f\s]+')
@@ -253,7 +253,7 @@ class TrainingSet:
         problems: list[str] = []
         for pair in self.pairs:
             try:
-                entries.append((pair.name, _file_sha256(pair.image_path), _file_sha256(pair.labels_path)))
+                entries.append((pair.name, file_sha256(pair.image_path), file_sha256(pair.labels_path)))
             except OSError as exc:
                 problems.append(f"{exc.filename or pair.name}: cannot be read ({exc.strerror or exc})")
         if problems:
@@ -339,14 +339,6 @@ def _shape_problem(image_path: Path, image_shape: tuple[int, ...], labels_path: 
         f"{labels_path}: labels are {_fmt_shape(labels_shape)} px but the image {image_path.name} "
         f"is {_fmt_shape(image_shape)} px; labels must cover the image pixel for pixel"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _same_schema(a: ClassSchema, b: ClassSchema) -> bool:

@@ -24,6 +24,7 @@ Writing
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LABEL_SUFFIXES",
     "available_memory_bytes",
+    "file_sha256",
     "MICROGRAPH_SUFFIXES",
     "PIXEL_SIZE_SOURCES",
     "Micrograph",
@@ -1341,3 +1343,12 @@ def write_image(path: PathLike, image: np.ndarray, *, pixel_size_nm: float | Non
         else:
             _write_tiff(tmp, a, pixel_size_nm)
     return p
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -53,6 +53,7 @@ __all__ = [
     "mean_iou",
     "normalise_confusion",
     "pixel_accuracy",
+    "region_pixel_fractions",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -158,6 +159,33 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.
         idx += pf[start:stop].astype(np.intp)
         counts += np.bincount(idx, minlength=n * n)
     return counts.reshape(n, n)
+
+
+def region_pixel_fractions(locations: np.ndarray, granules: np.ndarray,
+                           schema: ClassSchema | None = None) -> dict[str, float]:
+    """Granule pixel fraction ``pf`` of each measured region: granule px in it / its px.
+
+    Parameters
+    ----------
+    locations, granules : numpy.ndarray
+        Locations codes and a granule mask (non-zero = granule) of one shape.
+    schema : ClassSchema, optional
+        Locations schema (default :data:`LOCATIONS_SCHEMA`); its measured codes are reported.
+
+    Returns
+    -------
+    dict
+        Region letter -> pf; NaN for a region with no pixels.
+    """
+    from .schema import LOCATIONS_SCHEMA
+
+    schema = schema or LOCATIONS_SCHEMA
+    _check_same_shape(locations, granules, "location and granule maps")
+    n = max(schema.n_classes, int(locations.max(initial=0)) + 1)
+    n_region = np.bincount(locations.ravel(), minlength=n)
+    n_granule = np.bincount(locations[np.asarray(granules).astype(bool)], minlength=n)
+    return {schema.letters[c]: float(n_granule[c] / n_region[c]) if n_region[c] else math.nan
+            for c in schema.measured_codes}
 
 
 def pixel_accuracy(cm: np.ndarray) -> float:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .metrics import region_pixel_fractions
 from .schema import LOCATIONS_SCHEMA
 
 __all__ = ["SyntheticMicrograph", "SyntheticParams", "synthetic_micrograph", "sample_micrograph"]
@@ -208,12 +209,8 @@ def synthetic_micrograph(shape: tuple[int, int] = (4096, 4096), pixel_size_nm: f
     granules = cell.granules()
     cell.precipitate()
     image = cell.imaging(dt)
-    loc = cell.loc
-    n_region = np.bincount(loc.ravel(), minlength=7)
-    n_granule = np.bincount(loc[granules.view(bool)], minlength=7)
-    fractions = {c.letter: float(n_granule[c.code] / n_region[c.code]) if n_region[c.code]
-                 else float("nan") for c in LOCATIONS_SCHEMA.classes if c.measured}
-    return SyntheticMicrograph(image, loc, granules, ps, fractions, int(seed), cell.drawn)
+    fractions = region_pixel_fractions(cell.loc, granules, LOCATIONS_SCHEMA)
+    return SyntheticMicrograph(image, cell.loc, granules, ps, fractions, int(seed), cell.drawn)
 
 
 def sample_micrograph(size: int = 2048) -> SyntheticMicrograph:
@@ -271,7 +268,7 @@ class _Cell:
     def _to_xy(self, uc: float, vc: float) -> tuple[float, float]:
         """Image (x, y) of fibre coordinates (u, v), undoing the waviness."""
         h, w = self.shape
-        vr = vc - self.amp * math.sin((uc + 0.0) * 2 * math.pi / self.lam + self.ph)
+        vr = vc - self.amp * math.sin(uc * 2 * math.pi / self.lam + self.ph)
         return (uc * self.cos - vr * self.sin + (w - 1) / 2,
                 uc * self.sin + vr * self.cos + (h - 1) / 2)
 
@@ -378,7 +375,6 @@ class _Cell:
     def periphery(self) -> None:
         """Peripheral region (N) along the fibre beyond the outermost myofibril, and outside."""
         rng, p, um = self.rngs["periphery"], self.p, self.um
-        self.rng = rng  # for the structures drawn here
         self.drawn.update(periphery=False, nucleus=False, outside=False)
         if rng.random() >= p.periphery_probability:
             return
@@ -431,8 +427,8 @@ class _Cell:
                           codes=[N_REGION], block=True)
         for _ in range(rng.poisson(0.5 * 2 * span / um)):
             uc, vc = rng.uniform(-span, span), side * rng.uniform(inner, sarcolemma)
-            self._mitochondrion(uc, vc, rng.uniform(0.2, 0.5) * um, rng.uniform(0.1, 0.25) * um,
-                                [N_REGION])
+            self._mitochondrion(rng, uc, vc, rng.uniform(0.2, 0.5) * um,
+                                rng.uniform(0.1, 0.25) * um, [N_REGION])
         if nucleus:
             uc = rng.uniform(-0.5, 0.5) * span
             self._nucleus(uc, side * (sarcolemma - 0.08 * um - nu_v), nu_u, nu_v)
@@ -464,11 +460,11 @@ class _Cell:
         lsl[inside] = N_REGION
         self.blocked[ys, xs] |= inside
 
-    def _mitochondrion(self, uc: float, vc: float, av: float, au: float, codes) -> None:
+    def _mitochondrion(self, rng, uc: float, vc: float, av: float, au: float, codes) -> None:
         """A mitochondrion (label Z): double membrane, cristae across its long axis."""
         um = self.um
-        period = self.rng.uniform(0.025, 0.04) * um
-        phase = self.rng.uniform(0, 2 * np.pi)
+        period = rng.uniform(0.025, 0.04) * um
+        phase = rng.uniform(0, 2 * np.pi)
         e = 7.0 / 1000 * um / max(min(au, av), 1.0)
 
         def inner(du, dv, rho):
@@ -482,7 +478,6 @@ class _Cell:
     def intermyofibrillar(self) -> None:
         """Mitochondria at the Z lines, triads at the A-I junctions and SR tubules in spaces."""
         rng, p, um = self.rngs["spaces"], self.p, self.um
-        self.rng = rng
         L, A, segs, phases = self.L, self.A, self.segs, self.phases
         span = self.half_u + um
         space = [S_SPACE]
@@ -500,9 +495,10 @@ class _Cell:
                         av = min(av, gw / 2 + 0.4 * fibril)  # reach at most 40% into a fibril
                         au = rng.uniform(0.07, 0.15) * um
                         uc = z + side * (au + rng.uniform(0.0, 0.03) * um)
-                        self._mitochondrion(uc, vc, av, au, [A_BAND, I_BAND, Z_DISK, S_SPACE])
+                        self._mitochondrion(rng, uc, vc, av, au,
+                                            [A_BAND, I_BAND, Z_DISK, S_SPACE])
                     if rng.random() < p.triad_probability:
-                        self._triad(z + side * (L - A) / 2, vc, gw)
+                        self._triad(rng, z + side * (L - A) / 2, vc, gw)
                 # Longitudinal SR tubules over the A band, between the triads.
                 for _ in range(rng.poisson(1.5)):
                     uc = z + L / 2 + rng.uniform(-0.35, 0.35) * A
@@ -511,12 +507,12 @@ class _Cell:
                     self._ellipse(uc, vc + off, rng.uniform(0.08, 0.3) * um, r, lumen=0.66,
                                   membrane_nm=5, codes=space)
 
-    def _triad(self, uc: float, vc: float, gw: float) -> None:
+    def _triad(self, rng, uc: float, vc: float, gw: float) -> None:
         """A T tubule between two terminal cisternae, across the space at an A-I junction."""
         um = self.um
-        t = self.rng.uniform(0.010, 0.016) * um
-        c = self.rng.uniform(0.015, 0.025) * um
-        av = gw / 2 * self.rng.uniform(0.7, 0.95)
+        t = rng.uniform(0.010, 0.016) * um
+        c = rng.uniform(0.015, 0.025) * um
+        av = gw / 2 * rng.uniform(0.7, 0.95)
         self._ellipse(uc, vc, t, av, lumen=0.40, membrane_nm=5, codes=[S_SPACE])
         for s in (-1, 1):
             self._ellipse(uc + s * (t + 0.006 * um + c), vc, c, av, lumen=0.55, membrane_nm=5,
