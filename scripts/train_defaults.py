@@ -44,8 +44,8 @@ KINDS = ("locations", "granules")
 PIXEL_SIZES = {"locations": 3.2, "granules": 0.8}
 TILES = {"locations": 2048, "granules": 1024}
 RECIPES = {
-    "locations": {"crop": 384, "batch_size": 4, "steps_per_epoch": 100, "learning_rate": 1e-3,
-                  "early_stopping_patience": None, "reduce_lr_patience": 8,
+    "locations": {"crop": 384, "batch_size": 4, "steps_per_epoch": 100, "learning_rate": 5e-4,
+                  "clip_norm": 1.0, "early_stopping_patience": None, "reduce_lr_patience": 8,
                   "contrast": 0.1, "brightness": 0.05},
     "granules": {"crop": 512, "steps_per_epoch": 100, "clip_norm": 1.0},
 }

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emgranules",
         description="Glycogen granules in EM micrographs of skeletal muscle: segment, split, export, "
-                    "train, evaluate, info.",
+                    "train, evaluate, measure, study, info.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -359,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_training import add_parsers
 
     add_parsers(sub)
+
+    from ._cli_measure import add_parsers as add_measure_parsers
+
+    add_measure_parsers(sub)
 
     inf = sub.add_parser("info", help="versions, Keras backend, devices, bundled models")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
