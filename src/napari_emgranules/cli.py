@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_training import add_parsers
 
     add_parsers(sub)
+    from ._cli_study import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)
 
     from ._cli_measure import add_parsers as add_measure_parsers
 
