@@ -370,3 +370,18 @@ def test_cli_measure_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     assert main(["measure", str(tmp_path / "loc.png"), str(tmp_path / "loc.png"), "--out", str(out),
                  "--min-diameter", "50", "--max-diameter", "10"]) == 2
     assert "min < max" in capsys.readouterr().err
+
+
+def test_measure_segmentation_takes_maps_pixel_size_and_name_from_the_result():
+    from napari_emgranules.core.measure import measure_segmentation
+    from napari_emgranules.core.segment import SegmentationResult
+
+    loc, gra = _layout()
+    result = SegmentationResult(labels={"locations": loc, "granules": gra}, pixel_size_nm=2.0,
+                                pixel_size_source="user", name="cell7")
+    m = measure_segmentation(result, section_nm=None)
+    assert set(m.regions["image"]) == {"cell7"} and set(m.regions["pixel_size_source"]) == {"user"}
+    assert m.regions.set_index("region").loc["I", "pf"] == pytest.approx(0.06)
+    only = SegmentationResult(labels={"granules": gra}, name="g")
+    with pytest.raises(ValueError, match="both label maps"):
+        measure_segmentation(only)

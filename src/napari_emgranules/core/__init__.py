@@ -14,6 +14,17 @@ from .io import (
     write_image,
     write_labels,
 )
+from .measure import (
+    Measurement,
+    ParticleFilter,
+    density_table,
+    granule_particles,
+    measure_labels,
+    measure_segmentation,
+    tile_density_tables,
+    write_seed_tables,
+    z_disk_widths,
+)
 from .metrics import (
     EvaluationReport,
     ObjectMatch,
@@ -40,6 +51,23 @@ from .segment import (
     segment_micrograph,
     segment_micrograph_iter,
 )
+from .stereology import (
+    DiameterDistribution,
+    StereologyParams,
+    analytical_vf,
+    calibrate_baskets,
+    numerical_density,
+    vf_from_pf,
+    vf_to_concentration,
+)
+from .study import (
+    StudyError,
+    design_from_paths,
+    hierarchical_bootstrap,
+    read_study_design,
+    run_study,
+    summarise_study,
+)
 from .synthetic import SyntheticMicrograph, sample_micrograph, synthetic_micrograph
 from .tiling import TilePlan, split_seed
 from .train import TrainConfig, TrainingError, TrainProgress, TrainResult, train, train_iter
@@ -63,5 +91,11 @@ __all__ = [
     "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",
     "EvaluationReport", "ObjectMatch", "evaluate", "evaluate_iter", "evaluate_predictions",
     "region_pixel_fractions",
+    "Measurement", "ParticleFilter", "density_table", "granule_particles", "measure_labels",
+    "measure_segmentation", "tile_density_tables", "write_seed_tables", "z_disk_widths",
+    "DiameterDistribution", "StereologyParams", "analytical_vf", "calibrate_baskets",
+    "numerical_density", "vf_from_pf", "vf_to_concentration",
+    "StudyError", "design_from_paths", "hierarchical_bootstrap", "read_study_design", "run_study",
+    "summarise_study",
     "TrainConfig", "TrainingError", "TrainProgress", "TrainResult", "train", "train_iter",
 ]

@@ -59,6 +59,7 @@ __all__ = [
     "summarise_particles",
     "z_disk_widths",
     "measure_labels",
+    "measure_segmentation",
     "format_seed_areas",
     "format_seed_densities",
     "write_seed_tables",
@@ -648,6 +649,17 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
             tiles = _add_vf(tiles, particles, params, vf_method, diameters, [])
     zd = z_disk_widths(loc, pixel_size_nm=px, schema=schema, image=image) if z_disks else None
     return Measurement(regions, particles, tiles, zd, notes)
+
+
+def measure_segmentation(result: Any, **kwargs: Any) -> Measurement:
+    """:func:`measure_labels` of a :class:`~.segment.SegmentationResult` (its maps, pixel size,
+    source and name); keyword arguments go to :func:`measure_labels`."""
+    if result.locations is None or result.granules is None:
+        raise ValueError(f"{result.name}: measuring needs both label maps; segment with both models")
+    schema = result.models["locations"].schema if "locations" in result.models else None
+    return measure_labels(result.locations, result.granules, pixel_size_nm=result.pixel_size_nm,
+                          pixel_size_source=result.pixel_size_source, image=result.name,
+                          schema=schema, **kwargs)
 
 
 def _tile_of(particles: pd.DataFrame, shape: tuple[int, int], tile: int) -> pd.DataFrame:
