@@ -290,6 +290,11 @@ def test_measure_labels_adds_vf_below_pf_for_a_thick_section():
     tiles = result.tiles.groupby("region")[["area_px", "granule_px"]].sum()
     assert (tiles["area_px"] == r["area_px"].reindex(tiles.index)).all()
     assert result.notes and "kept particles" in result.notes[0]
+    conc = measure_labels(m.locations, m.granules, pixel_size_nm=0.8, concentration_factor=1000.0)
+    assert conc.regions["concentration"].to_numpy() == pytest.approx(
+        1000.0 * conc.regions["vf"].to_numpy(), nan_ok=True)
+    with pytest.raises(ValueError, match="factor"):
+        measure_labels(m.locations, m.granules, pixel_size_nm=0.8, concentration_factor=-1.0)
 
 
 def test_measure_without_pixel_size_gives_pixels_only():

@@ -86,6 +86,7 @@ def _measure_one(args: argparse.Namespace, name: str, loc_path: Path, gra_path: 
         split_touching=args.split_touching,
         section_nm=None if args.vf == "none" else args.section,
         min_cap_nm=args.min_cap, vf_method=args.vf if args.vf != "none" else "baskets",
+        concentration_factor=args.concentration_factor,
         z_disks=bool(args.z_disks) and px is not None,
     )
     result.regions["seed_name"] = loc_path.name
@@ -101,6 +102,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     pairs = _pairs(args.locations, args.granules)
     _outputs(args)
     filters = ParticleFilter(args.min_diameter, args.max_diameter, args.min_circularity)
+    if args.concentration_factor is not None and args.vf == "none":
+        raise CliError("--concentration-factor needs vf (drop --vf none)")
     if args.section <= 0 or not math.isfinite(args.section):
         raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
     regions, tiles, particles, zdisks, failures = [], [], [], [], 0
@@ -117,8 +120,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         particles.append(result.particles)
         zdisks += [result.z_disks] if result.z_disks is not None else []
         for note in result.notes:
-            print(f"{name}: {note}", file=sys.stderr)
-        print(_summary_line(name, result.regions))
+            tqdm.write(f"{name}: {note}", file=sys.stderr)
+        tqdm.write(_summary_line(name, result.regions), file=sys.stdout)
     if not regions:
         raise CliError("nothing was measured")
     table = pd.concat(regions + tiles, ignore_index=True)
@@ -169,6 +172,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="smallest visible granule cap height for vf (default: the model's)")
     mea.add_argument("--vf", default="baskets", choices=("baskets", "analytical", "none"),
                      help="pf -> vf route: basket simulation (default), analytical, or none")
+    mea.add_argument("--concentration-factor", type=float, metavar="F",
+                     help="add a 'concentration' column = vf x F (F: your glycogen concentration "
+                          "per unit volume fraction, e.g. mmol glucosyl units/L at vf = 1)")
     mea.add_argument("--min-diameter", type=float, default=10.0, metavar="NM",
                      help="smallest particle counted (equivalent diameter, default 10 nm)")
     mea.add_argument("--max-diameter", type=float, default=45.0, metavar="NM",

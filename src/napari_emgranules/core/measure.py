@@ -593,7 +593,7 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
                    filters: ParticleFilter | None = None, split_touching: bool = False,
                    section_nm: float | None = 70.0, min_cap_nm: float | None = None,
                    vf_method: str = "baskets", diameters: Any = "measured",
-                   z_disks: bool = False) -> Measurement:
+                   concentration_factor: float | None = None, z_disks: bool = False) -> Measurement:
     """Density table, particles (counts and sizes per region), ``vf`` and optionally Z widths.
 
     Parameters
@@ -618,6 +618,9 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
         Stereological route (see :mod:`.stereology`).
     diameters : "measured" or DiameterDistribution
         Granule diameters for ``vf``: the kept particles' equivalent diameters by default.
+    concentration_factor : float, optional
+        Adds a ``concentration`` column, ``vf * factor`` (your unit per unit volume fraction; see
+        :func:`~.stereology.vf_to_concentration`).
     z_disks : bool
         Also measure Z-disk widths.
     """
@@ -647,6 +650,12 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
         regions = _add_vf(regions, particles, params, vf_method, diameters, notes)
         if tiles is not None:
             tiles = _add_vf(tiles, particles, params, vf_method, diameters, [])
+        if concentration_factor is not None:
+            from .stereology import vf_to_concentration
+
+            for table in (regions, tiles) if tiles is not None else (regions,):
+                table["concentration"] = vf_to_concentration(table["vf"].to_numpy(float),
+                                                             concentration_factor)
     zd = z_disk_widths(loc, pixel_size_nm=px, schema=schema, image=image) if z_disks else None
     return Measurement(regions, particles, tiles, zd, notes)
 
