@@ -275,10 +275,15 @@ def test_pixel_size_sources_constant():
         "metadata:imagej",
         "metadata:ome",
         "metadata:png",
+        "metadata:fei",
+        "metadata:zeiss-sem",
+        "metadata:mrc",
+        "metadata:dm",
         "user",
         "model",
     }
-    assert MICROGRAPH_SUFFIXES == (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+    assert MICROGRAPH_SUFFIXES == (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dm3", ".dm4", ".mrc",
+                                   ".st")
 
 
 # ------------------------------------------------------------------------------------------

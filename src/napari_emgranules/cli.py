@@ -37,21 +37,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # -------------------------------------------------------------------------------------------------
 def _expand_inputs(items: Sequence[str]) -> list[Path]:
     """Files as given; folders expanded to the micrographs directly inside them."""
-    from .core.io import MICROGRAPH_SUFFIXES
+    from .core.batch import BatchError, expand_inputs
 
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir()
-                           if q.is_file() and q.suffix.lower() in MICROGRAPH_SUFFIXES)
-            if not found:
-                raise CliError(f"{p}: the folder holds no micrographs "
-                               f"({', '.join(MICROGRAPH_SUFFIXES)})")
-            paths.extend(found)
-        else:
-            paths.append(p)
-    return paths
+    try:
+        return [item.path for item in expand_inputs(items, patterns=False, manifests=False)]
+    except BatchError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _output_folder(value: str) -> Path:
@@ -326,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--force-pixel-size", action="store_true",
                      help="use --pixel-size even when the file's metadata has one")
     seg.add_argument("--locations-weights", metavar="FILE",
-                     help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint)")
+                     help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint, .onnx)")
     seg.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
     seg.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
                      help="granule objects smaller than a disc this wide become background "
@@ -366,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_measure import add_parsers as add_measure_parsers
 
     add_measure_parsers(sub)
+    from ._cli_batch import add_parsers as add_batch_parsers
+
+    add_batch_parsers(sub)
+    from ._cli_interop import add_parsers as add_interop_parsers
+
+    add_interop_parsers(sub)
 
     inf = sub.add_parser("info", help="versions, Keras backend, devices, bundled models")
     inf.add_argument("--json", action="store_true", help="machine-readable output")

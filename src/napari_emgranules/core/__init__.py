@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ._backend import BackendError, backend_name, get_keras
+from .batch import BatchResult, batch, batch_iter
 from .dataset import DatasetError, TrainingPair, TrainingSet, export_training_pairs, load_training_pairs
+from .interop import ExportError, OnnxSegmentationModel, export_czann, export_onnx
 from .io import (
     Micrograph,
     MicrographError,
@@ -80,6 +82,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 __all__ = [
     "BackendError", "backend_name", "get_keras",
+    "BatchResult", "batch", "batch_iter",
     "Micrograph", "MicrographError", "MicrographWarning", "as_micrograph", "read_labels",
     "read_micrograph", "write_image", "write_labels",
     "ModelCard", "SegmentationModel", "UntrainedModelWarning", "WeightsError",
@@ -98,4 +101,5 @@ __all__ = [
     "StudyError", "design_from_paths", "hierarchical_bootstrap", "read_study_design", "run_study",
     "summarise_study",
     "TrainConfig", "TrainingError", "TrainProgress", "TrainResult", "train", "train_iter",
+    "ExportError", "OnnxSegmentationModel", "export_czann", "export_onnx",
 ]

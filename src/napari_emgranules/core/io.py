@@ -6,14 +6,17 @@ dtype, or float32) together with its pixel size in nanometres and where that pix
 
 Reading
     :func:`read_micrograph` reads TIFF (plain, BigTIFF, ImageJ, OME; uncompressed or compressed),
-    PNG (8/16 bit) and JPEG. Colour images are converted to gray, stacks are refused, broken or
-    truncated files raise :class:`MicrographError` with a one-line message naming the file.
+    PNG (8/16 bit) and JPEG, and with the ``em`` extra MRC (``.mrc``, ``.st``) and Gatan Digital
+    Micrograph (``.dm3``, ``.dm4``) files (:mod:`.emformats`). Colour images are converted to
+    gray, stacks are refused, broken or truncated files raise :class:`MicrographError` with a
+    one-line message naming the file.
     :func:`as_micrograph` / :func:`check_image_array` apply the same checks to in-memory arrays.
 
 Pixel size
     The pixel size is taken, in this order, from: a user value with ``force_pixel_size=True``;
-    calibrated file metadata (OME ``PhysicalSizeX``, ImageJ unit + resolution, TIFF resolution
-    tags in centimetres, PNG ``pHYs``); the user's value; the model's default. The chosen source
+    calibrated file metadata (OME ``PhysicalSizeX``, ImageJ unit + resolution, FEI/Thermo and
+    Zeiss SEM TIFF tags, TIFF resolution tags in centimetres, PNG ``pHYs``, the MRC header, the
+    DM calibration); the user's value; the model's default. The chosen source
     is recorded in :attr:`Micrograph.pixel_size_source` (one of :data:`PIXEL_SIZE_SOURCES`).
 
 Writing
@@ -73,12 +76,18 @@ PIXEL_SIZE_SOURCES: tuple[str, ...] = (
     "metadata:imagej",
     "metadata:ome",
     "metadata:png",
+    "metadata:fei",
+    "metadata:zeiss-sem",
+    "metadata:mrc",
+    "metadata:dm",
     "user",
     "model",
 )
 
 #: File suffixes :func:`read_micrograph` accepts (case-insensitive).
-MICROGRAPH_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+MICROGRAPH_SUFFIXES: tuple[str, ...] = (
+    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dm3", ".dm4", ".mrc", ".st"
+)
 
 #: File suffixes label maps may be read from / written to (lossless formats only).
 LABEL_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
@@ -98,7 +107,8 @@ _DEFAULT_DPI: tuple[float, ...] = (1.0, 72.0, 96.0, 150.0, 300.0, 600.0)
 _PIXEL_SIZE_RTOL = 0.01
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_SUFFIX_FORMAT = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+_SUFFIX_FORMAT = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+                  ".dm3": "dm", ".dm4": "dm", ".mrc": "mrc", ".st": "mrc"}
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
@@ -498,6 +508,11 @@ def _tiff_pixel_size(tif: tifffile.TiffFile, what: str) -> tuple[float, str] | N
         found = _imagej_pixel_size(tif, what)
         if found is not None:
             return found
+    from .emformats import instrument_tiff_pixel_size  # FEI/Thermo and Zeiss SEM tags
+
+    found = instrument_tiff_pixel_size(tif, what)
+    if found is not None:
+        return found
     return _resolution_tag_pixel_size(tif, what)
 
 
@@ -516,9 +531,11 @@ def _png_pixel_size(info: dict[str, Any], what: str) -> tuple[float, str] | None
 def metadata_pixel_size_nm(path: PathLike) -> tuple[float, str] | None:
     """Pixel size stored in an image file's metadata.
 
-    Looks at OME-XML ``PhysicalSizeX``, ImageJ ``unit`` + resolution, TIFF resolution tags in
-    centimetres (or inches, unless an editor default such as 72 dpi) and PNG ``pHYs``. Values
-    outside 0.01-100 nm/px are ignored.
+    Looks at OME-XML ``PhysicalSizeX``, ImageJ ``unit`` + resolution, FEI/Thermo
+    (``[Scan] PixelWidth``) and Zeiss SEM (``AP_IMAGE_PIXEL_SIZE``) TIFF tags, TIFF resolution
+    tags in centimetres (or inches, unless an editor default such as 72 dpi), PNG ``pHYs``, the
+    MRC header's voxel size and the Digital Micrograph calibration. Values outside 0.01-100
+    nm/px are ignored.
 
     Parameters
     ----------
@@ -553,6 +570,10 @@ def metadata_pixel_size_nm(path: PathLike) -> tuple[float, str] | None:
         except _DECODE_ERRORS + (Image.DecompressionBombError,) as exc:
             raise MicrographError(f"{what}: cannot be read as PNG: {_exc_text(exc)}") from exc
         return _png_pixel_size(info, what)
+    if fmt in ("mrc", "dm"):
+        from .emformats import em_pixel_size
+
+        return em_pixel_size(p, fmt, what)
     return None  # JPEG density fields cannot express nanometre pixels
 
 
@@ -767,6 +788,11 @@ def _read_pillow(p: Path, what: str, fmt: str, *, for_labels: bool) -> _Decoded:
 def _decode(p: Path, fmt: str, what: str, *, for_labels: bool) -> _Decoded:
     if fmt == "tiff":
         return _read_tiff(p, what, raw=for_labels)
+    if fmt in ("mrc", "dm"):
+        from .emformats import read_em_file  # mrcfile / rosettasciio, imported on use
+
+        data, info, pixel = read_em_file(p, fmt, what)
+        return _Decoded(data, info, pixel)
     return _read_pillow(p, what, fmt, for_labels=for_labels)
 
 
@@ -972,7 +998,8 @@ def read_micrograph(
     Parameters
     ----------
     path : str or os.PathLike
-        TIFF (incl. BigTIFF, ImageJ, OME; LZW/deflate/zstd/... compressed), PNG or JPEG file.
+        TIFF (incl. BigTIFF, ImageJ, OME; LZW/deflate/zstd/... compressed), PNG or JPEG file;
+        MRC (``.mrc``, ``.st``) or Digital Micrograph (``.dm3``, ``.dm4``) with the ``em`` extra.
     pixel_size_nm : float, optional
         Pixel size the user knows, in nm per pixel. Used when the file has no calibration, or
         always with ``force_pixel_size=True``.

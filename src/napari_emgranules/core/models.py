@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import get_keras
+from ._backend import BackendError, get_keras
 from .schema import ClassSchema, SchemaError, default_schema
 
 logger = logging.getLogger(__name__)
@@ -376,9 +376,13 @@ def reduce_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel argmax (uint8) and max of ``(h, w, n_classes)`` scores, multi-threaded.
 
     numpy reduces a short last axis slowly (seconds for a 4096^2 x 7 array); the Keras backend
-    does it in a fraction of that.
+    does it in a fraction of that. Without Keras (e.g. an ONNX Runtime-only install) numpy does it.
     """
-    ops = get_keras().ops
+    try:
+        ops = get_keras().ops
+    except BackendError:
+        a = np.asarray(scores, np.float32)
+        return np.argmax(a, axis=-1).astype(np.uint8), np.max(a, axis=-1)
     t = ops.convert_to_tensor(np.asarray(scores, np.float32))
     labels = ops.convert_to_numpy(ops.cast(ops.argmax(t, axis=-1), "uint8"))
     return labels, ops.convert_to_numpy(ops.max(t, axis=-1))
@@ -662,6 +666,8 @@ def load_model(
     path : path-like, optional
         ``.weights.h5`` (with its sidecar), ``.keras``, legacy ``.h5``, or a TensorFlow
         checkpoint prefix / ``.index`` file / folder. ``None`` gives the bundled default of ``kind``.
+        An ``.onnx`` file (with its model card) gives an
+        :class:`~.interop.OnnxSegmentationModel` run by ONNX Runtime, without TensorFlow.
     kind : {"locations", "granules"}, optional
         Needed when the file has no sidecar (a lab's own weights): picks the architecture and the
         default schema. Checked against the sidecar when both are given.
@@ -681,6 +687,10 @@ def load_model(
             raise WeightsError("load_model needs a weights path or a kind ('locations'/'granules')")
         return default_model(kind)
     p = Path(path).expanduser()
+    if p.suffix.lower() == ".onnx":  # run by ONNX Runtime instead of Keras (core/interop.py)
+        from .interop import load_onnx_model
+
+        return load_onnx_model(p, kind, schema=schema, pixel_size_nm=pixel_size_nm)
     fmt = weights_format(p)
     stat_target = Path(str(p) + ".index") if fmt == "tf-checkpoint" and not p.exists() else p
     st = stat_target.stat()

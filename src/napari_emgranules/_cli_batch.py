@@ -1,0 +1,106 @@
+"""``emgranules batch``: folders (or a cluster's worth) of micrographs -> label maps and tables.
+
+A thin wrapper over :mod:`napari_emgranules.core.batch`; :func:`add_parsers` is called by
+:func:`napari_emgranules.cli.build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder
+
+
+def _measure_kwargs(args: argparse.Namespace) -> dict:
+    if args.section <= 0 or not math.isfinite(args.section):
+        raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
+    kwargs: dict = {"tile": args.tile or None}
+    if args.vf == "none":
+        kwargs["section_nm"] = None
+    else:
+        kwargs.update(section_nm=args.section, vf_method=args.vf)
+    return kwargs
+
+
+def _models_note(models: dict) -> str | None:
+    untrained = sorted(k for k, m in models.items() if m.get("trained") is False)
+    if not untrained:
+        return None
+    return (f"note: the bundled {' and '.join(untrained)} model(s) used are UNTRAINED (random "
+            "weights) in this version; their labels are meaningless. Pass --locations-weights/"
+            "--granules-weights with trained weights.")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.batch import batch_iter, parse_scheduler
+    from .core.segment import run_to_completion
+
+    parse_scheduler(args.scheduler)  # a bad --scheduler is refused before anything starts
+    out = _output_folder(args.out)
+    gen = batch_iter(
+        args.inputs, out, mode=args.mode, locations_model=args.locations_weights,
+        granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
+        force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
+        seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
+        max_window=args.max_window, min_granule_nm=args.min_granule or None,
+    )
+    with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
+        def advance(event, bar=bar) -> None:
+            bar.total = event.total
+            bar.update(1)
+            bar.set_postfix_str(event.status)
+            if event.status == "failed":
+                tqdm.write(f"emgranules: error: {event.message}", file=sys.stderr)
+
+        result = run_to_completion(gen, advance)
+    note = _models_note(result.models)
+    if note:
+        print(note, file=sys.stderr)
+    tables = ", ".join(str(result.paths[k]) for k in ("regions", "particles"))
+    failed = f"; see {result.paths['failures']}" if result.failures else ""
+    print(f"batch: {len(result.done)} done, {len(result.skipped)} skipped, {len(result.failures)} "
+          f"failed -> {tables}{failed}")
+    return EXIT_BAD_INPUT if result.failures else EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``batch``."""
+    bat = sub.add_parser("batch", help="many micrographs -> label maps, per-image and combined "
+                                       "density tables; resumable, serial or on a Dask cluster")
+    bat.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help="micrographs, folders of them, glob patterns ('cells/*.tif'), or a CSV "
+                          "list with a 'path' column (and optionally 'pixel_size_nm')")
+    bat.add_argument("--out", required=True, help="output folder (created if missing)")
+    bat.add_argument("--scheduler", metavar="SPEC",
+                     help="'processes:N' (a local Dask cluster of N worker processes) or "
+                          "'tcp://host:port' (a running Dask scheduler); default: this process")
+    bat.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"),
+                     help="whole image, tiles with halo, or the original 1024 tiles (default auto; "
+                          "TIFFs too large for memory are segmented by tiles from a memory map)")
+    bat.add_argument("--pixel-size", type=float, metavar="NM",
+                     help="pixel size in nm, used when the file's metadata has none")
+    bat.add_argument("--force-pixel-size", action="store_true",
+                     help="use --pixel-size even when the file's metadata has one")
+    bat.add_argument("--locations-weights", metavar="FILE", help="Locations weights")
+    bat.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
+    bat.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
+    bat.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
+                     help="granule objects smaller than a disc this wide become background "
+                          "(default 8 nm; 0 keeps the raw model output)")
+    bat.add_argument("--tile", type=int, default=0, metavar="PX",
+                     help="also measure each seed tile of this side, e.g. 1024 (rows in the tables; "
+                          "the seed tables then list tiles)")
+    bat.add_argument("--seed-tables", action="store_true",
+                     help="also write the original tool's two text tables into --out")
+    bat.add_argument("--section", type=float, default=70.0, metavar="NM",
+                     help="section thickness for vf (default 70 nm)")
+    bat.add_argument("--vf", default="baskets", choices=("baskets", "analytical", "none"),
+                     help="pf -> vf route (default baskets)")
+    bat.add_argument("--overwrite", action="store_true",
+                     help="redo every micrograph, and replace outputs no batch run recorded")
+    bat.add_argument("--quiet", action="store_true", help="no progress bar")
+    bat.set_defaults(func=_cmd_batch)

@@ -1,0 +1,227 @@
+"""One micrograph of a batch: read, segment, write label maps, measure, write its tables.
+
+These functions run in the batch's own process (serially, with reading and writing in background
+threads) or in Dask workers (:func:`process_image`). They receive only plain, picklable values:
+weight *paths* (or None for the bundled models), never loaded models, so that each worker loads
+the models once (:func:`~.models.load_model` caches them per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .io import Micrograph, available_memory_bytes, file_sha256, read_micrograph, write_labels
+from .measure import measure_segmentation, write_csv
+from .models import SegmentationModel
+from .montage import segment_large, tiled_bytes_per_pixel
+from .segment import (
+    MIN_GRANULE_NM,
+    SegmentationResult,
+    _resolve_model,
+    run_to_completion,
+    segment_micrograph_iter,
+)
+
+__all__ = ["ImageJob", "ImageSettings", "model_info", "process_image", "IMAGE_ERRORS"]
+
+KINDS = ("locations", "granules")
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
+"""Errors that fail one micrograph (bad file, unsupported content) but not the batch."""
+
+_HASHES: weakref.WeakKeyDictionary[SegmentationModel, str] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One micrograph to process: its path, output name and its own pixel size (manifest CSV)."""
+
+    path: str
+    name: str
+    pixel_size_nm: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Everything that says how to process a micrograph (the same for every image of a run).
+
+    ``locations_model``/``granules_model`` are weight paths or None (bundled); in a serial run they
+    may also be loaded :class:`SegmentationModel` objects.
+    """
+
+    out_dir: str
+    mode: str = "auto"
+    locations_model: Any = None
+    granules_model: Any = None
+    pixel_size_nm: float | None = None
+    force_pixel_size: bool = False
+    max_window: int | None = None
+    halo: int = 128
+    batch_size: int = 1
+    min_granule_nm: float | None = MIN_GRANULE_NM
+    measure: dict[str, Any] = field(default_factory=dict)
+    memory_budget_bytes: int | None = None
+
+    def model(self, kind: str) -> SegmentationModel:
+        """The loaded model of ``kind`` (cached per process)."""
+        return _resolve_model(self.locations_model if kind == "locations" else self.granules_model, kind)
+
+
+# -------------------------------------------------------------------------------------------------
+# Models: load once per process, hash the weights once per model
+# -------------------------------------------------------------------------------------------------
+def weights_sha256(model: SegmentationModel) -> str:
+    """SHA-256 of a model's weight arrays (dtype, shape and bytes of each, in order), cached."""
+    if model not in _HASHES:
+        keras_model = getattr(model, "keras_model", None)
+        if keras_model is None:  # a network run by another engine (ONNX): hash its file
+            _HASHES[model] = file_sha256(model.path)
+            return _HASHES[model]
+        digest = hashlib.sha256()
+        for array in keras_model.get_weights():
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        _HASHES[model] = digest.hexdigest()
+    return _HASHES[model]
+
+
+def model_info(settings: ImageSettings) -> dict[str, dict[str, Any]]:
+    """Load both models (validating the weights) and describe them: weights hash, trained, synthetic."""
+    info = {}
+    for kind in KINDS:
+        model = settings.model(kind)
+        info[kind] = {"weights_sha256": weights_sha256(model), "trained": model.card.trained,
+                      "synthetic": model.card.synthetic, "pixel_size_nm": model.card.pixel_size_nm,
+                      "source": str(model.card.provenance.get("source", "built in"))}
+    return info
+
+
+# -------------------------------------------------------------------------------------------------
+# The three steps
+# -------------------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """A micrograph read into memory, or the path of one too large for that (segmented by tiles)."""
+
+    job: ImageJob
+    micrograph: Micrograph | None
+    started: float
+
+
+def _budget(settings: ImageSettings) -> int | None:
+    if settings.memory_budget_bytes is not None:
+        return settings.memory_budget_bytes
+    available = available_memory_bytes()
+    return available // 2 if available else None
+
+
+def _too_large(path: Path, settings: ImageSettings) -> bool:
+    """True for a TIFF whose in-memory tiled segmentation would not fit the memory budget."""
+    import tifffile
+
+    budget = _budget(settings)
+    if settings.mode == "seed" or budget is None or path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            rows, cols = tif.pages.first.shape[:2]
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError):
+        return False  # read_micrograph says what is wrong with the file
+    return rows * cols * tiled_bytes_per_pixel() > budget
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Drop tifffile's log records from this thread (a probe; reading the file reports problems)."""
+    me = threading.get_ident()
+    only_others = logging.Filter()
+    only_others.filter = lambda record: record.thread != me
+    log = logging.getLogger("tifffile")
+    log.addFilter(only_others)
+    try:
+        yield
+    finally:
+        log.removeFilter(only_others)
+
+
+def load_image(job: ImageJob, settings: ImageSettings) -> Loaded:
+    """Read the micrograph, unless it is too large for memory (then only its path is kept)."""
+    started = time.perf_counter()
+    path = Path(job.path)
+    if _too_large(path, settings):
+        return Loaded(job, None, started)
+    px = job.pixel_size_nm if job.pixel_size_nm is not None else settings.pixel_size_nm
+    return Loaded(job, read_micrograph(path, px, force_pixel_size=settings.force_pixel_size), started)
+
+
+def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[SegmentationResult, bool]:
+    """Both label maps; ``True`` second when they were written by tiles already (large montage)."""
+    job, kwargs = loaded.job, {"locations_model": settings.model("locations"),
+                               "granules_model": settings.model("granules"),
+                               "max_window": settings.max_window, "halo": settings.halo,
+                               "batch_size": settings.batch_size,
+                               "min_granule_nm": settings.min_granule_nm,
+                               "memory_budget_bytes": settings.memory_budget_bytes}
+    if loaded.micrograph is None:
+        px = job.pixel_size_nm if job.pixel_size_nm is not None else settings.pixel_size_nm
+        return segment_large(job.path, settings.out_dir, name=job.name, pixel_size_nm=px,
+                             force_pixel_size=settings.force_pixel_size, **kwargs), True
+    gen = segment_micrograph_iter(loaded.micrograph, mode=settings.mode, **kwargs)
+    return run_to_completion(gen), False
+
+
+def output_paths(name: str, measure: dict[str, Any]) -> dict[str, str]:
+    """Per-image outputs, relative to the output folder."""
+    paths = {"locations": f"locations/{name}.tif", "granules": f"granules/{name}.tif",
+             "regions": f"tables/{name}.regions.csv", "particles": f"tables/{name}.particles.csv"}
+    if measure.get("z_disks"):
+        paths["z_disks"] = f"tables/{name}.zdisks.csv"
+    return paths
+
+
+def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
+                 settings: ImageSettings) -> dict[str, Any]:
+    """Write the label maps (unless ``written``), measure, write the tables; the outcome record."""
+    job, out = loaded.job, Path(settings.out_dir)
+    rel = output_paths(job.name, settings.measure)
+    if not written:
+        for kind in KINDS:
+            write_labels(out / rel[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
+    m = measure_segmentation(result, path=job.path, **settings.measure)
+    write_csv(m.tables(), out / rel["regions"], overwrite=True)
+    write_csv(m.particles, out / rel["particles"], overwrite=True)
+    if "z_disks" in rel:
+        write_csv(m.z_disks, out / rel["z_disks"], overwrite=True)
+    return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,
+            "output_bytes": {k: os.path.getsize(out / v) for k, v in rel.items()},
+            "mode": result.mode, "large": written, "pixel_size_nm": result.pixel_size_nm,
+            "pixel_size_source": result.pixel_size_source, "notes": result.notes + m.notes,
+            "seconds": round(time.perf_counter() - loaded.started, 3)}
+
+
+def failed(job: ImageJob, exc: BaseException) -> dict[str, Any]:
+    """The outcome record of a micrograph that could not be processed."""
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, IMAGE_ERRORS):
+        text = f"internal error ({type(exc).__name__}: {text})"
+    error = text if job.path in text else f"{job.path}: {text}"
+    return {"status": "failed", "name": job.name, "path": job.path, "error": error}
+
+
+def process_image(job: ImageJob, settings: ImageSettings) -> dict[str, Any]:
+    """Read, segment, write and measure one micrograph (the Dask task); failures are returned."""
+    try:
+        loaded = load_image(job, settings)
+        result, written = segment_image(loaded, settings)
+        return finish_image(result, written, loaded, settings)
+    except IMAGE_ERRORS as exc:
+        return failed(job, exc)
