@@ -23,6 +23,7 @@ On a machine without TensorFlow (e.g. a GPU box with JAX), set ``KERAS_BACKEND=j
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -84,17 +85,21 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
               f"{time.perf_counter() - t:.1f} s", flush=True)
 
 
-def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None = None) -> Path:
-    """Train ``kind`` from scratch or from ``start`` weights (resuming a killed run)."""
+def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None = None,
+               overrides: dict | None = None, run: str | None = None) -> Path:
+    """Train ``kind`` from scratch or from ``start`` weights (resuming a killed run).
+
+    ``overrides`` replace recipe settings (``--set``); ``run`` names the run folder (default
+    ``kind``)."""
     from napari_emgranules.core.models import ModelCard, SegmentationModel, build_unet
     from napari_emgranules.core.schema import default_schema
     from napari_emgranules.core.train import TrainConfig, train_iter
 
-    out = work / "runs" / kind
+    out = work / "runs" / (run or kind)
     # Adam rather than the original Nadam 2e-3, which made these normalisation-free networks
     # collapse to a constant output from scratch; core.train also starts a fresh network with
     # data-scaled convolutions and its output bias at the class priors.
-    recipe = {"batch_size": 2, "learning_rate": 5e-4, **RECIPES[kind]}
+    recipe = {"batch_size": 2, "learning_rate": 5e-4, **RECIPES[kind], **(overrides or {})}
     config = TrainConfig(epochs=epochs, rotate90=True, seed=seed, optimizer="adam", **recipe)
     resume = (out / "checkpoint" / "state.json").exists()
     if resume:
@@ -124,11 +129,12 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None
     return result.weights_path
 
 
-def install(work: Path, kind: str, command: str) -> Path:
+def install(work: Path, kind: str, command: str, run: str | None = None,
+            overrides: dict | None = None) -> Path:
     """Store the run's best weights as the bundled default (float16) with provenance."""
     from napari_emgranules.core.models import clear_model_cache, load_model, save_model
 
-    weights = work / "runs" / kind / f"{kind}.weights.h5"
+    weights = work / "runs" / (run or kind) / f"{kind}.weights.h5"
     if not weights.is_file():
         raise SystemExit(f"{weights}: no trained weights yet; run the train step first")
     model = load_model(weights, kind)
@@ -140,7 +146,7 @@ def install(work: Path, kind: str, command: str) -> Path:
                          "lab's weights",
         "synthetic": True,
         "made_with": f"python scripts/train_defaults.py --kind {kind} (data, train and install "
-                     f"steps; recipe {RECIPES[kind]})",
+                     f"steps; recipe {({**RECIPES[kind], **(overrides or {})})})",
         "installed_with": command,
     })
     prov.pop("source", None)
@@ -169,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=Path, metavar="WEIGHTS",
                         help="continue from these weights instead of a fresh network "
                              "(e.g. scripts/wip/locations-3.2nm.weights.h5)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe setting, e.g. --set contrast=0.6 (repeatable)")
+    parser.add_argument("--run", metavar="NAME", help="run folder under WORK/runs (default: the kind)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0 = its default)")
     args = parser.parse_args(argv)
@@ -181,14 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
     kinds = KINDS if args.kind == "both" else (args.kind,)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = json.loads(value)
     command = "python scripts/train_defaults.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if "data" in steps:
         make_data(args.work, args.micrographs, args.validation, args.size, kinds)
     for kind in kinds:
         if "train" in steps:
-            train_kind(args.work, kind, args.epochs, args.seed, args.start)
+            train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run)
         if "install" in steps:
-            install(args.work, kind, command)
+            install(args.work, kind, command, args.run, overrides)
     return 0
 
 

@@ -95,9 +95,10 @@ def test_segment_exits_0_and_writes_both_label_maps(segmented):
     assert set(files_under(out)) == expected
     assert leftovers(out) == []
     notes = [line for line in segmented["stderr"].splitlines() if line.startswith("note:")]
-    assert len(notes) == 2, segmented["stderr"]
-    assert "UNTRAINED" in notes[0]  # the Locations default: not yet trained in this version
-    assert "granules model(s) used are the bundled defaults, trained on synthetic" in notes[1]
+    assert len(notes) == 1, segmented["stderr"]
+    assert "granules and locations model(s) used are the bundled defaults, trained on synthetic" \
+        in notes[0]
+    assert "UNTRAINED" not in segmented["stderr"]
 
 
 @pytest.mark.parametrize("kind, n_classes", [("locations", 7), ("granules", 2)])
@@ -122,7 +123,7 @@ def test_segment_prints_one_summary_line_per_image(segmented):
         assert "0.8 nm/px (metadata:" in line
         assert str(segmented["out"] / "locations" / f"{stem}.tif") in line
         assert str(segmented["out"] / "granules" / f"{stem}.tif") in line
-        assert line.endswith("[UNTRAINED models: locations]")
+        assert "UNTRAINED" not in line
 
 
 def test_segment_with_untrained_models_says_so(tmp_path, monkeypatch):
@@ -450,7 +451,8 @@ def test_info_json():
     assert isinstance(info["devices"], list)
     locations = info["bundled_models"]["locations"]
     assert locations["parameters"] == 8656655
-    assert locations["trained"] is False
+    assert locations["trained"] is True and locations["synthetic"] is True
+    assert locations["pixel_size_nm"] == 3.2
     granules = info["bundled_models"]["granules"]
     assert granules["trained"] is True and granules["synthetic"] is True
     assert "synthetic" in granules["training_data"]
@@ -464,8 +466,7 @@ def test_info_plain_says_how_each_default_was_trained():
     assert "Keras backend:" in stdout
     lines = [line for line in stdout.splitlines() if line.startswith("bundled ")]
     assert len(lines) == 2
-    assert "UNTRAINED" in lines[0]  # locations
-    assert "trained on SYNTHETIC micrographs only" in lines[1]  # granules
+    assert all("trained on SYNTHETIC micrographs only" in line for line in lines)
     assert "8,656,655 parameters" in stdout
 
 

@@ -438,7 +438,7 @@ def test_untrained_default_says_so(tmp_path, monkeypatch):
     clear_model_cache()
 
 
-SHIPPED = ["granules"]  # trained defaults in this version; Locations is still being trained
+SHIPPED = {"locations": 3.2, "granules": 0.8}  # trained defaults and their pixel sizes (nm)
 
 
 @pytest.mark.parametrize("kind", SHIPPED)
@@ -457,7 +457,7 @@ def test_bundled_defaults_are_trained_small_float16_and_say_synthetic(kind):
         model = default_model(kind)
     card = model.card
     assert card.trained and card.synthetic and card.kind == kind
-    assert card.pixel_size_nm == 0.8
+    assert card.pixel_size_nm == SHIPPED[kind]
     assert "scripts/train_defaults.py" in card.provenance["made_with"]
     assert "synthetic" in card.provenance["training_data"]
     assert card.provenance["weights_dtype"] == "float16"
@@ -478,10 +478,3 @@ def test_schema_round_trip_and_validation():
         LOCATIONS_SCHEMA.check_labels(np.array([[0, 9]], np.uint8))
     with pytest.raises(SchemaError, match="malformed"):
         ClassSchema.from_dict({"kind": "x", "classes": [{"code": 0}]})
-
-
-def test_the_locations_default_is_untrained_and_says_so():
-    clear_model_cache()
-    with pytest.warns(UntrainedModelWarning, match="UNTRAINED"):
-        assert default_model("locations").card.trained is False
-    clear_model_cache()

@@ -46,7 +46,7 @@ def test_labels_have_the_image_shape_and_schema_codes(small):
         assert (conf >= 1.0 / n - 1e-6).all() and (conf <= 1 + 1e-6).all()
     assert result.mode == "whole"
     assert result.pixel_size_nm == 0.8 and result.pixel_size_source == "model"
-    assert result.untrained == ["locations"]  # Granules ships trained (on synthetic data)
+    assert result.untrained == []  # both defaults ship trained (on synthetic data)
 
 
 def test_scaling_by_dtype_range_as_the_seed():

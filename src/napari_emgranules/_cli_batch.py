@@ -46,7 +46,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
         seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
-        max_window=args.max_window, min_granule_nm=args.min_granule or None,
+        max_window=args.max_window, batch_size=args.batch_size,
+        min_granule_nm=args.min_granule or None,
     )
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
@@ -88,6 +89,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bat.add_argument("--locations-weights", metavar="FILE", help="Locations weights")
     bat.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
     bat.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
+    bat.add_argument("--batch-size", type=int, default=1, metavar="N",
+                     help="tiles per forward pass (tiled/seed and montages by tiles)")
     bat.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
                      help="granule objects smaller than a disc this wide become background "
                           "(default 8 nm; 0 keeps the raw model output)")

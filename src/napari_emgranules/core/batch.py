@@ -21,8 +21,9 @@ Output folder
     whose input, settings and outputs are unchanged and redoes anything else.
 
 Every file is written atomically (a temporary file renamed into place), the manifest after each
-micrograph, so a run killed at any point resumes with the same results; temporary files left by a
-killed run (``.<name>.<random>.tmp<suffix>``) are removed when the next run starts.
+micrograph (at most every 2 s once it lists more than 500), so a run killed at any point resumes
+with the same results; temporary files left by a killed run (``.<name>.<random>.tmp<suffix>``) are
+removed when the next run starts. An unchanged combined table or manifest is not rewritten.
 
 Schedulers
 ----------
@@ -75,6 +76,7 @@ from .measure import (
     REGION_COLUMNS,
     SEED_AREAS_FILE,
     SEED_DENSITIES_FILE,
+    Z_COLUMNS,
     format_seed_areas,
     format_seed_densities,
     measure_labels,
@@ -696,7 +698,7 @@ class _Run:
                                       self.out / COMBINED[kind], columns)
         if self.settings.measure.get("z_disks"):
             paths["z_disks"] = _concat_csv([tables / f"{n}.zdisks.csv" for n in names],
-                                           self.out / COMBINED["z_disks"], [])
+                                           self.out / COMBINED["z_disks"], Z_COLUMNS)
         if seed_tables:
             rows = _seed_rows([tables / f"{n}.regions.csv" for n in names])
             for key, name, fmt in (("seed_areas", SEED_AREAS_FILE, format_seed_areas),

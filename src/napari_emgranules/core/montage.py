@@ -9,11 +9,16 @@ the same order), but never holds the image, the class scores or the label maps w
 * windows are read from the map, reflect-padded by index arithmetic (as :meth:`TilePlan.pad`);
 * scores are summed in one band of window rows; rows no later window touches are reduced to labels
   and written into a memory-mapped, uncompressed output TIFF, which is renamed into place when done;
+* for a model at another pixel size (the Locations model works at 3.2 nm/px), the montage is resized
+  to it band by band into a scratch memory map (the same Gaussian and linear interpolation as
+  ``segment``'s whole-image resize, with margins), predicted there, and the probabilities resized
+  back band by band before the argmax;
 * small granule specks are removed band by band, with a margin wide enough that every speck is seen
   whole, so the result equals the whole-image :func:`~.segment.remove_small_objects`.
 
 Memory: one band of ``window x padded width x classes`` float32 scores, one batch of windows and the
-network's forward pass, independent of the montage's height.
+network's forward pass, independent of the montage's height. Scratch files (named like the
+temporary files of :func:`~.io.atomic_output`) live next to the outputs and are removed afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["segment_large", "segment_large_iter", "tiled_bytes_per_pixel"]
 
 _CLEAN_BAND = 1024  # rows per band when removing granule specks
+_REDUCE_ROWS = 256  # rows per argmax of the summed scores (bounds its temporary copies)
 _MAX_WINDOW = 4096
 
 
@@ -80,19 +86,16 @@ def _gray_page(tif: tifffile.TiffFile, what: str) -> tifffile.TiffPage:
     return page
 
 
-def _decode_to_scratch(page: tifffile.TiffPage, scratch: Path) -> np.memmap:
-    """Decode a compressed page segment by segment into a raw memory map (bounded memory)."""
+def _decode_into(page: tifffile.TiffPage, out: np.ndarray) -> None:
+    """Decode a compressed page segment by segment (strip or tile) into ``out`` (bounded memory)."""
     rows, cols = page.shape
-    out = np.memmap(scratch, dtype=page.dtype.newbyteorder("="), mode="w+", shape=(rows, cols))
     for segment, index, _shape in page.segments():
-        r, c = int(index[2]), int(index[3])
-        if segment is None:  # an empty segment holds zeros (already)
+        if segment is None:  # an empty segment holds zeros
             continue
+        r, c = int(index[2]), int(index[3])
         seg = np.asarray(segment).reshape(segment.shape[1], segment.shape[2])
         h, w = min(seg.shape[0], rows - r), min(seg.shape[1], cols - c)
         out[r:r + h, c:c + w] = seg[:h, :w]
-    out.flush()
-    return out
 
 
 def _inspect(path: Path) -> tuple[bool, tifffile.TiffPage]:
@@ -107,34 +110,47 @@ def _inspect(path: Path) -> tuple[bool, tifffile.TiffPage]:
 
 
 @contextlib.contextmanager
+def _scratch(folder: Path, name: str, shape: tuple[int, ...], dtype=np.float32) -> Iterator[np.memmap]:
+    """A temporary memory-mapped array in ``folder`` (named as temporaries, removed afterwards)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{name[:60]}.{secrets.token_hex(6)}.tmp.raw"
+    try:
+        yield np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def _tiff_source(path: Path, scratch_dir: Path) -> Iterator[np.ndarray]:
     """A read-only memory map of a gray TIFF's pixels (compressed ones via a scratch copy)."""
-    memmappable, _ = _inspect(path)
+    memmappable, page = _inspect(path)
     if memmappable:
         yield tifffile.memmap(path, mode="r")
         return
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    scratch = scratch_dir / f".{path.stem[:60]}.{secrets.token_hex(6)}.tmp.raw"
-    logger.info("%s: compressed; decoding it into the scratch file %s", path, scratch)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            source = _decode_to_scratch(tif.pages.first, scratch)
-        yield source
-    finally:
-        scratch.unlink(missing_ok=True)
+    logger.info("%s: compressed; decoding it into a scratch file in %s", path, scratch_dir)
+    with _scratch(scratch_dir, path.stem, page.shape, page.dtype.newbyteorder("=")) as copy, \
+            tifffile.TiffFile(path) as tif:
+        _decode_into(tif.pages.first, copy)
+        yield copy
 
 
 # -------------------------------------------------------------------------------------------------
 # Windows by index arithmetic
 # -------------------------------------------------------------------------------------------------
+def _mirror(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices reflected into ``[0, n)`` without repeating the edge (``np.pad`` reflect, ndimage
+    mirror), as often as needed."""
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    j = np.mod(i, period)
+    return np.where(j >= n, period - j, j)
+
+
 def _pad_index(n: int, before: int, total: int, mode: str) -> np.ndarray:
     """Source index of each of ``total`` padded positions (``np.pad`` reflect or edge semantics)."""
     j = np.arange(total, dtype=np.int64) - before
-    if mode == "edge" or n == 1:
-        return np.clip(j, 0, n - 1)
-    period = 2 * (n - 1)
-    j = np.mod(j, period)
-    return np.where(j >= n, period - j, j)
+    return np.clip(j, 0, n - 1) if mode == "edge" else _mirror(j, n)
 
 
 def _take(src: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -144,11 +160,13 @@ def _take(src: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return block[np.ix_(rows - r0, cols - c0)]
 
 
-def _blend_into(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
-                dst: np.ndarray) -> Generator[int, None, None]:
-    """Predict ``plan``'s windows row by row; write the labels of finished rows into ``dst``.
+def _blend_rows(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
+                emit: Callable[[int, int, np.ndarray, np.ndarray], None]) -> Generator[int, None, None]:
+    """Predict ``plan``'s windows row by row, as ``segment``'s in-memory ``tiled`` mode does.
 
-    Yields the number of windows of each forward pass.
+    Whenever no later window reaches a run of image rows, ``emit(lo, hi, scores, weights)`` gets
+    their summed weighted probabilities ``(hi - lo, width, classes)`` and summed weights. Yields the
+    number of windows of each forward pass.
     """
     (wy, wx), (cy, cx) = plan.window, plan.core
     (top, left), (h, w) = plan.pad_before, plan.image_shape
@@ -157,6 +175,7 @@ def _blend_into(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch
     rows, cols = _pad_index(h, top, ph, mode), _pad_index(w, left, pw, mode)
     weights = plan.weights()
     band = np.zeros((wy, pw, model.n_classes), np.float32)  # padded rows [y, y + wy)
+    wsum = np.zeros((wy, pw), np.float32)
     n_rows, n_cols = plan.counts
     for i in range(n_rows):
         y = i * cy
@@ -167,13 +186,62 @@ def _blend_into(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch
             for x, p in zip(chunk, model.predict_probabilities(batch), strict=True):
                 p *= weights[..., None]
                 band[:, x:x + wx] += p
+                wsum[:, x:x + wx] += weights
             yield len(chunk)
         done = wy if i == n_rows - 1 else cy  # rows no later window row reaches
-        lo, hi = max(y, top), min(y + done, top + h)
-        if hi > lo:
-            dst[lo - top:hi - top] = reduce_scores(band[lo - y:hi - y, left:left + w])[0]
-        band[:wy - cy] = band[cy:]
-        band[wy - cy:] = 0.0
+        for lo in range(max(y, top), min(y + done, top + h), _REDUCE_ROWS):
+            hi = min(lo + _REDUCE_ROWS, y + done, top + h)
+            emit(lo - top, hi - top, band[lo - y:hi - y, left:left + w], wsum[lo - y:hi - y, left:left + w])
+        for a in (band, wsum):
+            a[:wy - cy] = a[cy:]
+            a[wy - cy:] = 0.0
+
+
+# -------------------------------------------------------------------------------------------------
+# Resampling by bands, as skimage.transform.resize(order=1, mode="reflect") does it whole
+# -------------------------------------------------------------------------------------------------
+def _axis_coords(n_in: int, n_out: int, o0: int, o1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source index and weight of the next one for outputs ``o0..o1`` (``ndimage.zoom`` grid mode)."""
+    c = (np.arange(o0, o1, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i = np.floor(c).astype(np.int64)
+    return i, c - i
+
+
+def _sigmas(in_shape: tuple[int, int], out_shape: tuple[int, int]) -> tuple[float, float]:
+    """Anti-aliasing sigmas of ``segment._resample``: only when shrinking (judged by rows)."""
+    if out_shape[0] >= in_shape[0]:
+        return 0.0, 0.0
+    return tuple(max(0.0, (i / o - 1) / 2) for i, o in zip(in_shape, out_shape, strict=True))
+
+
+def _resize_rows(read: Callable[[np.ndarray], np.ndarray], in_shape: tuple[int, int],
+                 out_shape: tuple[int, int], o0: int, o1: int) -> np.ndarray:
+    """Rows ``o0..o1`` of an image (``(h, w)`` or ``(h, w, c)``) resized to ``out_shape``.
+
+    ``read(rows)`` returns the source rows as float32. Anti-aliasing (a Gaussian) when shrinking,
+    then linear interpolation; the rows read have a margin wider than the Gaussian, so each result
+    row equals the whole-image resize's (to float32 rounding of the interpolation).
+    """
+    from scipy import ndimage as ndi
+
+    sigma = _sigmas(in_shape, out_shape)
+    ri, rt = _axis_coords(in_shape[0], out_shape[0], o0, o1)
+    ci, ct = _axis_coords(in_shape[1], out_shape[1], 0, out_shape[1])
+    margin = int(4.0 * sigma[0] + 0.5) + 1
+    lo = int(ri.min()) - margin
+    block = read(_mirror(np.arange(lo, int(ri.max()) + 2 + margin), in_shape[0]))
+    if any(sigma):
+        block = ndi.gaussian_filter(block, sigma + (0.0,) * (block.ndim - 2), mode="mirror")
+    extra = (slice(None),) + (None,) * (block.ndim - 1)
+    rows = block[ri - lo] * (1 - rt)[extra] + block[ri + 1 - lo] * rt[extra]
+    extra = (slice(None),) + (None,) * (block.ndim - 2)
+    c0, c1 = _mirror(ci, in_shape[1]), _mirror(ci + 1, in_shape[1])
+    return (rows[:, c0] * (1 - ct)[extra] + rows[:, c1] * ct[extra]).astype(np.float32)
+
+
+def _row_chunk(width: int, depth: int, scale: float) -> int:
+    """Output rows per resize step: about 2**24 values read or written."""
+    return max(8, int(2**24 / (width * depth * max(1.0, scale))))
 
 
 def _remove_small_in_bands(labels: np.ndarray, min_diameter_nm: float, pixel_size_nm: float) -> None:
@@ -199,30 +267,65 @@ def _remove_small_in_bands(labels: np.ndarray, min_diameter_nm: float, pixel_siz
 # Public API
 # -------------------------------------------------------------------------------------------------
 def _large_window(budget: int | None, width: int, batch_size: int, n_classes: int) -> int:
-    """Largest window (multiple of 128, <= 4096) whose forward pass and score band fit ``budget``."""
+    """Largest window (multiple of 128, <= 4096) whose forward passes and score band fit ``budget``.
+
+    Per window pixel: the pass (``_BYTES_PER_PIXEL``) and its probabilities, weighted in place;
+    the band: a window's height of scores across the padded width.
+    """
     if budget is None:
         return 2048
-    padded_width = width + 2 * _MAX_WINDOW
     smallest = 3 * MULTIPLE  # a core of 128 between two 128 halos
     for side in range(_MAX_WINDOW, smallest, -MULTIPLE):
-        need = side * side * _BYTES_PER_PIXEL * batch_size + side * padded_width * n_classes * 4
-        if need <= budget:
+        window = side * side * batch_size * (_BYTES_PER_PIXEL + 4 * n_classes)
+        band = side * (width + side) * 4 * n_classes
+        if window + band <= budget:
             return side
     return smallest
 
 
 def _pixel_size(path: Path, pixel_size_nm: float | None, force: bool,
                 models: dict[str, SegmentationModel]) -> tuple[float, str]:
+    """The montage's pixel size by :func:`~.io.read_micrograph`'s rules (default: the finest model's)."""
     default = min(m.card.pixel_size_nm for m in models.values())
     found = metadata_pixel_size_nm(path)
     value, source, _ = _resolve_pixel_size(str(path), found, pixel_size_nm, default, force)
-    for kind, model in models.items():
-        if abs(value / model.card.pixel_size_nm - 1.0) > _RESAMPLE_TOLERANCE:
-            raise MicrographError(
-                f"{path}: is {value:g} nm/px but the {kind} model works at "
-                f"{model.card.pixel_size_nm:g} nm/px; montages segmented by tiles are not resampled "
-                "- resample the montage to the model's pixel size first")
     return value, source
+
+
+def _model_shape(shape: tuple[int, int], pixel_size_nm: float, model: SegmentationModel) -> tuple[int, int]:
+    """The montage's shape at the model's pixel size (``segment``'s rule and tolerance)."""
+    factor = pixel_size_nm / model.card.pixel_size_nm
+    if abs(factor - 1.0) <= _RESAMPLE_TOLERANCE:
+        return shape
+    return tuple(max(8, round(s * factor)) for s in shape)
+
+
+def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
+                     dst: np.ndarray, scratch: Path, name: str) -> Generator[int, None, None]:
+    """One model's labels of ``src`` into ``dst``; through a resampled scratch copy when ``plan``
+    is at another scale (image resized, probabilities predicted, then resized back, by bands)."""
+    shape, mshape = tuple(dst.shape), plan.image_shape
+    if mshape == shape:
+        def labels(lo, hi, scores, _weights):
+            dst[lo:hi] = reduce_scores(scores)[0]
+
+        yield from _blend_rows(model, src, plan, batch_size, labels)
+        return
+    with _scratch(scratch, name, mshape) as scaled, \
+            _scratch(scratch, name, mshape + (model.n_classes,)) as probs:
+        step = _row_chunk(shape[1], 1, shape[0] / mshape[0])
+        for o0 in range(0, mshape[0], step):
+            scaled[o0:o0 + step] = _resize_rows(lambda r: to_unit_float(np.asarray(src[r])), shape,
+                                                mshape, o0, min(o0 + step, mshape[0]))
+
+        def normalised(lo, hi, scores, weights):
+            probs[lo:hi] = scores / weights[..., None]
+
+        yield from _blend_rows(model, scaled, plan, batch_size, normalised)
+        step = _row_chunk(shape[1], model.n_classes, mshape[0] / shape[0])
+        for o0 in range(0, shape[0], step):
+            back = _resize_rows(lambda r: np.asarray(probs[r]), mshape, shape, o0, min(o0 + step, shape[0]))
+            dst[o0:o0 + step] = reduce_scores(back)[0]
 
 
 def _create_label_map(tmp: Path, shape: tuple[int, int], pixel_size_nm: float) -> np.memmap:
@@ -253,7 +356,8 @@ def segment_large_iter(
     ----------
     path : path-like
         A 2-D gray 8/16-bit TIFF (uncompressed ones are read in place; compressed ones are first
-        decoded into a scratch file in ``out_dir``). Its pixel size must be the models' (within 1%).
+        decoded into a scratch file in ``out_dir``). For a model at another pixel size the montage
+        is resized to it by bands into a scratch file, and the probabilities resized back.
     out_dir : path-like
         Output folder; the label maps are written as uncompressed TIFFs, atomically.
     name : str, optional
@@ -281,7 +385,7 @@ def segment_large_iter(
     Raises
     ------
     MicrographError
-        If the file is not a single 2-D gray integer TIFF, or is at another pixel size.
+        If the file is not a single 2-D gray integer TIFF.
     """
     p, out = Path(path), Path(out_dir)
     name = name or p.stem
@@ -294,28 +398,30 @@ def segment_large_iter(
     with _tiff_source(p, out) as src:
         px, source = _pixel_size(p, pixel_size_nm, force_pixel_size, models)
         shape = tuple(int(s) for s in src.shape)
-        n_classes = max(m.n_classes for m in models.values())
-        window = max_window or _large_window(budget, shape[1], batch_size, n_classes)
-        plan = TilePlan.for_image(shape, window, halo, MULTIPLE)
-        steps = plan.counts[0] * -(-plan.counts[1] // batch_size)
+        plans = {}
+        for kind, model in models.items():
+            mshape = _model_shape(shape, px, model)
+            window = max_window or _large_window(budget, mshape[1], batch_size, model.n_classes)
+            plans[kind] = TilePlan.for_image(mshape, window, halo, MULTIPLE)
+        steps = {k: plan.counts[0] * -(-plan.counts[1] // batch_size) for k, plan in plans.items()}
         done = 0
         for kind, model in models.items():
-            target = out / kind / f"{name}.tif"
-            with atomic_output(target) as tmp:
+            with atomic_output(out / kind / f"{name}.tif") as tmp:
                 dst = _create_label_map(tmp, shape, px)
-                for step, _ in enumerate(_blend_into(model, src, plan, batch_size, dst), 1):
+                passes = _labels_by_bands(model, src, plans[kind], batch_size, dst, out, name)
+                for step, _ in enumerate(passes, 1):
                     done += 1
-                    yield SegmentProgress(kind, step, steps, done, 2 * steps,
-                                          f"{kind}: pass {step}/{steps} (tiled, by bands)")
+                    yield SegmentProgress(kind, step, steps[kind], done, sum(steps.values()),
+                                          f"{kind}: pass {step}/{steps[kind]} (tiled, by bands)")
                 if min_granule_nm and model.card.kind == "granules":
                     _remove_small_in_bands(dst, min_granule_nm, px)
                 dst.flush()
                 del dst
     labels = {k: tifffile.memmap(out / k / f"{name}.tif", mode="r") for k in models}
+    notes = [f"{k}: segmented by bands, {plan.n_windows} windows of {plan.window[0]} px at "
+             f"{plan.image_shape[1]}x{plan.image_shape[0]} px" for k, plan in plans.items()]
     return SegmentationResult(labels=labels, pixel_size_nm=px, pixel_size_source=source, mode="tiled",
-                              models={k: m.card for k, m in models.items()}, name=name,
-                              notes=[f"segmented by bands of {plan.window[0]} px windows "
-                                     f"({plan.n_windows} windows per model) from a memory map"])
+                              models={k: m.card for k, m in models.items()}, name=name, notes=notes)
 
 
 def segment_large(path: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -> SegmentationResult:

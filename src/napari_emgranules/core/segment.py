@@ -14,8 +14,10 @@ Inference modes
     Equal windows with a halo of context, cross-faded where they overlap (:class:`TilePlan`), for
     images or machines where ``whole`` does not fit in memory.
 ``seed``
-    The original tool's non-overlapping 1024 x 1024 tiles, no resampling, for reproducing
-    published numbers.
+    The original tool's non-overlapping 1024 x 1024 tiles, for reproducing published numbers. A
+    model at the image's pixel size (the original tool's 0.8 nm weights on 0.8 nm micrographs) sees
+    exactly the original tiles; for a model at another pixel size the image is resampled to it
+    first and the labels brought back by nearest neighbour.
 ``auto`` (default)
     ``whole`` if its estimated memory fits the budget, else ``tiled`` with the largest windows
     that fit.
@@ -189,6 +191,13 @@ def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     shrinking = shape[0] < image.shape[0]
     return resize(image, shape + image.shape[2:], order=1, mode="reflect",
                   anti_aliasing=shrinking, preserve_range=True).astype(np.float32)
+
+
+def _nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array to ``shape`` (pixel centres aligned)."""
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0]).astype(np.intp), a.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1]).astype(np.intp), a.shape[1] - 1)
+    return a[rows[:, None], cols[None, :]]
 
 
 def estimate_memory_bytes(shape: tuple[int, int], batch: int = 1) -> int:
@@ -414,12 +423,11 @@ def segment_micrograph_iter(
     plans: dict[str, tuple[tuple[int, int], float, TilePlan | None, int]] = {}
     for kind, model in models.items():
         factor = micrograph.pixel_size_nm / model.card.pixel_size_nm
-        resample = abs(factor - 1.0) > _RESAMPLE_TOLERANCE and resolved != "seed"
-        if resolved == "seed" and abs(factor - 1.0) > _RESAMPLE_TOLERANCE:
-            notes.append(
-                f"seed mode does not resample: the image is {micrograph.pixel_size_nm:g} nm/px, "
-                f"the {kind} model expects {model.card.pixel_size_nm:g} nm/px"
-            )
+        resample = abs(factor - 1.0) > _RESAMPLE_TOLERANCE
+        if resolved == "seed" and resample:
+            logger.info("seed mode: the image (%g nm/px) is resampled to the %s model's %g nm/px "
+                        "before it is cut into %d px tiles", micrograph.pixel_size_nm, kind,
+                        model.card.pixel_size_nm, SEED_TILE)
         shape = micrograph.shape
         if resample:
             shape = tuple(max(8, round(s * factor)) for s in micrograph.shape)
@@ -444,7 +452,7 @@ def segment_micrograph_iter(
         if factor != 1.0 and shape not in resampled:
             resampled[shape] = _resample(x, shape)
         xin = x if factor == 1.0 else resampled[shape]
-        want_probs = factor != 1.0
+        want_probs = factor != 1.0 and resolved != "seed"
         if resolved == "whole":
             gen = _predict_whole(model, xin, want_probs, confidence)
         elif resolved == "tiled":
@@ -464,6 +472,8 @@ def segment_micrograph_iter(
                                   f"{kind}: pass {step}/{steps} ({resolved})")
         if want_probs:
             lab, cf = reduce_scores(_resample(out, micrograph.shape))
+        elif factor != 1.0:  # seed mode at another pixel size: labels back by nearest neighbour
+            lab, cf = (None if a is None else _nearest(a, micrograph.shape) for a in out)
         else:
             lab, cf = out
         if min_granule_nm and model.card.kind == "granules":
