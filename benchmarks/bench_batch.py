@@ -48,7 +48,8 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     times = []
     gen = batch_iter(args.inputs, args.out, scheduler=args.scheduler or None,
-                     memory_budget_bytes=args.budget or None)
+                     memory_budget_bytes=args.budget or None,
+                     measure_kwargs={"section_nm": None} if args.vf == "none" else None)
     while True:
         try:
             event = next(gen)
@@ -68,7 +69,11 @@ def _tree_rss(proc) -> int:
     import psutil
 
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    try:
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:  # the child has just exited
+        return 0
+    for p in family:
         try:
             total += p.memory_info().rss
         except psutil.Error:
@@ -76,12 +81,12 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_child(inputs: Path, out: Path, scheduler: str, budget: int = 0) -> dict:
+def run_child(inputs: Path, out: Path, scheduler: str, budget: int = 0, vf: str = "baskets") -> dict:
     """Run one batch in a child process; its timings and the peak RSS of its process tree."""
     import psutil
 
     cmd = [sys.executable, __file__, "--child", "--inputs", str(inputs), "--out", str(out),
-           "--scheduler", scheduler, "--budget", str(budget)]
+           "--scheduler", scheduler, "--budget", str(budget), "--vf", vf]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -124,14 +129,14 @@ def _listing(paths: list[Path], target: Path) -> Path:
     return target
 
 
-def throughput(size: int, counts: list[int], schedulers: list[str], tmp: Path) -> list[dict]:
+def throughput(size: int, counts: list[int], schedulers: list[str], tmp: Path, vf: str) -> list[dict]:
     paths = make_inputs(tmp / "in", size, max(counts))
     rows = []
     for scheduler in schedulers:
         for n in counts:
             listing = _listing(paths[:n], tmp / f"list{n}.csv")
             out = tmp / f"out-{scheduler.replace(':', '')}-{n}"
-            r = run_child(listing, out, scheduler)
+            r = run_child(listing, out, scheduler, vf=vf)
             ev = r["events_s"]
             steady = (n - 1) / (ev[-1] - ev[0]) if n >= 4 and ev[-1] > ev[0] else None
             rows.append({"scheduler": scheduler or "serial", "n": n, "wall_s": r["wall_s"],
@@ -170,10 +175,11 @@ def _row(r: dict) -> str:
             f"{steady} | {r['peak_rss_mb']:,.0f} |")
 
 
-def report(rows: list[dict], size: int, command: str, big: dict | None) -> str:
+def report(rows: list[dict], size: int, command: str, big: dict | None, vf: str) -> str:
     lines = [f"Command: `{command}`; {os.cpu_count()} CPU cores, {platform.platform()}, Python "
              f"{platform.python_version()}, Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}.",
-             "", f"{size}x{size} 16-bit synthetic micrographs, bundled models, `mode=auto` (whole):", "",
+             "", f"{size}x{size} 16-bit synthetic micrographs, bundled models, `mode=auto` (whole), "
+             f"vf {'by baskets' if vf == 'baskets' else 'not measured'}:", "",
              "| scheduler | N | wall (s) | batch (s) | micrographs/s (batch) | micrographs/s (steady) "
              "| peak RSS, all processes (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(r) for r in rows]
@@ -200,6 +206,8 @@ def main() -> None:
     parser.add_argument("--counts", default="1,4,16")
     parser.add_argument("--schedulers", default=",processes:2", help="comma list; empty = serial")
     parser.add_argument("--montage", type=int, default=0, metavar="SIZE", help="also one montage by tiles")
+    parser.add_argument("--vf", default="baskets", choices=("baskets", "none"),
+                        help="measure vf by baskets (default, as emgranules batch) or not at all")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -213,10 +221,10 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="emgranules-bench-batch-"))
     print("| scheduler | N | wall (s) | batch (s) | micrographs/s | steady | peak RSS (MB) |")
-    rows = throughput(args.size, counts, args.schedulers.split(","), tmp)
+    rows = throughput(args.size, counts, args.schedulers.split(","), tmp, args.vf)
     big = montage(args.montage, tmp) if args.montage else None
     command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
-    text = report(rows, args.size, command.strip(), big)
+    text = report(rows, args.size, command.strip(), big, args.vf)
     print(text)
     if args.write_docs:
         write_docs(text)

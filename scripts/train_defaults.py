@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", type=Path, metavar="WEIGHTS",
                         help="continue from these weights instead of a fresh network "
-                             "(e.g. scripts/wip/locations-3.2nm.weights.h5)")
+                             "(e.g. an earlier run's WORK/runs/locations/locations.weights.h5)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting, e.g. --set contrast=0.6 (repeatable)")
     parser.add_argument("--run", metavar="NAME", help="run folder under WORK/runs (default: the kind)")
