@@ -17,8 +17,8 @@ Output folder
     ``path, error`` of every micrograph that could not be processed in this run.
 ``manifest.json``
     Per micrograph: the input's SHA-256, the hash of the settings that change results (mode, pixel
-    size, measurement settings, the weights' SHA-256) and its outputs. A re-run skips a micrograph
-    whose input, settings and outputs are unchanged and redoes anything else.
+    size, measurement settings, the weights' SHA-256, the package version) and its outputs. A
+    re-run skips a micrograph whose input, settings and outputs are unchanged and redoes the rest.
 
 Every file is written atomically (a temporary file renamed into place), the manifest after each
 micrograph (at most every 2 s once it lists more than 500), so a run killed at any point resumes
@@ -608,8 +608,10 @@ class _Run:
 
     # -- settings and their hash ---------------------------------------------------------------
     def set_weights(self, hashes: dict[str, str]) -> None:
+        from .. import __version__
+
         s = self.settings
-        self.common = {"mode": s.mode, "pixel_size_nm": s.pixel_size_nm,
+        self.common = {"version": __version__, "mode": s.mode, "pixel_size_nm": s.pixel_size_nm,
                        "force_pixel_size": s.force_pixel_size, "max_window": s.max_window,
                        "halo": s.halo, "min_granule_nm": s.min_granule_nm,
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
