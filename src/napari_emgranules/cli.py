@@ -376,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="emgranules: %(levelname)s: %(message)s")
+    if not args.debug:  # a corrupt file gets our one-line message; tifffile's own log is noise
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         from .core.models import UntrainedModelWarning
