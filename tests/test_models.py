@@ -478,3 +478,27 @@ def test_schema_round_trip_and_validation():
         LOCATIONS_SCHEMA.check_labels(np.array([[0, 9]], np.uint8))
     with pytest.raises(SchemaError, match="malformed"):
         ClassSchema.from_dict({"kind": "x", "classes": [{"code": 0}]})
+
+
+@pytest.mark.parametrize("precision, jit", [("float32", True), ("bfloat16", False)])
+def test_mixed_precision_and_compiled_inference_match_float32(precision, jit):
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    model = default_model("granules")
+    image = synthetic_micrograph((256, 256), 0.8, seed=11).image
+    x = (image.astype(np.float32) / np.iinfo(image.dtype).max)[None]
+    ref_labels, ref_conf = model.predict_labels(x)
+    variant = model.for_inference(precision, jit)
+    assert variant is model.for_inference(precision, jit)  # built once, cached
+    assert variant.card is model.card and variant.jit is jit
+    labels, conf = variant.predict_labels(x)
+    assert conf.dtype == np.float32
+    if precision == "float32":
+        np.testing.assert_array_equal(labels, ref_labels)
+        np.testing.assert_allclose(conf, ref_conf, atol=1e-4)
+    else:  # bfloat16 keeps 8 bits of mantissa: only near-tie pixels may flip
+        assert (labels != ref_labels).mean() < 0.005
+        assert np.abs(conf - ref_conf).max() < 0.05
+    assert model.for_inference() is model
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.for_inference("int8")

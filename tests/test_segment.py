@@ -211,3 +211,12 @@ def test_segment_drops_granule_specks_unless_asked_not_to(small):
     comp, n = ndi.label(clean.granules, structure=np.ones((3, 3)))
     if n:
         assert np.bincount(comp.ravel())[1:].min() >= np.pi / 4 * (8 / 0.8) ** 2
+
+
+def test_mixed_precision_segmentation_agrees_with_float32(small):
+    ref = segment_micrograph(small.image, mode="whole")
+    low = segment_micrograph(small.image, mode="whole", precision="bfloat16", jit=True)
+    for kind in ("locations", "granules"):
+        assert (low.labels[kind] != ref.labels[kind]).mean() < 0.01
+    with pytest.raises(ValueError, match="precision"):
+        segment_micrograph(small.image, precision="half")

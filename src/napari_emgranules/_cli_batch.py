@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder
+from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder, add_precision_arguments
 
 
 def _measure_kwargs(args: argparse.Namespace) -> dict:
@@ -47,7 +47,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
         seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
         max_window=args.max_window, batch_size=args.batch_size,
-        min_granule_nm=args.min_granule or None,
+        min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
     )
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
@@ -91,6 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bat.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
     bat.add_argument("--batch-size", type=int, default=1, metavar="N",
                      help="tiles per forward pass (tiled/seed and montages by tiles)")
+    add_precision_arguments(bat)
     bat.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
                      help="granule objects smaller than a disc this wide become background "
                           "(default 8 nm; 0 keeps the raw model output)")

@@ -53,6 +53,15 @@ def _output_folder(value: str) -> Path:
     return out
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--jit`` (segment, batch)."""
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="compute precision of the networks (default float32; the lower ones "
+                             "are for GPUs with tensor cores)")
+    parser.add_argument("--jit", action="store_true",
+                        help="compile the networks (XLA / jax.jit): pays off over many images")
+
+
 def _fail(msg: str) -> None:
     print(f"emgranules: error: {msg}", file=sys.stderr)
 
@@ -120,7 +129,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 micrograph, mode=args.mode, locations_model=weights.get("locations"),
                 granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence,
                 max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
-                min_granule_nm=args.min_granule or None,
+                min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
             )
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
                       disable=args.quiet) as bar:
@@ -319,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--locations-weights", metavar="FILE",
                      help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint, .onnx)")
     seg.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
+    add_precision_arguments(seg)
     seg.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
                      help="granule objects smaller than a disc this wide become background "
                           "(default 8 nm; 0 keeps the raw model output)")

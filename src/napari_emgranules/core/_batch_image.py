@@ -70,10 +70,13 @@ class ImageSettings:
     min_granule_nm: float | None = MIN_GRANULE_NM
     measure: dict[str, Any] = field(default_factory=dict)
     memory_budget_bytes: int | None = None
+    precision: str = "float32"
+    jit: bool = False
 
     def model(self, kind: str) -> SegmentationModel:
-        """The loaded model of ``kind`` (cached per process)."""
-        return _resolve_model(self.locations_model if kind == "locations" else self.granules_model, kind)
+        """The loaded model of ``kind`` in the run's precision (cached per process)."""
+        model = _resolve_model(self.locations_model if kind == "locations" else self.granules_model, kind)
+        return model.for_inference(self.precision, self.jit)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ from .measure import (
     format_seed_densities,
     measure_labels,
 )
-from .models import SegmentationModel, WeightsError
+from .models import PRECISIONS, SegmentationModel, WeightsError
 from .segment import MIN_GRANULE_NM, MODES, run_to_completion
 
 logger = logging.getLogger(__name__)
@@ -614,6 +614,7 @@ class _Run:
         self.common = {"version": __version__, "mode": s.mode, "pixel_size_nm": s.pixel_size_nm,
                        "force_pixel_size": s.force_pixel_size, "max_window": s.max_window,
                        "halo": s.halo, "min_granule_nm": s.min_granule_nm,
+                       "precision": s.precision, "jit": s.jit,
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
         self.manifest.settings = self.common
         for kind, digest in hashes.items():
@@ -757,6 +758,8 @@ def batch_iter(
     batch_size: int = 1,
     min_granule_nm: float | None = MIN_GRANULE_NM,
     memory_budget_bytes: int | None = None,
+    precision: str = "float32",
+    jit: bool = False,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
 
@@ -785,6 +788,9 @@ def batch_iter(
     memory_budget_bytes : int, optional
         Memory one micrograph may use; default half the available memory (divided among local
         worker processes).
+    precision, jit
+        Compute precision and compilation of the networks (see
+        :meth:`~.models.SegmentationModel.for_inference`); recorded in the settings hash.
 
     Yields
     ------
@@ -809,7 +815,9 @@ def batch_iter(
     out = _output_folder(out_dir)
     settings = ImageSettings(str(out.resolve()), mode, locations_model, granules_model, pixel_size_nm,
                              force_pixel_size, max_window, halo, batch_size, min_granule_nm,
-                             _check_measure(measure_kwargs), memory_budget_bytes)
+                             _check_measure(measure_kwargs), memory_budget_bytes, precision, bool(jit))
+    if precision not in PRECISIONS:
+        raise BatchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if spec is not None:
         settings = _check_models_for_workers(settings)
         if spec[0] == "processes" and memory_budget_bytes is None and available_memory_bytes():

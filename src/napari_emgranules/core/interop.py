@@ -531,6 +531,13 @@ class OnnxSegmentationModel(SegmentationModel):
     def __repr__(self) -> str:
         return "Onnx" + super().__repr__()
 
+    def for_inference(self, precision: str = "float32", jit: bool = False) -> OnnxSegmentationModel:
+        """Itself: ONNX Runtime optimises the graph on loading and runs it in the file's precision."""
+        if precision != "float32":
+            raise ValueError(f"{self.path}: an ONNX model runs in the precision it was exported in; "
+                             f"precision {precision!r} applies to Keras weights only")
+        return self
+
     def count_params(self) -> int:
         return self._n_params
 

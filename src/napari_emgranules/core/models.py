@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
+    "PRECISIONS",
     "MODEL_PIXEL_SIZE_NM",
     "ModelCard",
     "SegmentationModel",
@@ -69,6 +70,9 @@ MULTIPLE = 128
 """Input sides must be multiples of this (2**7: seven 2x2 poolings)."""
 
 # Filters per encoder block (8 blocks) and decoder block (7 blocks), and the head width.
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
+"""Compute precisions :meth:`SegmentationModel.for_inference` offers."""
+
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "unet_model7": {
         "kind": "locations",
@@ -304,11 +308,54 @@ class SegmentationModel:
         Its metadata.
     """
 
-    def __init__(self, keras_model, card: ModelCard):
+    def __init__(self, keras_model, card: ModelCard, *, jit: bool = False):
         self.keras_model = keras_model
         self.card = card
+        self.jit = jit
         self._fns: dict[str, Callable] = {}
+        self._variants: dict[tuple[str, bool], SegmentationModel] = {}
         self._lock = threading.Lock()
+
+    def for_inference(self, precision: str = "float32", jit: bool = False) -> SegmentationModel:
+        """This model, or a cached copy that computes in ``precision`` and/or is compiled (XLA).
+
+        Parameters
+        ----------
+        precision : {"float32", "bfloat16", "float16"}
+            Compute dtype: ``bfloat16``/``float16`` rebuild the network under Keras's mixed
+            policy (weights stay float32, activations in the lower precision): faster on GPUs
+            with tensor cores, usually slower on CPUs. Labels agree with float32 on all but a few
+            near-tie pixels (``tests/test_models.py`` checks it).
+        jit : bool
+            Compile the inference graph (XLA on TensorFlow, ``jax.jit`` on JAX, which compiles
+            anyway); the first call per input shape pays for the compilation.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "float32" and jit == self.jit:
+            return self
+        key = (precision, bool(jit))
+        with self._lock:
+            if key not in self._variants:
+                net = self.keras_model if precision == "float32" else self._rebuilt(precision)
+                self._variants[key] = SegmentationModel(net, self.card, jit=bool(jit))
+            return self._variants[key]
+
+    def _rebuilt(self, precision: str):
+        """The network rebuilt under the ``mixed_<precision>`` policy, with these weights."""
+        if self.card.architecture not in ARCHITECTURES:
+            raise ValueError(f"mixed precision needs one of the package's architectures "
+                             f"({', '.join(sorted(ARCHITECTURES))}); this model is "
+                             f"{self.card.architecture!r}: run it in float32")
+        keras = get_keras()
+        before = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(f"mixed_{precision}")
+        try:
+            net = build_unet(self.card.architecture, self.n_classes)
+        finally:
+            keras.config.set_dtype_policy(before)
+        net.set_weights(self.keras_model.get_weights())
+        return net
 
     def __repr__(self) -> str:
         state = "trained" if self.card.trained else "UNTRAINED"
@@ -336,14 +383,19 @@ class SegmentationModel:
             if what not in self._fns:
                 keras = get_keras()
                 ops = keras.ops
-                logits = self.keras_model.outputs[0]
+                logits = ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
                 labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
-                if what == "labels":
+                if what == "logits":
+                    outs = logits
+                elif what == "labels":
                     outs = labels
                 else:
                     probs = keras.layers.Softmax(axis=-1, name="probabilities")(logits)
                     outs = [labels, ops.max(probs, axis=-1)] if what == "labels+confidence" else probs
-                self._fns[what] = keras.Model(self.keras_model.inputs, outs)
+                model = keras.Model(self.keras_model.inputs, outs)
+                if self.jit:
+                    model.compile(jit_compile=True)
+                self._fns[what] = model
             return self._fns[what]
 
     def predict_labels(
@@ -369,7 +421,8 @@ class SegmentationModel:
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits, float32 ``(n, h, w, n_classes)``: the bare network output."""
-        return np.asarray(self.keras_model.predict_on_batch(_as_batch(batch)), dtype=np.float32)
+        return np.asarray(self._inference_model("logits").predict_on_batch(_as_batch(batch)),
+                          dtype=np.float32)
 
 
 def reduce_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -339,6 +339,8 @@ def segment_micrograph_iter(
     batch_size: int = 1,
     memory_budget_bytes: int | None = None,
     min_granule_nm: float | None = MIN_GRANULE_NM,
+    precision: str = "float32",
+    jit: bool = False,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a micrograph with the Locations and Granules models, yielding progress.
 
@@ -378,6 +380,12 @@ def segment_micrograph_iter(
     SegmentProgress
         After every forward pass.
 
+    precision : {"float32", "bfloat16", "float16"}
+        Compute precision (:meth:`SegmentationModel.for_inference`): the lower ones are for GPUs
+        with tensor cores; labels agree with float32 but for near-tie pixels.
+    jit : bool
+        Compile the networks (XLA / ``jax.jit``); pays off over many images of one size.
+
     Returns
     -------
     SegmentationResult
@@ -408,6 +416,7 @@ def segment_micrograph_iter(
             k: _resolve_model(locations_model if k == "locations" else granules_model, k)
             for k in kinds
         }
+    models = {k: m.for_inference(precision, jit) for k, m in models.items()}
     if micrograph.pixel_size_source == "model":
         # "the model's pixel size": an image of unknown scale is taken to be at the finest pixel
         # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
