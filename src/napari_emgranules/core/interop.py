@@ -49,6 +49,7 @@ from .models import (
     WeightsError,
     _as_batch,
     _read_sidecar,
+    apply_card_overrides,
     sidecar_path,
 )
 from .schema import ClassSchema
@@ -711,11 +712,7 @@ def load_onnx_model(path: str | os.PathLike, kind: str | None = None, *,
         )
     if kind is not None and card.kind != kind:
         raise WeightsError(f"{p}: this is a {card.kind} model, but a {kind} model was asked for")
-    if schema is not None:
-        card.schema = schema
-    if pixel_size_nm is not None:
-        card.pixel_size_nm = float(pixel_size_nm)
-    card.provenance = {**card.provenance, "source": str(p), "source_format": "onnx"}
+    apply_card_overrides(card, p, "onnx", schema, pixel_size_nm)
     _check_io(proto, p, card)
     model = OnnxSegmentationModel(p, proto, card, output_kind)
     # A network with a dynamic class axis: count the classes on one small blank tile.

@@ -441,6 +441,16 @@ def reduce_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, ops.convert_to_numpy(ops.max(t, axis=-1))
 
 
+def apply_card_overrides(card: ModelCard, path: Path, fmt: str, schema: ClassSchema | None,
+                         pixel_size_nm: float | None) -> None:
+    """Give a just-loaded model's card the caller's schema and pixel size, and its source."""
+    if schema is not None:
+        card.schema = schema
+    if pixel_size_nm is not None:
+        card.pixel_size_nm = float(pixel_size_nm)
+    card.provenance = {**card.provenance, "source": str(path), "source_format": fmt}
+
+
 def _as_batch(batch: np.ndarray) -> np.ndarray:
     x = np.asarray(batch, dtype=np.float32)
     if x.ndim == 3:
@@ -763,11 +773,7 @@ def load_model(
         card.provenance = {"trained": True, "note": "no sidecar; assumed the original tool's"}
     elif kind is not None and card.kind != kind:
         raise WeightsError(f"{p}: these are {card.kind} weights, but {kind} weights were asked for")
-    if schema is not None:
-        card.schema = schema
-    if pixel_size_nm is not None:
-        card.pixel_size_nm = float(pixel_size_nm)
-    card.provenance = {**card.provenance, "source": str(p), "source_format": fmt}
+    apply_card_overrides(card, p, fmt, schema, pixel_size_nm)
     model = build_unet(card.architecture, card.schema.n_classes)
     arrays = _read_arrays(p, fmt, model)
     _check_arrays(p, arrays, model, card)
