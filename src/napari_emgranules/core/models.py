@@ -54,6 +54,7 @@ __all__ = [
     "build_granules_unet",
     "build_unet",
     "load_model",
+    "read_model_card",
     "default_model",
     "save_model",
     "WEIGHTS_DTYPES",
@@ -783,6 +784,27 @@ def load_model(
     with _CACHE_LOCK:
         _CACHE[key] = loaded
     return loaded
+
+
+def read_model_card(path: str | os.PathLike | None, kind: str) -> ModelCard:
+    """What a weights file says it is, without building the network or importing Keras.
+
+    The sidecar's card, or for a file without one the default card of ``kind`` (``path`` None:
+    the bundled default's). :func:`load_model` still checks that the weights fit.
+    """
+    if path is None:
+        bundled = _bundled_dir() / f"{kind}.weights.h5"
+        if not bundled.is_file():
+            card = ModelCard.default(kind)
+            card.provenance = {"trained": False}
+            return card
+        path = bundled
+    card = _read_sidecar(Path(path).expanduser())
+    if card is None:
+        return ModelCard.default(kind)
+    if card.kind != kind:
+        raise WeightsError(f"{path}: these are {card.kind} weights, but {kind} weights were asked for")
+    return card
 
 
 def _bundled_dir() -> Path:

@@ -1,0 +1,271 @@
+"""Model work for the napari widgets, in a separate Python process.
+
+The widgets never run Keras in napari's own process. Three reasons:
+
+- **It crashes there on Linux with Mesa OpenGL** (llvmpipe under a virtual display, and the
+  radeonsi/iris drivers of most Intel and AMD desktops): the TensorFlow wheel exports its own copy
+  of LLVM, Mesa links the system one, and once both are loaded the two bind to each other's
+  symbols (tensorflow/tensorflow#109933, #119254; see ``tests/conftest.py``).
+- **Cancel really stops.** A forward pass of a 4096 px micrograph cannot be interrupted inside
+  Keras; a process can be ended. The cancelled job's memory goes back to the system.
+- **The viewer stays responsive**: the GIL-holding parts of inference run elsewhere.
+
+An :class:`Engine` owns one child process (started on first use with the ``spawn`` method, so it
+imports nothing of Qt or napari) and runs one job at a time in it. :meth:`Engine.run` is a generator:
+it sends the job, yields the job's progress events (e.g. :class:`~.core.segment.SegmentProgress`),
+and returns its result, or raises the job's own exception (:class:`~.core.io.MicrographError`,
+:class:`~.core.models.WeightsError`, ...) so that widgets treat it exactly as a direct call.
+:meth:`Engine.cancel` (any thread) asks the job to stop at its next event; if it does not within
+``grace`` seconds the process is ended, and :meth:`run` raises :class:`Cancelled` either way.
+
+The jobs themselves are the plain functions of :mod:`._engine_tasks`, which only call the core.
+This module imports neither Qt, napari nor Keras.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Generator
+from typing import Any
+
+__all__ = ["Engine", "EngineError", "Cancelled", "get_engine", "shutdown_engines"]
+
+_POLL_S = 0.05
+
+
+class Cancelled(Exception):
+    """The job was cancelled by the user (:meth:`Engine.cancel`)."""
+
+
+class EngineError(RuntimeError):
+    """The model process failed in a way that is not the job's own error (it died, or a bug)."""
+
+
+# -------------------------------------------------------------------------------------------------
+# The child process
+# -------------------------------------------------------------------------------------------------
+def _serve(conn) -> None:
+    """Child main loop: run jobs sent by the parent until told to stop (or the pipe closes)."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING)
+    from . import _engine_tasks
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        if message[0] != "run":  # a late "cancel" for a job that already ended
+            continue
+        _, task, kwargs = message
+        try:
+            _run_job(conn, getattr(_engine_tasks, task), kwargs)
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+def _run_job(conn, func, kwargs: dict[str, Any]) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = func(**kwargs)
+            if isinstance(out, Generator):
+                while True:
+                    try:
+                        event = next(out)
+                    except StopIteration as stop:
+                        out = stop.value
+                        break
+                    conn.send(("event", event))
+                    if conn.poll() and conn.recv()[0] == "cancel":
+                        out.close()
+                        conn.send(("cancelled", None))
+                        return
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+            conn.send(("error", _portable(exc)))
+            return
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    conn.send(("done", (out, notes)))
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception itself when it pickles (the parent re-raises it), else an EngineError."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - anything unpicklable
+        text = "".join(traceback.format_exception(exc))
+        return EngineError(f"{type(exc).__name__}: {exc}\n{text}")
+
+
+# -------------------------------------------------------------------------------------------------
+# The parent side
+# -------------------------------------------------------------------------------------------------
+class Engine:
+    """One model process; jobs run one at a time (a second caller waits for the first).
+
+    Parameters
+    ----------
+    name : str
+        For messages ("segmentation", "training").
+    grace : float
+        Seconds a cancelled job has to stop at its next event before its process is ended.
+    """
+
+    def __init__(self, name: str = "models", grace: float = 3.0) -> None:
+        self.name = name
+        self.grace = grace
+        self._proc: Any = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self.notes: list[str] = []  # warnings of the last job (e.g. an untrained model)
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive (it keeps its loaded models between jobs)."""
+        return self._proc is not None and self._proc.is_alive()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child,), name=f"emgranules-{self.name}", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+
+    def _end(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            proc.terminate()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (thread-safe; nothing happens when none runs)."""
+        self._cancel.set()
+
+    def call(self, task: str, **kwargs: Any) -> Any:
+        """Run a job to its end and return its result (no progress)."""
+        gen = self.run(task, **kwargs)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def run(self, task: str, **kwargs: Any) -> Generator[Any, None, Any]:
+        """Run ``task`` (a function of :mod:`._engine_tasks`) in the child; yield its events.
+
+        Returns the job's result. Raises the job's exception, :class:`Cancelled`, or
+        :class:`EngineError` when the process dies.
+        """
+        with self._lock:
+            self._cancel.clear()
+            self.notes = []
+            if not self.running:
+                self._end()
+                self._start()
+            conn, proc = self._conn, self._proc
+            try:
+                conn.send(("run", task, kwargs))
+            except (OSError, ValueError) as exc:
+                self._end()
+                raise EngineError(f"could not send the {self.name} job to its process ({exc})") from None
+            try:
+                return (yield from self._receive(conn, proc))
+            except GeneratorExit:  # the caller walked away mid-job: do not leave it running
+                self._end()
+                raise
+
+    def _receive(self, conn, proc) -> Generator[Any, None, Any]:
+        deadline = None
+        while True:
+            if self._cancel.is_set() and deadline is None:
+                deadline = time.monotonic() + self.grace
+                try:
+                    conn.send(("cancel",))
+                except OSError:
+                    pass
+            if deadline is not None and time.monotonic() > deadline:
+                self._end()  # it did not stop at an event in time: end the process
+                raise Cancelled(f"{self.name} cancelled")
+            try:
+                ready = conn.poll(_POLL_S)
+                message = conn.recv() if ready else None
+            except (EOFError, OSError):
+                message = None
+                proc.join(1)
+            if message is None:
+                if not proc.is_alive():
+                    code = proc.exitcode
+                    self._end()
+                    if deadline is not None:
+                        raise Cancelled(f"{self.name} cancelled")
+                    raise EngineError(
+                        f"the {self.name} process stopped unexpectedly (exit code {code}); "
+                        "it may have run out of memory. Try a smaller image, 'tiled' mode, or "
+                        "close other programs, then run again."
+                    )
+                continue
+            kind, payload = message
+            if kind == "event":
+                if deadline is None:
+                    yield payload
+            elif kind == "cancelled":
+                raise Cancelled(f"{self.name} cancelled")
+            elif kind == "error":
+                raise payload
+            else:  # done
+                result, self.notes = payload
+                if deadline is not None:
+                    raise Cancelled(f"{self.name} cancelled")
+                return result
+
+    def stop(self) -> None:
+        """End the child process (its models are forgotten; the next job starts a new one)."""
+        self._cancel.set()
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.send(("stop",))
+                except OSError:
+                    pass
+            self._end()
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(name: str) -> Engine:
+    """The shared engine called ``name`` ("segmentation", "training", ...): one process each, so
+    training and segmenting can run at the same time."""
+    with _ENGINES_LOCK:
+        if name not in _ENGINES:
+            _ENGINES[name] = Engine(name)
+        return _ENGINES[name]
+
+
+def shutdown_engines() -> None:
+    """End every engine's process (at exit, and in tests)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+    for engine in engines:
+        engine.stop()

@@ -1,0 +1,257 @@
+"""Segment dock widget: run the Locations and Granules models on a micrograph layer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+
+from .._engine import get_engine
+from ..core.models import ModelCard, read_model_card
+from ..core.segment import MODES
+from ._common import (
+    KINDS,
+    JobControls,
+    get_layer,
+    has_corrections,
+    labels_name,
+    layer_pixel_size,
+    micrograph_layers,
+    notify_error,
+    notify_notes,
+    session_for,
+    show_confidence,
+    show_info,
+    show_labels,
+    start_worker,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+WEIGHTS_FILTER = "Model weights (*.weights.h5 *.h5 *.hdf5 *.keras *.index *.onnx);;All files (*)"
+MODE_HELP = {
+    "auto": "auto: the whole image at once when it fits in memory, else tiles",
+    "whole": "whole: one pass over the whole image (seam-free; most memory)",
+    "tiled": "tiled: overlapping windows, blended (any size)",
+    "seed": "seed: the original tool's 1024 px tiles, exactly",
+}
+
+
+def describe_card(card: ModelCard) -> str:
+    """One line about a model: classes, pixel size, how it was trained."""
+    letters = " ".join(c.letter for c in card.schema.classes)
+    origin = ("UNTRAINED (random weights)" if not card.trained
+              else "trained on synthetic micrographs" if card.synthetic else "trained")
+    source = card.provenance.get("source")
+    where = f" · {Path(source).name}" if source else ""
+    return (f"{card.schema.n_classes} classes ({letters}) · {card.pixel_size_nm:g} nm/px · "
+            f"{origin}{where}")
+
+
+class _ModelChooser(Container):
+    """One model: run it or not, its weights file (empty = bundled default) and what it is."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.enabled_box = CheckBox(value=True, text=f"run {kind}")
+        self.file = FileEdit(mode="r", filter=WEIGHTS_FILTER, label="weights", nullable=True)
+        self.file.value = None
+        self.bundled_button = PushButton(text="Bundled default")
+        self.info = Label(value="")
+        row = Container(widgets=[self.enabled_box, self.bundled_button], layout="horizontal",
+                        labels=False)
+        super().__init__(widgets=[row, self.file, self.info], label=kind.capitalize())
+
+    @property
+    def path(self) -> str | None:
+        value = self.file.value
+        return None if value in (None, "", Path(), Path(".")) else str(value)
+
+
+class SegmentWidget(Container):
+    """Pick a micrograph layer, its pixel size and the models; Run shows two label layers.
+
+    Results are Labels layers ``"<image> locations"`` and ``"<image> granules"`` (updated in place
+    on re-run; corrections are only replaced after the user confirms) and, optionally, confidence
+    layers. The models run in a separate process (:mod:`napari_emgranules._engine`).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.engine = get_engine("segmentation")
+        self.image = ComboBox(label="micrograph", choices=self._image_choices, nullable=True)
+        self.pixel_size = FloatSpinBox(label="pixel size (nm)", min=0.0, max=100.0, step=0.05,
+                                       value=0.0)
+        self.pixel_source = Label(value="")
+        self.models = {kind: _ModelChooser(kind) for kind in KINDS}
+        self.mode = ComboBox(label="mode", choices=list(MODES), value="auto")
+        self.mode_help = Label(value=MODE_HELP["auto"])
+        self.confidence = CheckBox(value=True, text="confidence layers (for Review)")
+        self.job = JobControls("Run", stages=KINDS)
+        super().__init__(widgets=[self.image, self.pixel_size, self.pixel_source,
+                                  *self.models.values(), self.mode, self.mode_help,
+                                  self.confidence, self.job])
+        self._worker: Any = None
+        self._started = 0.0
+        self._paths: dict[str, str | None] = dict.fromkeys(KINDS)
+
+        self.image.changed.connect(self._on_image)
+        self.mode.changed.connect(lambda v: setattr(self.mode_help, "value", MODE_HELP[v]))
+        self.job.run_button.changed.connect(self.run)
+        self.job.cancel_button.changed.connect(self.cancel)
+        for kind, chooser in self.models.items():
+            chooser.file.changed.connect(lambda _=None, k=kind: self._on_file(k))
+            chooser.bundled_button.changed.connect(lambda _=None, k=kind: self.use_weights(k, None))
+            self._show_card(kind, None)
+        self.session.weights_changed.connect(self._on_session_weights)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_images)
+        self._refresh_images()
+
+    # -- choices and fields ------------------------------------------------------------------------
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in micrograph_layers(self.viewer)]
+
+    def _refresh_images(self, _event=None) -> None:
+        self.image.reset_choices()
+        layers = [c for c in self.image.choices if c is not None]
+        if self.image.value is None and layers:
+            self.image.value = layers[0]
+
+    def _on_image(self, layer: Any) -> None:
+        if layer is None:
+            self.pixel_source.value = ""
+            return
+        px, source = layer_pixel_size(layer)
+        self.pixel_size.value = px or 0.0
+        self.pixel_source.value = (f"from {source}" if px else
+                                   "unknown: set it, or 0 to assume the models' own pixel size")
+
+    def _show_card(self, kind: str, path: str | None) -> None:
+        try:
+            card = read_model_card(path, kind)
+        except Exception as exc:  # noqa: BLE001 - shown, then the weights are refused
+            self.models[kind].info.value = f"unreadable: {exc}"
+            return
+        self.models[kind].info.value = ("bundled default: " if path is None else "") + describe_card(card)
+
+    def use_weights(self, kind: str, path: str | None) -> None:
+        """Use ``path`` (None: the bundled default) for ``kind``; checked before it is accepted."""
+        chooser = self.models[kind]
+        with chooser.file.changed.blocked():
+            chooser.file.value = path
+        self._on_file(kind)
+
+    def _on_file(self, kind: str) -> None:
+        path = self.models[kind].path
+        if path == self._paths[kind]:
+            return
+        if path is None:
+            self._accept(kind, None, None)
+            return
+        self.models[kind].info.value = "checking the weights..."
+        start_worker(self.engine.call, "describe_model", path=path, kind=kind,
+                     on_return=lambda card: self._accept(kind, path, card),
+                     on_error=lambda exc: self._refuse(kind, path, exc))
+
+    def _accept(self, kind: str, path: str | None, card: ModelCard | None) -> None:
+        self._paths[kind] = path
+        if card is None:
+            self._show_card(kind, path)
+        else:
+            self.models[kind].info.value = describe_card(card)
+        self.session.set_weights(kind, path)
+
+    def _refuse(self, kind: str, path: str, exc: BaseException) -> None:
+        notify_error(exc, f"{kind.capitalize()} weights {Path(path).name}")
+        previous = self._paths[kind]
+        with self.models[kind].file.changed.blocked():
+            self.models[kind].file.value = previous
+        self._show_card(kind, previous)
+
+    def _on_session_weights(self, kind: str) -> None:
+        if kind in self.models and self.session.weights[kind] != self._paths[kind]:
+            self.use_weights(kind, self.session.weights[kind])
+
+    # -- run -------------------------------------------------------------------------------------
+    def _confirm(self, text: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self.native, "Replace corrected labels?", text)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def run(self, _=None) -> Any:
+        """Segment the chosen micrograph (in the background); returns the worker, or None."""
+        if self.job.busy:
+            return None
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers:
+            notify_error(ValueError("no micrograph layer: open one (File > Open) or the sample "
+                                    "(File > Open Sample > EM Granules)"), "Segment")
+            return None
+        if layer.multiscale or layer.ndim != 2 or layer.rgb:
+            notify_error(ValueError(f"{layer.name!r} is not a single 2-D gray micrograph"), "Segment")
+            return None
+        kinds = [k for k, chooser in self.models.items() if chooser.enabled_box.value]
+        if not kinds:
+            notify_error(ValueError("no model chosen: tick Locations and/or Granules"), "Segment")
+            return None
+        corrected = [name for k in kinds if (name := labels_name(layer.name, k)) in self.viewer.layers
+                     and has_corrections(self.viewer.layers[name])]
+        if corrected and not self._confirm(
+                f"{', '.join(corrected)} {'has' if len(corrected) == 1 else 'have'} corrections that "
+                "the new result will replace. Export them first (Export widget) to keep them.\n\n"
+                "Replace them?"):
+            show_info("Segment: nothing changed (corrected labels kept)")
+            return None
+        image = np.asarray(layer.data)
+        px = float(self.pixel_size.value) or None
+        weights = {k: self._paths[k] for k in kinds}
+        options = {"mode": self.mode.value, "confidence": bool(self.confidence.value)}
+        self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
+        for kind, bar in self.job.bars.items():
+            bar.visible = kind in kinds
+        self._started = time.perf_counter()
+        self._worker = start_worker(
+            self.engine.run, "segment", image=image, pixel_size_nm=px, weights=weights, **options,
+            on_yield=self._on_progress,
+            on_return=lambda result: self._show(layer, result),
+            on_error=self._on_error,
+        )
+        return self._worker
+
+    def cancel(self, _=None) -> None:
+        if self.job.busy:
+            self.job.status.value = "cancelling..."
+            self.engine.cancel()
+
+    def _on_progress(self, event: Any) -> None:
+        self.job.step(event.stage, event.step, event.steps, event.message)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.job.finish("")
+        notify_error(exc, "Segment")
+
+    def _show(self, image_layer: Any, result: Any) -> None:
+        if image_layer not in self.viewer.layers:
+            self.job.finish("the micrograph layer was closed; result dropped")
+            return
+        info = {"pixel_size_nm": result.pixel_size_nm, "pixel_size_source": result.pixel_size_source,
+                "mode": result.mode}
+        for kind, labels in result.labels.items():
+            card = result.models[kind]
+            show_labels(self.viewer, image_layer, kind, labels, card.schema,
+                        {**info, "model": card.to_dict()})
+        for kind, conf in result.confidence.items():
+            show_confidence(self.viewer, image_layer, kind, conf)
+        self.viewer.layers.selection.active = get_layer(self.viewer, labels_name(image_layer.name,
+                                                                                 next(iter(result.labels))))
+        seconds = time.perf_counter() - self._started
+        self.job.finish(f"done in {seconds:.1f} s ({result.mode} mode, "
+                        f"{result.pixel_size_nm:g} nm/px from {result.pixel_size_source})")
+        notify_notes([*result.notes, *self.engine.notes])
