@@ -13,7 +13,8 @@ HEAVY = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "keras", "ten
 _PROBE = f"""
 import json, sys
 import napari_emgranules, napari_emgranules.core, napari_emgranules.cli
-import napari_emgranules._reader, napari_emgranules._sample
+import napari_emgranules._reader, napari_emgranules._sample, napari_emgranules._engine
+import napari_emgranules._engine_tasks
 heavy = {HEAVY!r}
 print(json.dumps({{
     "loaded": sorted(m for m in sys.modules if m.split(".")[0] in heavy),
@@ -33,7 +34,7 @@ def test_import_pulls_in_no_gui_or_deep_learning_framework():
     loaded = _probe()["loaded"]
     offending = sorted({m.split(".")[0] for m in loaded})
     assert not offending, (
-        f"importing napari_emgranules (core, cli, _reader, _sample) imported {offending} "
+        f"importing napari_emgranules (core, cli, _reader, _sample, _engine) imported {offending} "
         f"(modules: {', '.join(loaded[:20])})"
     )
 
