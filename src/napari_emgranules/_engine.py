@@ -93,7 +93,9 @@ def _run_job(conn, func, kwargs: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
             conn.send(("error", _portable(exc)))
             return
-    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    # our own warnings are for the user (an untrained model, a resampled image); libraries'
+    # deprecation chatter is not
+    notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     conn.send(("done", (out, notes)))
 
 

@@ -1,0 +1,463 @@
+"""Train dock widget: fine-tune (or train afresh) a model on exported training pairs.
+
+The run happens in the training model process (:mod:`napari_emgranules._engine`) through the
+``train`` job of :mod:`napari_emgranules._engine_tasks` (:func:`~.core.train.train_iter`, then the
+best model's per-class metrics on the validation pairs). The widget shows a live plot of the loss and
+validation mean IoU, a per-class table at the end, and hands the new weights to the Segment widget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Table,
+    show_file_dialog,
+)
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from .._engine import Cancelled, get_engine
+from ..core.train import TrainConfig, TrainProgress
+from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker
+
+if TYPE_CHECKING:
+    import napari
+
+START_CHOICES = ("current model", "weights file", "fresh")
+WEIGHTS_FILTER = "Keras weights (*.weights.h5 *.h5 *.hdf5 *.keras *.index);;All files (*)"
+PLOT_SERIES = {"loss": "loss", "val_loss": "val loss", "val_mean_iou": "val mean IoU"}
+TABLE_COLUMNS = ("class", "IoU", "Dice", "precision", "recall", "val pixels")
+_METRICS = (("IoU", "iou"), ("Dice", "dice"), ("precision", "precision"), ("recall", "recall"))
+MISSING = "n/a"  # a metric with nothing to measure (a class absent from the validation pairs)
+
+
+# -------------------------------------------------------------------------------------------------
+# Plain helpers (no Qt)
+# -------------------------------------------------------------------------------------------------
+def split_folders(text: str) -> list[str]:
+    """``"a; b;"`` -> ``["a", "b"]`` (folders separated by ``;``, blanks dropped, no repeats)."""
+    return list(dict.fromkeys(p.strip() for p in str(text).split(";") if p.strip()))
+
+
+def default_run_folder(data: Sequence[str], kind: str, now: datetime | None = None) -> Path:
+    """A new run folder next to the first data folder: ``<parent>/runs/<kind>-<date>-<time>``."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    root = Path(data[0]).expanduser().resolve().parent / "runs" if data else Path.home() / "emgranules-runs"
+    out = root / f"{kind}-{stamp}"
+    n = 2
+    while out.exists():
+        out = root / f"{kind}-{stamp}-{n}"
+        n += 1
+    return out
+
+
+def bundled_weights(kind: str) -> Path | None:
+    """The weights file the package ships for ``kind`` (None when it ships none: untrained)."""
+    path = Path(str(files("napari_emgranules") / "models" / f"{kind}.weights.h5"))
+    return path if path.is_file() else None
+
+
+def weights_files(out_dir: str | Path) -> dict[Path, int]:
+    """The ``*.weights.h5`` files in ``out_dir`` and their modification times (ns)."""
+    out = Path(out_dir)
+    return {p: p.stat().st_mtime_ns for p in sorted(out.glob("*.weights.h5"))} if out.is_dir() else {}
+
+
+def saved_weights(out_dir: str | Path, before: dict[Path, int] | None = None) -> Path | None:
+    """The best weights a (possibly cancelled) run left in ``out_dir``, if any epoch saved them.
+
+    ``before``: :func:`weights_files` when the run started; files it lists unchanged do not count.
+    """
+    before = before or {}
+    found = [p for p, t in weights_files(out_dir).items() if before.get(p) != t]
+    return found[0] if found else None
+
+
+def parse_optional(text: str, kind: type, what: str) -> Any:
+    """Blank or 0 -> None (automatic), else ``kind(text)``; ValueError naming ``what`` if not a number."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        example = "5e-4" if kind is float else "20"
+        raise ValueError(f"{what} must be a number like {example} (blank = automatic), "
+                         f"got {text!r}") from None
+    return value or None
+
+
+def run_training(data: list[str], out_dir: str, kind: str, model: str | None, fresh: bool,
+                 options: dict[str, Any]) -> Generator[Any, None, tuple[Any, list[str]]]:
+    """Drive the ``train`` job in the training process; yield its events, return (summary, notes)."""
+    engine = get_engine("training")
+    summary = yield from engine.run("train", data=data, out_dir=out_dir, kind=kind, model=model,
+                                    fresh=fresh, **options)
+    return summary, list(engine.notes)
+
+
+def _metric(value: Any) -> float | str:
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else MISSING
+
+
+# -------------------------------------------------------------------------------------------------
+# The widget
+# -------------------------------------------------------------------------------------------------
+class TrainWidget(Container):
+    """Train or fine-tune the Locations or Granules model on exported training pairs.
+
+    Run trains in the background with a live plot; Cancel stops it, keeping the best weights so
+    far. At the end a per-class table of validation metrics is shown, and "Use in Segment widget"
+    makes the Segment widget use the new weights.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.engine = get_engine("training")
+        # -- what to train, on what, from what
+        self.kind = ComboBox(label="model", choices=list(KINDS), value="granules")
+        self.data = LineEdit(label="training data", value="")
+        self.data.tooltip = "Folders of exported training pairs, separated by ';'"
+        self.add_data_button = PushButton(text="Add folder...")
+        data_row = Container(widgets=[self.data, self.add_data_button], layout="horizontal",
+                             labels=False, label="training data")
+        self.start_from = ComboBox(label="start from", choices=list(START_CHOICES),
+                                   value="current model")
+        self.start_file = FileEdit(mode="r", filter=WEIGHTS_FILTER, label="weights file", visible=False)
+        self.start_info = Label(value="")
+        self.output = FileEdit(mode="d", label="run folder")
+        self.output.tooltip = ("A new folder for this run's weights, history and checkpoint "
+                               "(a folder holding another run is refused)")
+        # -- the recipe
+        self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=TrainConfig.epochs)
+        self.learning_rate = LineEdit(label="learning rate", value="")
+        self.learning_rate.tooltip = "Blank: the recipe's (5e-4 fine-tuning, 2e-3 from scratch)"
+        self.flips = CheckBox(text="flips", value=TrainConfig.flips)
+        self.rotate90 = CheckBox(text="rotate 90", value=TrainConfig.rotate90)
+        flips_row = Container(widgets=[self.flips, self.rotate90], layout="horizontal", labels=False,
+                              label="augment")
+        self.contrast = FloatSpinBox(label="contrast (0 = off)", min=0.0, max=0.95, step=0.05,
+                                     value=TrainConfig.contrast)
+        self.brightness = FloatSpinBox(label="brightness (0 = off)", min=0.0, max=1.0, step=0.05,
+                                       value=TrainConfig.brightness)
+        self.class_weights = ComboBox(label="class weights", choices=["none", "balanced"], value="none")
+        self.class_weights.tooltip = ("balanced: rare classes weigh more (they are then painted more "
+                                      "generously, which biases pixel fractions up)")
+        self.val_fraction = FloatSpinBox(label="validation split", min=0.0, max=0.9, step=0.05,
+                                         value=TrainConfig.val_fraction)
+        self.show_advanced = CheckBox(text="advanced settings", value=False)
+        self.crop = SpinBox(label="crop (px)", min=128, max=4096, step=128, value=TrainConfig.crop)
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=TrainConfig.batch_size)
+        self.steps = LineEdit(label="steps per epoch", value="")
+        self.steps.tooltip = "Blank: enough crops to cover the training pixels once (at least 8)"
+        self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps], visible=False)
+        self.settings = Container(widgets=[
+            self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
+            self.epochs, self.learning_rate, flips_row, self.contrast, self.brightness,
+            self.class_weights, self.val_fraction, self.show_advanced, self.advanced,
+        ])
+        # -- running and results
+        self.job = JobControls("Train", stages=("batches", "epochs"))
+        self.plot_box = Container(labels=False)
+        self.result_info = Label(value="")
+        self.class_table = Table(value=[], columns=list(TABLE_COLUMNS), visible=False)
+        self.class_table.native.verticalHeader().setVisible(False)
+        self.use_button = PushButton(text="Use in Segment widget", enabled=False)
+        super().__init__(widgets=[self.settings, self.job, self.plot_box, self.result_info,
+                                  self.class_table, self.use_button], labels=False)
+        self._make_plot()
+
+        self.history: list[dict[str, float]] = []  # end-of-epoch logs of the current run
+        self.summary: Any = None  # TrainSummary of the last finished run
+        self.weights_path: Path | None = None  # what "Use in Segment" hands over
+        self.run_folder: Path | None = None
+        self._run_kind = self.kind.value
+        self._auto_output = ""  # the run folder we proposed (replaced while the user keeps it)
+        self._folder_existed = False
+        self._first_event = False
+        self._started = 0.0
+        self._weights_before: dict[Path, int] = {}
+        self._worker: Any = None
+
+        self.add_data_button.changed.connect(self._add_folder)
+        self.data.changed.connect(self._propose_output)
+        self.kind.changed.connect(self._on_kind)
+        self.start_from.changed.connect(self._update_start_info)
+        self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
+        self.job.run_button.changed.connect(self.run)
+        self.job.cancel_button.changed.connect(self.cancel)
+        self.use_button.changed.connect(self.use_in_segment)
+        self.session.weights_changed.connect(self._on_session_weights)
+        self._update_start_info()
+
+    # -- the plot ---------------------------------------------------------------------------------
+    def _make_plot(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        self.figure = Figure(figsize=(4.0, 2.6), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        ax = self.figure.add_subplot()
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("loss")
+        ax_iou = ax.twinx()
+        ax_iou.set_ylabel("val mean IoU")
+        ax_iou.set_ylim(0, 1)
+        self.axes = (ax, ax_iou)
+        styles = {"loss": (ax, "C0", "-"), "val_loss": (ax, "C1", "--"), "val_mean_iou": (ax_iou, "C2", "-")}
+        self.plot_lines = {key: axis.plot([], [], marker="o", ms=3, color=c, ls=ls,
+                                          label=PLOT_SERIES[key])[0]
+                           for key, (axis, c, ls) in styles.items()}
+        ax_iou.legend(handles=list(self.plot_lines.values()), fontsize="x-small", loc="center right")
+        self.plot_box.native.layout().addWidget(self.canvas)
+
+    def _redraw(self) -> None:
+        for key, line in self.plot_lines.items():
+            points = [(h["epoch"], h[key]) for h in self.history if math.isfinite(h.get(key, math.nan))]
+            line.set_data([p[0] for p in points], [p[1] for p in points])
+        ax, _ = self.axes
+        ax.relim()
+        ax.autoscale_view()
+        if self.history:
+            ax.set_xlim(0.5, max(h["epoch"] for h in self.history) + 0.5)
+        self.canvas.draw_idle()
+
+    # -- fields ------------------------------------------------------------------------------------
+    def _add_folder(self, _=None) -> None:
+        folder = show_file_dialog(mode="d", caption="Training data folder", parent=self.native)
+        if folder:
+            self.data.value = "; ".join(split_folders(f"{self.data.value};{folder}"))
+
+    def _propose_output(self, _=None) -> None:
+        """Fill in a new run folder next to the data, unless the user typed one."""
+        current = "" if str(self.output.value) in ("", ".") else str(self.output.value)
+        if current and current != self._auto_output:
+            return
+        data = split_folders(self.data.value)
+        self._auto_output = str(default_run_folder(data, self.kind.value)) if data else ""
+        self.output.value = self._auto_output
+
+    def _on_kind(self, _=None) -> None:
+        self._update_start_info()
+        self._propose_output()
+
+    def _on_session_weights(self, kind: str) -> None:
+        if kind == self.kind.value:
+            self._update_start_info()
+
+    def _update_start_info(self, _=None) -> None:
+        choice = self.start_from.value
+        self.start_file.visible = choice == "weights file"
+        kind = self.kind.value
+        if choice == "fresh":
+            text = "random weights (train from scratch: needs many pairs and epochs)"
+        elif choice == "weights file":
+            text = "fine-tune the weights file above"
+        else:
+            current = self.session.weights.get(kind)
+            if current:
+                text = f"the Segment widget's {kind} model: {current}"
+            else:
+                bundled = bundled_weights(kind)
+                text = (f"bundled default: {bundled}" if bundled
+                        else "bundled default (untrained: training starts from random weights)")
+        self.start_info.value = text
+
+    # -- run ---------------------------------------------------------------------------------------
+    def _options(self) -> dict[str, Any]:
+        """TrainConfig fields from the form; ValueError (from TrainConfig) when one is invalid."""
+        options = {
+            "epochs": int(self.epochs.value),
+            "learning_rate": parse_optional(self.learning_rate.value, float, "learning rate"),
+            "flips": bool(self.flips.value),
+            "rotate90": bool(self.rotate90.value),
+            "contrast": float(self.contrast.value),
+            "brightness": float(self.brightness.value),
+            "class_weights": self.class_weights.value,
+            "val_fraction": float(self.val_fraction.value),
+            "crop": int(self.crop.value),
+            "batch_size": int(self.batch_size.value),
+            "steps_per_epoch": parse_optional(self.steps.value, int, "steps per epoch"),
+        }
+        TrainConfig(**options)  # checks every number before anything starts
+        return options
+
+    def _start_weights(self, kind: str) -> tuple[str | None, bool]:
+        """(starting weights file or None for the bundled default, fresh)."""
+        choice = self.start_from.value
+        if choice == "fresh":
+            return None, True
+        if choice == "weights file":
+            value = self.start_file.value
+            if value is None or str(value) in ("", ".") or not Path(value).exists():
+                raise ValueError("choose the weights file to start from (or start from the current "
+                                 "model)")
+            return str(value), False
+        return self.session.weights.get(kind), False
+
+    def run(self, _=None) -> Any:
+        """Start training with the form's settings; returns the worker (None when refused)."""
+        if self.job.busy:
+            return None
+        kind = self.kind.value
+        data = split_folders(self.data.value)
+        try:
+            if not data:
+                raise ValueError("no training data: add a folder of exported training pairs "
+                                 "(Export widget, or `emgranules export`)")
+            options = self._options()
+            model, fresh = self._start_weights(kind)
+            if str(self.output.value) in ("", "."):
+                self._propose_output()
+            out = Path(self.output.value).expanduser()
+        except ValueError as exc:
+            notify_error(exc, "Train")
+            return None
+        self._reset_results()
+        self._run_kind, self.run_folder = kind, out
+        self._folder_existed = out.exists()
+        self._first_event = False
+        self._started = time.perf_counter()
+        self._weights_before = weights_files(out)  # another run's files are not this run's
+        self.settings.enabled = False
+        self.job.start("starting the model process..." if not self.engine.running
+                       else "loading the training pairs and the model...")
+        self._worker = start_worker(
+            run_training, data, str(out), kind, model, fresh, options,
+            on_yield=self._on_event, on_return=self._on_done, on_error=self._on_error,
+            on_finish=self._on_finish,
+        )
+        return self._worker
+
+    def cancel(self, _=None) -> None:
+        """Stop the run at its next batch; the best weights so far stay in the run folder."""
+        if self.job.busy:
+            self.job.status.value = "cancelling... (the best weights so far are kept)"
+            self.engine.cancel()
+
+    def _reset_results(self) -> None:
+        self.history = []
+        self.summary = None
+        self.weights_path = None
+        self.use_button.enabled = False
+        self.result_info.value = ""
+        self.class_table.value = {"data": [], "columns": list(TABLE_COLUMNS), "index": []}
+        self.class_table.visible = False
+        self._redraw()
+
+    # -- events ------------------------------------------------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        self._first_event = True
+        if isinstance(event, TrainProgress):
+            self.job.step("epochs", event.epoch - (0 if event.end_of_epoch else 1), event.epochs)
+            self.job.step("batches", event.step, event.steps)
+            if event.end_of_epoch:
+                self.history.append({"epoch": event.epoch, **event.logs})
+                self._redraw()
+                self.job.status.value = self._epoch_text(event)
+                if event.improved:
+                    self.weights_path = saved_weights(self.run_folder, self._weights_before)
+            else:
+                loss = event.logs.get("loss", math.nan)
+                self.job.status.value = (f"epoch {event.epoch}/{event.epochs}, batch {event.step}/"
+                                         f"{event.steps}: loss {loss:.4g}")
+        else:  # EvaluateProgress: the best model on the validation pairs
+            self.job.step("batches", event.done, event.total)
+            self.job.status.value = f"per-class metrics of the best model: image {event.done}/{event.total}"
+
+    def _epoch_text(self, event: TrainProgress) -> str:
+        logs = event.logs
+        parts = [f"loss {logs['loss']:.4g}"] if "loss" in logs else []
+        parts += [f"val loss {logs['val_loss']:.4g}"] if "val_loss" in logs else []
+        parts += [f"val mean IoU {logs['val_mean_iou']:.3f}"] if "val_mean_iou" in logs else []
+        best = " (best so far: saved)" if event.improved else ""
+        return f"epoch {event.epoch}/{event.epochs}: {', '.join(parts)}{best}"
+
+    def _on_done(self, result: tuple[Any, list[str]]) -> None:
+        summary, notes = result
+        self.summary = summary
+        self.weights_path = Path(summary.weights_path)
+        self._show_per_class(summary.per_class)
+        stopped = " (stopped early)" if summary.stopped_early else ""
+        self.result_info.value = (f"best epoch {summary.best_epoch}: {summary.monitor} "
+                                  f"{summary.best_value:.4g}{stopped}\nweights: {summary.weights_path}")
+        self.use_button.enabled = True
+        seconds = time.perf_counter() - self._started
+        show_info(f"Train: done in {seconds:.0f} s; the best weights (epoch {summary.best_epoch}) "
+                  f"are in {summary.weights_path}")
+        notify_notes(list(dict.fromkeys([*summary.notes, *notes])))
+
+    def _show_per_class(self, table: Any) -> None:
+        if table is None or len(table) == 0:
+            self.class_table.visible = False
+            return
+        rows = [[f"{row['class']} ({row['letter']})", *(_metric(row[c]) for _, c in _METRICS),
+                 int(row["pixels"])] for _, row in table.iterrows()]
+        self.class_table.value = {"data": rows, "columns": list(TABLE_COLUMNS),
+                                  "index": [str(c) for c in table["code"]]}
+        self.class_table.native.resizeColumnsToContents()
+        self.class_table.visible = True
+
+    def _on_error(self, exc: BaseException) -> None:
+        saved = saved_weights(self.run_folder, self._weights_before) if self.run_folder else None
+        if saved is not None:
+            self.weights_path = saved
+            self.use_button.enabled = True
+            self.result_info.value = f"best weights so far: {saved}"
+        elif self.run_folder is not None and not self._folder_existed:
+            try:  # a run stopped before its first epoch leaves an empty folder: remove it
+                self.run_folder.rmdir()
+            except OSError:
+                pass
+        if isinstance(exc, Cancelled):
+            epochs = len(self.history)
+            show_info(f"Train: cancelled after {epochs} epoch{'s' * (epochs != 1)}; "
+                      + (f"the best weights so far are in {saved}" if saved
+                         else "no epoch finished, so nothing was saved"))
+            return
+        notify_error(exc, "Train")
+        if saved is not None:
+            show_warning(f"Train: the best weights so far are in {saved}")
+
+    def _on_finish(self) -> None:
+        self.settings.enabled = True
+        if self.summary is not None:
+            text = "done"
+        elif self.weights_path is not None:
+            text = "stopped; the best weights so far were kept"
+        else:
+            text = "stopped" if self._first_event else ""
+        self.job.finish(text)
+        self._worker = None
+        if self.run_folder is not None and self.run_folder.exists() \
+                and str(self.output.value) == self._auto_output:
+            self._propose_output()  # the next run gets a new folder
+
+    # -- results -----------------------------------------------------------------------------------
+    def use_in_segment(self, _=None) -> None:
+        """Make the Segment widget use the new weights."""
+        if self.weights_path is None or not self.weights_path.is_file():
+            show_error("Train: no trained weights to use yet")
+            return
+        self.session.set_weights(self._run_kind, str(self.weights_path))
+        show_info(f"Segment widget: the {self._run_kind} model is now {self.weights_path}")

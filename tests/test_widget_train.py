@@ -1,0 +1,165 @@
+"""The Train widget in a real viewer: a short fine-tuning run with its plot, per-class table and
+hand-over to the Segment widget; Cancel keeping the best weights; bad input refused up front."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from napari_emgranules import _engine
+from napari_emgranules._widgets import _common
+from napari_emgranules._widgets import train as train_module
+from napari_emgranules._widgets._common import session_for
+from napari_emgranules._widgets.train import MISSING, TrainWidget
+from napari_emgranules.core.dataset import export_training_pairs
+from napari_emgranules.core.schema import GRANULES_SCHEMA
+from napari_emgranules.core.synthetic import synthetic_micrograph
+
+TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_left():
+    """One training process for the module's tests, ended at the end."""
+    yield
+    _engine.shutdown_engines()
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """One 512 x 512 synthetic micrograph exported as four 256 px granules training pairs."""
+    root = tmp_path_factory.mktemp("train-widget")
+    cell = synthetic_micrograph((512, 512), 0.8, seed=5)
+    export_training_pairs(cell.image, cell.granules, root / "pairs", schema=GRANULES_SCHEMA,
+                          tile_size=256, pixel_size_nm=0.8, source="cell")
+    return root / "pairs"
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Notifications shown by the widget, as (level, text)."""
+    shown: list[tuple[str, str]] = []
+    for level in ("error", "warning", "info"):
+        def record(text, lv=level):
+            shown.append((lv, text))
+        monkeypatch.setattr(_common, f"show_{level}", record)
+        monkeypatch.setattr(train_module, f"show_{level}", record)
+    return shown
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _tiny(widget, pairs, epochs=1, steps=1):
+    widget.kind.value = "granules"
+    widget.data.value = str(pairs)
+    widget.epochs.value = epochs
+    widget.steps.value = str(steps)
+    widget.crop.value = 128
+    widget.batch_size.value = 1
+
+
+def test_one_epoch_plot_table_and_use_in_segment(qtbot, widget, pairs, notes):
+    _tiny(widget, pairs)
+    out = widget.output.value
+    assert out.parent == pairs.parent / "runs" and out.name.startswith("granules-")
+    assert "bundled default" in widget.start_info.value and "granules.weights.h5" in widget.start_info.value
+    fresh_process = not widget.engine.running
+    worker = widget.run()
+    assert worker is not None
+    if fresh_process:
+        assert widget.job.status.value == "starting the model process..."
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
+    assert not [n for n in notes if n[0] in ("error", "warning")], notes  # (no library noise)
+    assert any("done in" in text for _, text in notes)
+
+    weights = out / "granules.weights.h5"
+    assert weights.is_file() and widget.weights_path == weights
+    assert (out / "history.csv").is_file()
+    for key, line in widget.plot_lines.items():  # loss, val loss, val mean IoU after one epoch
+        assert len(line.get_xdata()) == 1, key
+    table = widget.class_table.to_dataframe()
+    assert widget.class_table.native.isVisibleTo(widget.native)
+    assert list(table["class"]) == ["background (B)", "granule (G)"]
+    for column in ("IoU", "Dice", "precision", "recall"):
+        values = [v for v in table[column] if v != MISSING]
+        assert values and all(0.0 <= float(v) <= 1.0 for v in values), (column, values)
+    assert "best epoch 1" in widget.result_info.value
+
+    assert widget.use_button.enabled
+    widget.use_button.native.click()
+    assert session_for(widget.viewer).weights["granules"] == str(weights)
+    assert str(weights) in widget.start_info.value  # "current model" is now the new one
+    assert any(str(weights) in text for lv, text in notes if lv == "info")
+    assert widget.output.value != out  # the next run gets a new folder
+
+
+def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
+    _tiny(widget, pairs, epochs=50, steps=2)
+    out = widget.output.value
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT_MS)
+    t0 = time.perf_counter()
+    widget.job.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
+    assert time.perf_counter() - t0 < 10
+    cancelled = [text for lv, text in notes if "cancelled" in text]
+    assert cancelled and not [n for n in notes if n[0] == "error"], notes
+    weights = out / "granules.weights.h5"
+    assert weights.is_file() and str(weights) in cancelled[0]
+    assert widget.use_button.enabled and widget.weights_path == weights
+    assert widget.summary is None and widget.settings.enabled
+    assert len(widget.history) < 50
+    # cancelled before any epoch ended: nothing saved, said so, and no empty run folder left
+    _tiny(widget, pairs, epochs=2, steps=500)
+    out = widget.output.value
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.job.bars["batches"].value >= 1, timeout=TIMEOUT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
+    assert "nothing was saved" in notes[-1][1]
+    assert not out.exists() and not widget.use_button.enabled and widget.weights_path is None
+
+
+def test_bad_input_is_refused_and_nothing_is_written(qtbot, widget, pairs, tmp_path, notes):
+    # no data folder: refused at once, nothing started
+    widget.data.value = ""
+    assert widget.run() is None
+    assert notes[-1][0] == "error" and "no training data" in notes[-1][1]
+    # invalid numbers: TrainConfig's message, nothing started
+    _tiny(widget, pairs)
+    for field, value, words in ((widget.learning_rate, "2", "learning_rate"),
+                                (widget.learning_rate, "fast", "learning rate"),
+                                (widget.crop, 200, "crop")):
+        old = field.value
+        field.value = value
+        assert widget.run() is None
+        assert notes[-1][0] == "error" and words in notes[-1][1], notes[-1]
+        field.value = old
+    assert not widget.output.value.exists()
+    # a folder without pairs: the core's message, no run folder
+    empty = tmp_path / "nothing here"
+    empty.mkdir()
+    widget.data.value = str(empty)
+    out = widget.output.value
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
+    errors = [text for lv, text in notes if lv == "error"]
+    assert errors and "nothing here" in errors[-1], notes
+    assert not out.exists() and not widget.use_button.enabled
+    # a run folder holding another run is refused by the core
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "granules.weights.h5").write_bytes(b"")
+    widget.data.value = str(pairs)
+    widget.output.value = taken
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
+    assert "holds another training run" in notes[-1][1] and notes[-1][0] == "error"
+    assert sorted(p.name for p in taken.iterdir()) == ["granules.weights.h5"]
