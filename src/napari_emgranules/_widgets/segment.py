@@ -211,6 +211,9 @@ class SegmentWidget(Container):
             return None
         image = np.asarray(layer.data)
         px = float(self.pixel_size.value) or None
+        layer_px, layer_source = layer_pixel_size(layer)
+        source = (layer_source if px is not None and layer_px is not None and abs(px - layer_px) < 1e-9
+                  else "typed in the Segment widget" if px is not None else None)
         weights = {k: self._paths[k] for k in kinds}
         options = {"mode": self.mode.value, "confidence": bool(self.confidence.value)}
         self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
@@ -220,7 +223,7 @@ class SegmentWidget(Container):
         self._worker = start_worker(
             self.engine.run, "segment", image=image, pixel_size_nm=px, weights=weights, **options,
             on_yield=self._on_progress,
-            on_return=lambda result: self._show(layer, result),
+            on_return=lambda result: self._show(layer, result, source),
             on_error=self._on_error,
         )
         return self._worker
@@ -237,12 +240,12 @@ class SegmentWidget(Container):
         self.job.finish("")
         notify_error(exc, "Segment")
 
-    def _show(self, image_layer: Any, result: Any) -> None:
+    def _show(self, image_layer: Any, result: Any, source: str | None = None) -> None:
         if image_layer not in self.viewer.layers:
             self.job.finish("the micrograph layer was closed; result dropped")
             return
-        info = {"pixel_size_nm": result.pixel_size_nm, "pixel_size_source": result.pixel_size_source,
-                "mode": result.mode}
+        source = source or result.pixel_size_source  # what the user knows it by, not "user"
+        info = {"pixel_size_nm": result.pixel_size_nm, "pixel_size_source": source, "mode": result.mode}
         for kind, labels in result.labels.items():
             card = result.models[kind]
             show_labels(self.viewer, image_layer, kind, labels, card.schema,
@@ -253,5 +256,5 @@ class SegmentWidget(Container):
                                                                                  next(iter(result.labels))))
         seconds = time.perf_counter() - self._started
         self.job.finish(f"done in {seconds:.1f} s ({result.mode} mode, "
-                        f"{result.pixel_size_nm:g} nm/px from {result.pixel_size_source})")
+                        f"{result.pixel_size_nm:g} nm/px from {source})")
         notify_notes([*result.notes, *self.engine.notes])
