@@ -9,7 +9,6 @@ written.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info, show_warning
 
-from ..core.dataset import MIN_TILE_SIDE_PX, SCHEMA_NAME, TrainingPair, export_training_pairs
+from ..core.dataset import MIN_TILE_SIDE_PX, TrainingPair, check_export_folder, export_training_pairs
 from ..core.schema import ClassSchema
 from ._common import (
     META,
@@ -97,21 +96,6 @@ def made_by(layer: Labels) -> str:
     return "corrected" if has_corrections(layer) else model_description(layer)
 
 
-def _check_root_schema(root: Path, schema: ClassSchema) -> None:
-    """Refuse (before writing anything) a folder whose ``schema.json`` is of other classes."""
-    path = root / SCHEMA_NAME
-    if not path.is_file():
-        return
-    try:
-        existing = ClassSchema.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot be read ({exc}); fix or delete it, or export elsewhere") from None
-    if existing.kind != schema.kind or [c.letter for c in existing.classes] != [
-            c.letter for c in schema.classes]:
-        raise ValueError(f"{root} holds {existing.kind!r} labels of other classes than these "
-                         f"{schema.kind!r} labels; export into another folder")
-
-
 def write_training_sets(image: np.ndarray, jobs: list[ExportJob], *, tile_size: int,
                         pixel_size_nm: float | None, source: str
                         ) -> Generator[tuple[int, int, str], None, list[ExportResult]]:
@@ -121,7 +105,7 @@ def write_training_sets(image: np.ndarray, jobs: list[ExportJob], *, tile_size: 
     """
     for job in jobs:
         job.schema.check_labels(job.labels, f"labels layer {job.layer_name!r}")
-        _check_root_schema(job.root, job.schema)
+        check_export_folder(job.root, job.schema)
     origins = tile_origins(image.shape, tile_size)
     results = []
     for done, job in enumerate(jobs):

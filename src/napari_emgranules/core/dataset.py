@@ -707,6 +707,26 @@ def _check_pair(image_path: Path, labels_path: Path, entry: tuple[int, dict[str,
 # --------------------------------------------------------------------------------------------
 
 
+def check_export_folder(out_dir: PathLike, schema: ClassSchema) -> None:
+    """Raise :class:`DatasetError` when ``out_dir`` cannot take training pairs of ``schema``.
+
+    It must be a folder (or not exist yet), and a ``schema.json`` in it must be readable and of the
+    same kind and classes. :func:`export_training_pairs` checks this itself; call it to check
+    several exports before writing any.
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: is a file; pass a folder to export training pairs into")
+    schema_path = out / SCHEMA_NAME
+    if schema_path.exists():
+        existing = _read_schema_file(schema_path)
+        if not _same_schema(existing, schema):
+            raise DatasetError(
+                f"{schema_path}: the folder holds labels of schema {_describe_schema(existing)}, but "
+                f"these labels are {_describe_schema(schema)}; export into another folder"
+            )
+
+
 def export_training_pairs(
     image: np.ndarray | Micrograph,
     labels: np.ndarray,
@@ -825,18 +845,10 @@ def export_training_pairs(
         return []
 
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out}: is a file; pass a folder to export training pairs into")
+    check_export_folder(out, schema)
     images_dir, labels_dir = out / IMAGES_DIR, out / LABELS_DIR
     schema_path, manifest_path = out / SCHEMA_NAME, out / MANIFEST_NAME
     write_schema = not schema_path.exists()
-    if not write_schema:
-        existing = _read_schema_file(schema_path)
-        if not _same_schema(existing, schema):
-            raise DatasetError(
-                f"{schema_path}: the folder holds labels of schema {_describe_schema(existing)}, but "
-                f"these labels are {_describe_schema(schema)}; export into another folder"
-            )
     rows: list[dict[str, str]] = []
     fieldnames = list(MANIFEST_COLUMNS)
     if manifest_path.exists():
