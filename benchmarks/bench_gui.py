@@ -1,0 +1,94 @@
+"""How responsive napari stays while the Segment widget runs.
+
+A 10 ms Qt timer ticks while the Segment widget segments a synthetic micrograph in a real viewer;
+the longest gap between ticks is the longest time napari could not repaint or take a click. Reports
+it for the run itself (Run until the result arrives), for showing the result the first time (napari
+builds new layers) and for a re-run (layers updated in place), with the wall times.
+
+    xvfb-run -a python benchmarks/bench_gui.py [--size 2048] [--mode auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--mode", default="auto")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_emgranules._engine import shutdown_engines
+    from napari_emgranules._layers import image_layer_data
+    from napari_emgranules._widgets.segment import SegmentWidget
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    viewer = napari.Viewer()
+    app = QApplication.instance()
+    s = synthetic_micrograph((args.size, args.size), 0.8, seed=7)
+    data, kwargs, _ = image_layer_data(s.image, "cell", 0.8, {"pixel_size_nm": 0.8})
+    viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.mode.value = args.mode
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    marks: dict[str, float] = {}
+    show = widget._show
+
+    def timed_show(*a):
+        marks["arrived"] = time.perf_counter()
+        show(*a)
+        marks["shown"] = time.perf_counter()
+
+    widget._show = timed_show
+
+    def run() -> dict[str, float]:
+        ticks.clear()
+        marks.clear()
+        t0 = time.perf_counter()
+        widget.run()
+        while widget.job.busy:
+            app.processEvents()
+            time.sleep(0.001)
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.005)
+        t = np.array(ticks)
+
+        def longest(a: float, b: float) -> float:
+            sel = t[(t >= a) & (t <= b)]
+            inner = np.diff(sel).max() if len(sel) > 1 else 0.0
+            edges = [sel[0] - a, b - sel[-1]] if len(sel) else [b - a]
+            return 1000 * max(inner, *edges)
+
+        return {"run_s": marks["arrived"] - t0, "show_s": marks["shown"] - marks["arrived"],
+                "stall_run_ms": longest(t0 + 0.02, marks["arrived"]),
+                "stall_show_ms": longest(marks["arrived"], marks["shown"] + 0.02)}
+
+    timer.start()
+    try:
+        first = run()
+        second = run()
+    finally:
+        timer.stop()
+        shutdown_engines()
+        viewer.close()
+    print(f"{args.size}x{args.size}, mode {args.mode}:")
+    for name, r in (("first run (process start, new layers)", first), ("re-run (layers in place)", second)):
+        print(f"  {name}: segmentation {r['run_s']:.1f} s, longest stall {r['stall_run_ms']:.0f} ms; "
+              f"showing the result {r['show_s'] * 1000:.0f} ms (longest stall {r['stall_show_ms']:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
