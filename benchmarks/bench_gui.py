@@ -5,7 +5,11 @@ the longest gap between ticks is the longest time napari could not repaint or ta
 it for the run itself (Run until the result arrives), for showing the result the first time (napari
 builds new layers) and for a re-run (layers updated in place), with the wall times.
 
-    xvfb-run -a python benchmarks/bench_gui.py [--size 2048] [--mode auto]
+    xvfb-run -a python benchmarks/bench_gui.py [--size 2048] [--mode auto] [--freeze]
+
+Python's full garbage collections of napari's objects pause every thread for 100-250 ms at moments
+of the interpreter's choosing; ``--freeze`` moves the objects that exist before the runs out of
+them (``gc.freeze()``), which shows the stalls that are the widget's own.
 """
 
 from __future__ import annotations
@@ -20,7 +24,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--mode", default="auto")
+    parser.add_argument("--freeze", action="store_true", help="gc.freeze() before the runs")
+    parser.add_argument("--gc-report", action="store_true", help="list full collections over 20 ms")
     args = parser.parse_args()
+    import gc
+
+    slow_gc: list[int] = []
+    gc_start: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        elif (ms := 1000 * (time.perf_counter() - gc_start[0])) > 20:
+            slow_gc.append(round(ms))
+
+    gc.callbacks.append(on_gc)
 
     import napari
     from qtpy.QtCore import QTimer
@@ -76,6 +94,9 @@ def main() -> None:
                 "stall_run_ms": longest(t0 + 0.02, marks["arrived"]),
                 "stall_show_ms": longest(marks["arrived"], marks["shown"] + 0.02)}
 
+    if args.freeze:
+        gc.collect()
+        gc.freeze()
     timer.start()
     try:
         first = run()
@@ -84,10 +105,11 @@ def main() -> None:
         timer.stop()
         shutdown_engines()
         viewer.close()
-    print(f"{args.size}x{args.size}, mode {args.mode}:")
+    print(f"{args.size}x{args.size}, mode {args.mode}{', gc.freeze()' if args.freeze else ''}:")
     for name, r in (("first run (process start, new layers)", first), ("re-run (layers in place)", second)):
         print(f"  {name}: segmentation {r['run_s']:.1f} s, longest stall {r['stall_run_ms']:.0f} ms; "
               f"showing the result {r['show_s'] * 1000:.0f} ms (longest stall {r['stall_show_ms']:.0f} ms)")
+    print(f"  garbage collections over 20 ms during both runs: {slow_gc or 'none'}")
 
 
 if __name__ == "__main__":
