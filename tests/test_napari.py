@@ -139,3 +139,28 @@ def test_qt_binding_does_not_leak_references_to_none(qapp):
     for _ in range(1000):
         button.setEnabled(True)
     assert sys.getrefcount(None) - before > -100
+
+
+def test_every_manifest_widget_opens_in_workflow_order(make_napari_viewer):
+    import npe2
+
+    from napari_emgranules._widgets.density import DensityWidget
+    from napari_emgranules._widgets.export import ExportWidget
+    from napari_emgranules._widgets.review import ReviewWidget
+    from napari_emgranules._widgets.segment import SegmentWidget
+    from napari_emgranules._widgets.train import TrainWidget
+
+    manifest = npe2.PluginManifest.from_distribution(PLUGIN)
+    names = [w.display_name for w in manifest.contributions.widgets]
+    assert names == ["1. Segment", "2. Review and correct", "3. Export training data", "4. Train",
+                     "5. Density table"]
+    menus = {menu: [item.command for item in items] for menu, items in manifest.contributions.menus.items()}
+    assert "napari-emgranules.segment_widget" in menus["napari/layers/segment"]
+    assert "napari-emgranules.density_widget" in menus["napari/layers/measure"]
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic-muscle")
+    classes = [SegmentWidget, ReviewWidget, ExportWidget, TrainWidget, DensityWidget]
+    for name, cls in zip(names, classes, strict=True):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert isinstance(widget, cls), name
+        assert dock is not None
