@@ -88,7 +88,9 @@ def test_table_and_features_hold_the_measurement(scene, qtbot, micrograph):
     pf_col = [c for c, (name, _, _) in enumerate(density.TABLE_COLUMNS) if name == "pf"][0]
     assert widget.table.item(1, pf_col).text() == f"{expected['pf'].iat[1]:.4f}"
 
-    # the bar plot: pf and vf per region, labelled
+    # the bar plot: pf and vf per region, labelled, rendered off the main thread
+    qtbot.waitUntil(lambda: not widget.plot.busy, timeout=10_000)
+    assert not widget.plot.pixmap().isNull()
     ax = widget.figure.axes[0]
     assert len(ax.patches) == 10 and ax.get_xlabel() == "region" and ax.get_ylabel()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pf (area fraction)",

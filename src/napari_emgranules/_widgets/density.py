@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QPushButton,
-    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -41,6 +40,7 @@ from qtpy.QtWidgets import (
 from ..core.measure import Measurement, ParticleFilter, measure_labels, write_csv, write_seed_tables
 from ..core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, ClassSchema
 from ._common import META, JobControls, layer_pixel_size, layer_schema, notify_error, start_worker
+from ._plot import BackgroundFigure
 
 if TYPE_CHECKING:
     import napari
@@ -282,7 +282,9 @@ class DensityWidget(QWidget):
         self.save_csv_button.setToolTip("the tidy per-region table (never replaces a file)")
         self.save_seed_button.setToolTip("the original tool's two text tables, per 1024 px tile when "
                                          "the image divides into them (never replaces files)")
-        self.figure, self.canvas = self._make_plot()
+        self.plot = BackgroundFigure(height=220)
+        self.figure = self.plot.figure
+        self.figure.add_subplot(111)
 
         buttons = QHBoxLayout()
         for button in (self.show_all_button, self.save_csv_button, self.save_seed_button):
@@ -293,7 +295,7 @@ class DensityWidget(QWidget):
         layout.addWidget(self.shown_label.native)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.plot)
         layout.addWidget(self.notes_label.native)
 
         self._timer = QTimer(self)
@@ -758,18 +760,10 @@ class DensityWidget(QWidget):
         for button in (self.save_csv_button, self.save_seed_button):
             button.setEnabled(self._result is not None)
 
-    def _make_plot(self) -> tuple[Any, Any]:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(4, 2.6), layout="constrained")
-        canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(200)
-        canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        figure.add_subplot(111)
-        return figure, canvas
-
     def _draw_plot(self) -> None:
+        self.plot.redraw(self._update_plot)
+
+    def _update_plot(self, _figure: Any) -> None:
         rows = self._measured_rows()
         ax = self.figure.axes[0]
         ax.clear()
@@ -786,4 +780,3 @@ class DensityWidget(QWidget):
                       frameon=False)
         ax.set_xlabel("region")
         ax.set_ylabel("granule fraction")
-        self.canvas.draw_idle()

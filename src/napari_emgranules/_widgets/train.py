@@ -34,6 +34,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from .._engine import Cancelled, get_engine
 from ..core.train import TrainConfig, TrainProgress
 from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker
+from ._plot import BackgroundFigure
 
 if TYPE_CHECKING:
     import napari
@@ -209,13 +210,10 @@ class TrainWidget(Container):
 
     # -- the plot ---------------------------------------------------------------------------------
     def _make_plot(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
-        self.figure = Figure(figsize=(4.0, 2.6), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
+        self.plot = BackgroundFigure(height=220)
+        self.figure = self.plot.figure
         ax = self.figure.add_subplot()
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -229,9 +227,12 @@ class TrainWidget(Container):
                                           label=PLOT_SERIES[key])[0]
                            for key, (axis, c, ls) in styles.items()}
         ax_iou.legend(handles=list(self.plot_lines.values()), fontsize="x-small", loc="center right")
-        self.plot_box.native.layout().addWidget(self.canvas)
+        self.plot_box.native.layout().addWidget(self.plot)
 
     def _redraw(self) -> None:
+        self.plot.redraw(self._update_plot)
+
+    def _update_plot(self, _figure: Any) -> None:
         for key, line in self.plot_lines.items():
             points = [(h["epoch"], h[key]) for h in self.history if math.isfinite(h.get(key, math.nan))]
             line.set_data([p[0] for p in points], [p[1] for p in points])
@@ -240,7 +241,6 @@ class TrainWidget(Container):
         ax.autoscale_view()
         if self.history:
             ax.set_xlim(0.5, max(h["epoch"] for h in self.history) + 0.5)
-        self.canvas.draw_idle()
 
     # -- fields ------------------------------------------------------------------------------------
     def _add_folder(self, _=None) -> None:
