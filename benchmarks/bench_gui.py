@@ -7,6 +7,10 @@ builds new layers) and for a re-run (layers updated in place), with the wall tim
 
     xvfb-run -a python benchmarks/bench_gui.py [--size 2048] [--mode auto] [--freeze]
 
+It also times one Agg draw of the Train widget's live plot (3 epochs) and of the Density widget's
+bar plot: what the event loop would wait per epoch / per re-measure if they were drawn on it (they
+are drawn in a thread, ``_widgets/_plot.py``).
+
 Python's full garbage collections of napari's objects pause every thread for 100-250 ms at moments
 of the interpreter's choosing; ``--freeze`` moves the objects that exist before the runs out of
 them (``gc.freeze()``), which shows the stalls that are the widget's own.
@@ -101,6 +105,7 @@ def main() -> None:
     try:
         first = run()
         second = run()
+        plots = plot_draw_ms(viewer)
     finally:
         timer.stop()
         shutdown_engines()
@@ -110,6 +115,35 @@ def main() -> None:
         print(f"  {name}: segmentation {r['run_s']:.1f} s, longest stall {r['stall_run_ms']:.0f} ms; "
               f"showing the result {r['show_s'] * 1000:.0f} ms (longest stall {r['stall_show_ms']:.0f} ms)")
     print(f"  garbage collections over 20 ms during both runs: {slow_gc or 'none'}")
+    print("  one Agg draw (median of 5): " + ", ".join(f"{k} {v:.0f} ms" for k, v in plots.items()))
+
+
+def plot_draw_ms(viewer) -> dict[str, float]:
+    """Median time of one Agg draw of the Train and Density plots at their shown size."""
+    import pandas as pd
+
+    from napari_emgranules._widgets._plot import _render
+    from napari_emgranules._widgets.density import DensityWidget
+    from napari_emgranules._widgets.train import TrainWidget
+
+    train = TrainWidget(viewer)
+    train.history = [{"epoch": e, "loss": 0.01 / e, "val_loss": 0.012 / e, "val_mean_iou": 0.9}
+                     for e in (1, 2, 3)]
+    train._update_plot(train.figure)
+    density = DensityWidget(viewer)
+    rows = pd.DataFrame({"letter": list("AIZSN"), "pf": [0.003, 0.04, 0.005, 0.07, 0.05],
+                         "vf": [0.001, 0.008, 0.001, 0.014, 0.011]})
+    density._measured_rows = lambda: rows
+    density._update_plot(density.figure)
+    out = {}
+    for name, widget in (("train plot", train), ("density plot", density)):
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            _render(widget.plot._canvas, (420, 220))
+            times.append(1000 * (time.perf_counter() - t))
+        out[name] = float(np.median(times))
+    return out
 
 
 if __name__ == "__main__":

@@ -100,3 +100,23 @@ def test_a_dead_process_is_reported_and_replaced(engine, image):
         _drain(gen)
     assert engine.call("describe_model", path=None, kind="granules").kind == "granules"
     assert engine._proc.pid != pid
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_in_the_model_process(tmp_path):
+    """multiprocessing's spawn would re-run the user's script (and its napari.Viewer()) in the
+    child; the engine starts ``python -m napari_emgranules._engine`` instead."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_analysis.py"
+    script.write_text(
+        "from napari_emgranules._engine import Engine\n"
+        "print('SCRIPT BODY RAN', flush=True)\n"
+        "engine = Engine('script')\n"
+        "print('kind:', engine.call('describe_model', path=None, kind='granules').kind, flush=True)\n"
+        "engine.stop()\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kind: granules" in proc.stdout
+    assert (proc.stdout + proc.stderr).count("SCRIPT BODY RAN") == 1

@@ -10,13 +10,15 @@ The widgets never run Keras in napari's own process. Three reasons:
   Keras; a process can be ended. The cancelled job's memory goes back to the system.
 - **The viewer stays responsive**: the GIL-holding parts of inference run elsewhere.
 
-An :class:`Engine` owns one child process (started on first use with the ``spawn`` method, so it
-imports nothing of Qt or napari) and runs one job at a time in it. :meth:`Engine.run` is a generator:
-it sends the job, yields the job's progress events (e.g. :class:`~.core.segment.SegmentProgress`),
-and returns its result, or raises the job's own exception (:class:`~.core.io.MicrographError`,
-:class:`~.core.models.WeightsError`, ...) so that widgets treat it exactly as a direct call.
-:meth:`Engine.cancel` (any thread) asks the job to stop at its next event; if it does not within
-``grace`` seconds the process is ended, and :meth:`run` raises :class:`Cancelled` either way.
+An :class:`Engine` owns one child process (``python -m napari_emgranules._engine``, started on first
+use, so it imports nothing of Qt or napari, and never re-runs the caller's script the way
+``multiprocessing``'s spawn method re-imports ``__main__``) and runs one job at a time in it.
+:meth:`Engine.run` is a generator: it sends the job, yields the job's progress events (e.g.
+:class:`~.core.segment.SegmentProgress`), and returns its result, or raises the job's own exception
+(:class:`~.core.io.MicrographError`, :class:`~.core.models.WeightsError`, ...) so that widgets treat
+it exactly as a direct call. :meth:`Engine.cancel` (any thread) asks the job to stop at its next
+event; if it does not within ``grace`` seconds the process is ended, and :meth:`run` raises
+:class:`Cancelled` either way.
 
 The jobs themselves are the plain functions of :mod:`._engine_tasks`, which only call the core.
 This module imports neither Qt, napari nor Keras.
@@ -24,7 +26,12 @@ This module imports neither Qt, napari nor Keras.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import atexit
+import json
+import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -35,6 +42,7 @@ from typing import Any
 __all__ = ["Engine", "EngineError", "Cancelled", "get_engine", "shutdown_engines"]
 
 _POLL_S = 0.05
+_KEY_ENV = "EMGRANULES_ENGINE_KEY"
 
 
 class Cancelled(Exception):
@@ -137,15 +145,25 @@ class Engine:
     @property
     def running(self) -> bool:
         """True while the child process is alive (it keeps its loaded models between jobs)."""
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child,), name=f"emgranules-{self.name}", daemon=True)
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        from multiprocessing.connection import Client
+
+        key = secrets.token_bytes(32)
+        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, env={**os.environ, _KEY_ENV: key.hex()})
+        line = proc.stdout.readline()  # the child's address, once it listens
+        proc.stdout.close()
+        try:
+            address = json.loads(line)
+            conn = Client(tuple(address) if isinstance(address, list) else address, authkey=key)
+        except (ValueError, OSError, EOFError) as exc:
+            proc.kill()
+            proc.wait()
+            raise EngineError(f"the {self.name} process did not start (exit code {proc.returncode}; "
+                              f"{type(exc).__name__}); see the terminal for its error") from None
+        self._proc, self._conn = proc, conn
 
     def _end(self) -> None:
         proc, conn = self._proc, self._conn
@@ -154,10 +172,11 @@ class Engine:
             conn.close()
         if proc is not None:
             proc.terminate()
-            proc.join(5)
-            if proc.is_alive():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(5)
+                proc.wait(5)
 
     def cancel(self) -> None:
         """Ask the running job to stop (thread-safe; nothing happens when none runs)."""
@@ -213,10 +232,13 @@ class Engine:
                 message = conn.recv() if ready else None
             except (EOFError, OSError):
                 message = None
-                proc.join(1)
+                try:
+                    proc.wait(1)
+                except subprocess.TimeoutExpired:
+                    pass
             if message is None:
-                if not proc.is_alive():
-                    code = proc.exitcode
+                if proc.poll() is not None:
+                    code = proc.returncode
                     self._end()
                     if deadline is not None:
                         raise Cancelled(f"{self.name} cancelled")
@@ -260,6 +282,8 @@ def get_engine(name: str) -> Engine:
     """The shared engine called ``name`` ("segmentation", "training", ...): one process each, so
     training and segmenting can run at the same time."""
     with _ENGINES_LOCK:
+        if not _ENGINES:
+            atexit.register(shutdown_engines)
         if name not in _ENGINES:
             _ENGINES[name] = Engine(name)
         return _ENGINES[name]
@@ -271,3 +295,23 @@ def shutdown_engines() -> None:
         engines = list(_ENGINES.values())
     for engine in engines:
         engine.stop()
+
+
+def _main() -> None:
+    """The child: listen on a private address, tell the parent where, serve its one connection."""
+    from multiprocessing.connection import Listener
+
+    key = bytes.fromhex(os.environ.pop(_KEY_ENV))
+    with Listener(authkey=key) as listener:
+        print(json.dumps(listener.address), flush=True)
+        os.dup2(2, 1)  # from now on stdout is stderr: nobody reads the pipe any more
+        conn = listener.accept()
+    # serve through the package's module, not this __main__ copy, so that the exceptions it
+    # sends back (EngineError) unpickle in the parent
+    from napari_emgranules import _engine
+
+    _engine._serve(conn)
+
+
+if __name__ == "__main__":
+    _main()
