@@ -18,6 +18,7 @@ import pytest
 from napari_emgranules.core import dataset as ds
 from napari_emgranules.core.dataset import (
     MANIFEST_COLUMNS,
+    OPTIONAL_COLUMNS,
     DatasetError,
     TrainingSet,
     export_training_pairs,
@@ -98,7 +99,7 @@ def test_export_writes_tiles_manifest_and_schema(cell, tmp_path):
     assert pairs[0].image_path == root / "images" / "cell_0.png"
 
     rows = _manifest(root)
-    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert list(rows[0]) == list(MANIFEST_COLUMNS) + list(OPTIONAL_COLUMNS)
     assert [r["name"] for r in rows] == names
     assert [(int(r["y"]), int(r["x"])) for r in rows] == [p.origin for p in pairs]
     assert {(r["height"], r["width"]) for r in rows} == {("128", "128")}
@@ -145,16 +146,23 @@ def test_export_then_load_round_trip(cell, tmp_path):
 def test_export_tif_and_array_source(cell, tmp_path):
     image, labels = cell
     root = tmp_path / "train"
+    # an array has no pixel size of its own: it is asked for, never guessed
+    with pytest.raises(DatasetError, match="fibre:7.tif: the micrograph has no pixel size"):
+        export_training_pairs(image, labels, root, schema=LOCATIONS_SCHEMA, tile_size=TILE,
+                              tiles=[3], source="/data/run 1/fibre:7.tif")
+    assert not root.exists()
     pairs = export_training_pairs(image, labels, root, schema=LOCATIONS_SCHEMA, tile_size=TILE,
-                                  tiles=[3], source="/data/run 1/fibre:7.tif", image_format="tif")
+                                  tiles=[3], source="/data/run 1/fibre:7.tif", image_format="tif",
+                                  pixel_size_nm=1.6)
     assert [p.name for p in pairs] == ["fibre_7_3.tif"]
     assert (root / "labels" / "fibre_7_3.tif").is_file()
     assert pairs[0].source == "/data/run 1/fibre:7.tif"
-    assert pairs[0].pixel_size_nm == ds.DEFAULT_PIXEL_SIZE_NM
+    assert pairs[0].pixel_size_nm == 1.6
     np.testing.assert_array_equal(load_training_pairs(root)[0].load()[1], labels[128:, 128:])
 
     # an array without a source is named "tile"
-    pairs = export_training_pairs(image, labels, root, schema=LOCATIONS_SCHEMA, tile_size=TILE, tiles=[0])
+    pairs = export_training_pairs(image, labels, root, schema=LOCATIONS_SCHEMA, tile_size=TILE, tiles=[0],
+                                  pixel_size_nm=1.6)
     assert pairs[0].name == "tile_0.png" and pairs[0].source == ""
 
 
@@ -174,27 +182,37 @@ def test_edge_tiles_numbering_and_unknown_tiles(tmp_path):
 
     s = synthetic_micrograph((256, 300), 0.8, seed=1)  # right column 44 px wide: kept
     pairs = export_training_pairs(s.image, s.locations, tmp_path / "b", schema=LOCATIONS_SCHEMA,
-                                  tile_size=TILE, source="wide")
+                                  tile_size=TILE, source="wide", pixel_size_nm=0.8)
     assert [p.name for p in pairs] == [f"wide_{k}.png" for k in range(6)]
     assert pairs[2].load()[0].shape == (128, 44)
 
 
-def test_second_export_never_overwrites(cell, tmp_path):
+def test_second_export_supersedes_the_same_tile_and_never_deletes(cell, tmp_path):
+    image, labels = cell
     root = tmp_path / "train"
     _export(cell, root, tiles=[0, 1])
-    before = _files(root / "images") | _files(root / "labels")
+    first_tile1 = (root / "labels" / "cell_1.png").read_bytes()
 
-    again = _export(cell, root, tiles=[1, 2])
-    assert [p.name for p in again] == ["cell_1-2.png", "cell_2.png"]
-    third = _export(cell, root, tiles=[1])
-    assert [p.name for p in third] == ["cell_1-3.png"]
+    relabelled = labels.copy()
+    relabelled[:, 128:] = 2  # the user corrected tile 1 again
+    again = _export((image, relabelled), root, tiles=[1, 2])
+    assert [p.name for p in again] == ["cell_1.png", "cell_2.png"]
+    # one pair per tile trains: the manifest lists each tile once, with its latest labels
+    assert [r["name"] for r in _manifest(root)] == ["cell_0.png", "cell_1.png", "cell_2.png"]
+    assert len(load_training_pairs(root)) == 3
+    assert (read_labels(root / "labels" / "cell_1.png") == 2).all()
+    # the older pair is kept, with its manifest row, under superseded/<time>/
+    (kept,) = (root / "superseded").iterdir()
+    assert (kept / "labels" / "cell_1.png").read_bytes() == first_tile1
+    assert (kept / "images" / "cell_1.png").is_file()
+    assert [r["name"] for r in _manifest(kept)] == ["cell_1.png"]
 
-    after = _files(root / "images") | _files(root / "labels")
-    assert {k: after[k] for k in before} == before
-    assert [r["name"] for r in _manifest(root)] == [
-        "cell_0.png", "cell_1.png", "cell_1-2.png", "cell_2.png", "cell_1-3.png"]
-
-    # a name taken by a file of another suffix (or only in the manifest) is also avoided
+    # another micrograph's tile of the same number is not superseded: its name gets -2
+    other = as_micrograph(image, 1.2, name="cell")
+    pairs = export_training_pairs(other, labels, root, schema=LOCATIONS_SCHEMA, tile_size=TILE,
+                                  tiles=[0], source="elsewhere/cell.tif")
+    assert [p.name for p in pairs] == ["cell_0-2.png"]
+    # a name taken by a file of another suffix is also avoided
     (root / "labels" / "cell_3.tif").write_bytes(b"x")
     assert [p.name for p in _export(cell, root, tiles=[3])] == ["cell_3-2.png"]
 
@@ -242,7 +260,7 @@ def test_invalid_input_is_refused_before_writing(cell, tmp_path):
     before = _files(root)
     with _raises_listing("schema.json", "'locations'", "'granules'", "another folder"):
         export_training_pairs(image, (labels > 2).astype(np.uint8), root, schema=GRANULES_SCHEMA,
-                              tile_size=TILE)
+                              tile_size=TILE, pixel_size_nm=0.8)
     assert _files(root) == before
 
 
@@ -387,9 +405,9 @@ def test_export_refuses_a_malformed_manifest(cell, tmp_path):
     root = tmp_path / "train"
     _export(cell, root, tiles=[0])
     with open(root / "manifest.csv", "a", encoding="utf-8") as fh:
-        fh.write("cell_9.png,too,many,values,1,2,3,4,5,6,7,8\n")
+        fh.write("cell_9.png,too,many,values,1,2,3,4,5,6,7,8,9,10\n")
     before = _files(root)
-    with _raises_listing("manifest.csv: line 3 has 12 values for 10 columns"):
+    with _raises_listing("manifest.csv: line 3 has 14 values for 12 columns"):
         _export(cell, root, tiles=[1])
     assert _files(root) == before
 
@@ -422,7 +440,7 @@ def test_roots_with_different_schemas(cell, tmp_path):
     _export(cell, a, tiles=[0])
     image, labels = cell
     export_training_pairs(image, (labels == 1).astype(np.uint8), b, schema=GRANULES_SCHEMA,
-                          tile_size=TILE, tiles=[0])
+                          tile_size=TILE, tiles=[0], pixel_size_nm=1.2)
     with _raises_listing("class schemas differ", str(a / "schema.json"), str(b / "schema.json")):
         load_training_pairs(a, b)
     # the schema argument takes precedence over schema.json (codes are still checked)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.measure import label, regionprops
 
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
 from napari_emgranules.core.synthetic import (
+    FAMILIES,
+    HELDOUT_FAMILIES,
+    TRAINING_FAMILIES,
     SyntheticMicrograph,
     SyntheticParams,
+    family_params,
     sample_micrograph,
     synthetic_micrograph,
 )
@@ -233,3 +240,265 @@ def test_bad_parameters(kwargs):
         SyntheticParams(**kwargs)
     with pytest.raises(TypeError, match="SyntheticParams"):
         synthetic_micrograph((32, 32), params={"noise_scale": 2})
+
+
+# -- byte-identical defaults ---------------------------------------------------------------------
+# sha256 of the image, locations and granules bytes of synthetic_micrograph(shape, pixel size,
+# seed, dtype) as drawn by the generator before the appearance fields and families existed: the
+# defaults must keep reproducing them (the bundled sample, models and accuracy figures rely on it).
+REFERENCE_SHA256 = {
+    ((512, 512), 0.8, "uint16", 0): (
+        "a588471e780c4ff4e81f4007ebe4ae13269af6de27e1c7f41c62ce29439b12e6",
+        "8cdc9cf528a061915e95255a536ddf5cde361c443c0861ccdf97ad3dabe11d2a",
+        "dcc99263a65b5158bf3fdcfffc1dc28b2fe4e268abebc1c3cbfc21182b2fbce2",
+    ),
+    ((512, 512), 0.8, "uint16", 1): (
+        "5876fb73020abce902e2083ff6cd07bfc154478b5ad4f17ba35f217cbdf33460",
+        "e8fc0a10de820612adedae0e5d25d1678cbb16367a0ce69c4020f3f5c5a7b20c",
+        "3760e223535a35e06cdc2fc0495e0979382349db57e32781adbddc9a5aff4e23",
+    ),
+    ((512, 512), 0.8, "uint16", 2): (
+        "0b3bed5c7921deec2a3493c3b3875daf29f3216b982ef8e3bf5c17b112593165",
+        "0713550df3f9c5142f58b6852e925ba9269ef67694db25c3a6b0eba11669a78f",
+        "74515bc53e4caed54c51c628f30b4ce06d810413104370fdec179aad3e7fa5b7",
+    ),
+    ((512, 512), 0.8, "uint16", 3): (
+        "8ca7cbe3a14e5092a671af1377921bae26c1cece08a912d87bb21dfb2e4e4daf",
+        "4de9b878a6bdafc9893381e9884929d169196d08382447d2d6f1a1c12630ea64",
+        "52bad8573afe8e832495cef2a179dac2ac03bbf647b37d9c84485b99c349d636",
+    ),
+    ((300, 700), 1.6, "uint8", 0): (
+        "1f477e53da4a0ac62f7823697d09c09cf06644f72798531ced3def4db4622af2",
+        "b926a43e4e40d3c4d3edb5d48d7367ec788adeab8bf9311e662dcd783f18d273",
+        "a0b57b2158844742187c3d8ab67da89d660b645d89bdb7ac312da6cd1b5bb105",
+    ),
+    ((300, 700), 1.6, "uint8", 1): (
+        "80f3d5be20efd99bfaa11bc020503340ef5b84eafa951b61e1b48f7020b6d207",
+        "3eb4bad2074d3e49da2afaa4678878cf2bc2291330f9659d2a151a087fe15169",
+        "7c6020a802c8947455494db60c08f03bf000c91c0e80d6d822362e4052ff9ec5",
+    ),
+    ((300, 700), 1.6, "uint8", 2): (
+        "fc5310f9d342e5160127562ca94df618a1320d950cd18ef86bff388e23e9eace",
+        "299f831d63ae7d72f1a5b5a34a20f9649a54d8beaef1063af78e8d190e0c4633",
+        "574bd671ffffd9930bf65559ea0c6deaac99060de95f8b5a9c73d079a212c06e",
+    ),
+    ((300, 700), 1.6, "uint8", 3): (
+        "f8a20a55960f0b647ebda4d658b447d4b85647435acd252cae69c0f479ebf0a3",
+        "f66d5356b48c8fe6d4e881bb46709c503ad410e66a63e5a207060be88a3f7b2f",
+        "25951813ff646e3c50345d4d3663b4fba8574dd6052046d4051badadd88b3ced",
+    ),
+}
+
+
+def _sha256(m: SyntheticMicrograph) -> tuple[str, str, str]:
+    return tuple(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+                 for a in (m.image, m.locations, m.granules))
+
+
+@pytest.mark.parametrize(("case", "expected"), list(REFERENCE_SHA256.items()),
+                         ids=[f"{c[0][0]}x{c[0][1]}-{c[1]}nm-{c[2]}-seed{c[3]}"
+                              for c in REFERENCE_SHA256])
+def test_default_output_is_byte_identical(case, expected):
+    shape, ps, dtype, seed = case
+    assert _sha256(synthetic_micrograph(shape, ps, seed=seed, dtype=dtype)) == expected
+    if seed == 0:  # explicit defaults and the "standard" family are the same thing
+        for params in (SyntheticParams(), family_params("standard")):
+            m = synthetic_micrograph(shape, ps, seed=seed, dtype=dtype, params=params)
+            assert _sha256(m) == expected
+
+
+# -- appearance families ---------------------------------------------------------------------------
+FAMILY_SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def families() -> dict[str, list[SyntheticMicrograph]]:
+    # 384 px at 4 nm/px: a 1.5 um field shows the A and I bands and a space; small and fast.
+    return {name: [synthetic_micrograph((384, 384), 4.0, seed=s, params=family_params(name))
+                   for s in FAMILY_SEEDS] for name in FAMILIES}
+
+
+def _grey(m: SyntheticMicrograph) -> np.ndarray:
+    """The image back on the generator's grey scale (0 dense, 1 empty), undoing the contrast."""
+    top = float(np.iinfo(m.image.dtype).max)
+    return (m.image / top - m.drawn["offset"]) / m.drawn["contrast"]
+
+
+def _stats(ms: list[SyntheticMicrograph]) -> dict[str, float]:
+    """Pooled image statistics: region and granule greys, pixel noise, JPEG blocks, scan lines."""
+    acc: dict[str, list[float]] = {k: [] for k in ("A", "I", "S", "gran", "rough", "block",
+                                                    "rows")}
+    for m in ms:
+        g, loc, gran = _grey(m), m.locations, m.granules == 1
+        for key, code in (("A", 1), ("I", 2), ("S", 4)):
+            sel = (loc == code) & ~gran
+            if sel.sum() > 2000:
+                acc[key].append(g[sel].mean())
+        acc["gran"].append(g[gran].mean())
+        d = np.abs(np.diff(g, axis=1))
+        acc["rough"].append(np.median(d))
+        acc["block"].append(d[:, 7::8].mean() / d.mean())  # steps at 8 x 8 block edges
+        acc["rows"].append(np.std(np.diff(g.mean(axis=1))))  # line-to-line offsets
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def test_family_names():
+    assert set(TRAINING_FAMILIES) | set(HELDOUT_FAMILIES) == set(FAMILIES)
+    assert not set(TRAINING_FAMILIES) & set(HELDOUT_FAMILIES)
+    assert TRAINING_FAMILIES[0] == "standard" and len(HELDOUT_FAMILIES) == 2
+    assert all(name.startswith("heldout-") for name in HELDOUT_FAMILIES)
+    assert len(TRAINING_FAMILIES) >= 5
+    assert family_params("standard") == SyntheticParams() == FAMILIES["standard"]
+    with pytest.raises(TypeError):
+        FAMILIES["mine"] = SyntheticParams()  # read-only
+    for name in FAMILIES:
+        p = family_params(name)
+        assert isinstance(p, SyntheticParams) and p == FAMILIES[name]
+        hash(p)  # usable as a key, grey_levels included
+        # Anatomy is shared: only the look (and the granule size of one held-out family) changes.
+        same = {f.name for f in dataclasses.fields(p)
+                if getattr(p, f.name) == getattr(SyntheticParams(), f.name)}
+        assert {"myofibril_width_um", "sarcomere_um", "a_band_um", "z_width_nm",
+                "granule_fractions", "section_thickness_nm"} <= same
+
+
+def test_unknown_family():
+    with pytest.raises(ValueError, match="unknown synthetic family 'nope'.*standard.*heldout-"):
+        family_params("nope")
+
+
+def test_family_params_is_a_copy():
+    p = family_params("heldout-grainy")
+    p.grey_levels["S"] = 0.1
+    assert family_params("heldout-grainy").grey_levels["S"] != 0.1
+
+
+def test_families_are_valid_with_exact_truth(families):
+    for name, ms in families.items():
+        for m, ref in zip(ms, families["standard"], strict=True):
+            assert m.image.shape == m.locations.shape == m.granules.shape == (384, 384)
+            assert m.image.dtype == np.uint16 and m.locations.max() <= 6
+            assert set(np.unique(m.granules)) <= {0, 1}
+            assert np.ptp(m.image) > 0.2 * 65535, name
+            # The look never touches the truth: the same cell as the standard family's.
+            np.testing.assert_array_equal(m.locations, ref.locations)
+            if name != "heldout-grainy":  # the one family with other (smaller) granules
+                np.testing.assert_array_equal(m.granules, ref.granules)
+            for letter, code in MEASURED.items():
+                region = m.locations == code
+                if region.any():
+                    np.testing.assert_allclose(m.true_pixel_fractions[letter],
+                                               m.granules[region].mean(), rtol=1e-12)
+
+
+def test_families_look_different(families):
+    std = _stats(families["standard"])
+    assert std["A"] < std["I"] < std["S"] and std["gran"] < std["A"]  # EM polarity
+    s = {name: _stats(ms) for name, ms in families.items()}
+    for name, st in s.items():
+        if name != "standard":
+            assert max(abs(st[k] - std[k]) / max(abs(std[k]), 0.02) for k in std) > 0.3, name
+        assert st["gran"] < st["A"] < st["I"], name  # granules darkest, A band darker than I
+
+    def band(st):
+        return st["I"] - st["A"]
+
+    assert band(s["weak-stain"]) < 0.75 * band(std) and s["weak-stain"]["gran"] > std["gran"] + 0.08
+    assert band(s["strong-stain"]) > 1.15 * band(std) and s["strong-stain"]["gran"] < std["gran"]
+    assert s["noisy"]["rough"] > 1.4 * std["rough"]
+    assert s["soft-focus"]["block"] > 1.2 and s["soft-focus"]["rough"] < 0.7 * std["rough"]
+    low = s["heldout-lowcontrast"]
+    assert band(low) < 0.5 * band(std) and low["gran"] > std["gran"] + 0.15
+    assert low["rough"] > 1.4 * std["rough"]
+    grainy = s["heldout-grainy"]
+    assert std["S"] > std["I"] and grainy["S"] < grainy["I"] - 0.1  # S and I swap order
+    assert grainy["gran"] < 0.6 * std["gran"] and band(grainy) > 1.3 * band(std)
+    assert grainy["block"] > 1.1 and grainy["rows"] > 3 * std["rows"]
+    assert any(m.drawn["annotations"] for m in families["annotated"])
+    assert all(m.drawn["annotations"] for m in families["heldout-grainy"])
+    assert all(m.drawn["ribosomes"] > 0 for m in families["heldout-lowcontrast"])
+    assert "annotations" not in families["standard"][0].drawn
+
+
+@pytest.mark.parametrize("name", list(HELDOUT_FAMILIES) + ["soft-focus"])
+def test_family_is_deterministic_per_seed(name):
+    p = family_params(name)
+    a = synthetic_micrograph((256, 320), 1.6, seed=11, params=p, dtype="uint8")
+    b = synthetic_micrograph((256, 320), 1.6, seed=11, params=p, dtype="uint8")
+    c = synthetic_micrograph((256, 320), 1.6, seed=12, params=p, dtype="uint8")
+    for key in ("image", "locations", "granules"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_annotations_and_ribosomes_are_not_granules():
+    base = SyntheticParams(angle_deg=30.0)
+    extra = dataclasses.replace(base, letters_probability=1.0, ribosome_per_um2=400.0)
+    a = synthetic_micrograph((512, 512), 1.2, seed=4, params=base)
+    b = synthetic_micrograph((512, 512), 1.2, seed=4, params=extra)
+    np.testing.assert_array_equal(a.locations, b.locations)
+    np.testing.assert_array_equal(a.granules, b.granules)
+    assert b.drawn["annotations"] and b.drawn["ribosomes"] > 20
+    changed = a.image != b.image
+    assert 0.005 < changed.mean() < 0.5
+    # Burned-in strokes are pure black or white.
+    assert np.isin(b.image[changed], [0, 65535]).mean() > 0.3
+
+
+def test_grey_levels_and_edges():
+    flat = {k: 0.6 for k in ("A", "H", "M", "I", "Z")}
+    p = SyntheticParams(grey_levels=flat, filament_texture=0.0, noise_scale=0.0, blur_nm=0.5,
+                        illumination=0.0, contrast=0.8)
+    m = synthetic_micrograph((256, 256), 2.0, seed=3, params=p)
+    g = _grey(m)
+    sel = ((m.locations == 1) | (m.locations == 2)) & ~ndi.binary_dilation(m.granules, iterations=3)
+    assert np.std(g[sel]) < 0.03  # no striation: A, H, M, I and Z all at 0.6
+    assert m.drawn["appearance"]["grey_levels"]["A"] == 0.6
+    soft = dataclasses.replace(p, granule_edge_nm=60.0, granule_edge_exponent=1.5)
+    ms = synthetic_micrograph((256, 256), 2.0, seed=3, params=soft)
+    np.testing.assert_array_equal(m.granules, ms.granules)
+    gran = m.granules == 1
+    assert _grey(ms)[gran].mean() > g[gran].mean() + 0.1  # softer edges: paler granules
+
+
+def test_jpeg_quality():
+    base = SyntheticParams(noise_scale=0.5)
+    ref = synthetic_micrograph((256, 256), 1.0, seed=2, params=base).image.astype(float)
+    err = {}
+    for q in (95, 20):
+        img = synthetic_micrograph((256, 256), 1.0, seed=2,
+                                   params=dataclasses.replace(base, jpeg_quality=q)).image
+        err[q] = np.abs(img.astype(float) - ref).mean()
+    assert 0 < err[95] < err[20] < 0.05 * 65535
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"grey_levels": {"Q": 0.5}}, "grey_levels"),
+    ({"grey_levels": {"A": 1.5}}, "grey_levels"),
+    ({"grey_levels": [("A", 0.5)]}, "grey_levels"),
+    ({"striation_contrast": -0.1}, "striation_contrast"),
+    ({"striation_contrast": (2.0, 1.0)}, "striation_contrast"),
+    ({"filament_texture": 9}, "filament_texture"),
+    ({"granule_darkness": (0.1, 1.2)}, "granule_darkness"),
+    ({"granule_edge_nm": 0}, "granule_edge_nm"),
+    ({"granule_edge_nm": (5, 6)}, "granule_edge_nm"),
+    ({"granule_edge_exponent": -1}, "granule_edge_exponent"),
+    ({"granule_halo": 2}, "granule_halo"),
+    ({"granule_halo_nm": 0}, "granule_halo_nm"),
+    ({"noise_model": "laplace"}, "noise_model"),
+    ({"grain": -0.1}, "grain"),
+    ({"grain_nm": float("nan")}, "grain_nm"),
+    ({"scan_lines": 1.5}, "scan_lines"),
+    ({"jpeg_quality": 0}, "jpeg_quality"),
+    ({"jpeg_quality": 101}, "jpeg_quality"),
+    ({"jpeg_quality": 50.0}, "jpeg_quality"),
+    ({"jpeg_quality": True}, "jpeg_quality"),
+    ({"letters_probability": 1.5}, "letters_probability"),
+    ({"letters_probability": (0.1, 0.2)}, "letters_probability"),
+    ({"ribosome_per_um2": -1}, "ribosome_per_um2"),
+    ({"ribosome_diameter_nm": (15, 10)}, "ribosome_diameter_nm"),
+    ({"ribosome_darkness": (0.2, 2)}, "ribosome_darkness"),
+])
+def test_bad_appearance_parameters(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SyntheticParams(**kwargs)

@@ -46,7 +46,14 @@ from .models import (
     load_model,
     save_model,
 )
-from .schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, ClassInfo, ClassSchema, SchemaError
+from .schema import (
+    GRANULES_SCHEMA,
+    LOCATIONS_SCHEMA,
+    UNLABELLED,
+    ClassInfo,
+    ClassSchema,
+    SchemaError,
+)
 from .segment import (
     SegmentationResult,
     SegmentProgress,
@@ -87,7 +94,7 @@ __all__ = [
     "read_micrograph", "write_image", "write_labels",
     "ModelCard", "SegmentationModel", "UntrainedModelWarning", "WeightsError",
     "build_granules_unet", "build_locations_unet", "default_model", "load_model", "save_model",
-    "GRANULES_SCHEMA", "LOCATIONS_SCHEMA", "ClassInfo", "ClassSchema", "SchemaError",
+    "GRANULES_SCHEMA", "LOCATIONS_SCHEMA", "UNLABELLED", "ClassInfo", "ClassSchema", "SchemaError",
     "SegmentationResult", "SegmentProgress", "segment_micrograph", "segment_micrograph_iter",
     "SyntheticMicrograph", "sample_micrograph", "synthetic_micrograph",
     "TilePlan", "split_seed", "USER_ERRORS",

@@ -22,6 +22,7 @@ returns a :class:`TrainingSet`, reporting every problem found in one :class:`Dat
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import logging
@@ -50,7 +51,7 @@ from .io import (
     write_image,
     write_labels,
 )
-from .schema import ClassSchema, SchemaError
+from .schema import UNLABELLED, ClassSchema, SchemaError
 from .tiling import seed_tile_origins
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,15 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "name", "source", "y", "x", "height", "width", "pixel_size_nm", "schema_kind", "made_by",
     "created",
 )
+#: Columns new exports add after :data:`MANIFEST_COLUMNS` (optional when reading): ``labelled``
+#: says which pixels of the labels are truth (``full``: every pixel; ``changed``: the pixels the
+#: user changed or marked as reviewed; ``strokes``: painted strokes), ``labelled_fraction`` the
+#: share of the tile's pixels that are labelled (the rest are :data:`UNLABELLED`).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("labelled", "labelled_fraction")
+#: Folder of a root where re-exported tiles put the pairs they replace (never deleted).
+SUPERSEDED_DIR = "superseded"
+#: Values of the manifest's ``labelled`` column.
+LABELLED_KINDS: tuple[str, ...] = ("full", "changed", "strokes")
 #: Pixel size assumed when neither the manifest nor the image file gives one (the models' native size).
 DEFAULT_PIXEL_SIZE_NM = 0.8
 #: Edge tiles smaller than this on a side are not exported (the models need at least this much).
@@ -147,6 +157,9 @@ class TrainingPair:
     made_by : str
         ``"corrected"`` (painted/checked by a person), the model that produced the labels, or
         ``"unknown"``.
+    labelled : str
+        Which pixels are truth: ``"full"`` (all), ``"changed"`` or ``"strokes"`` (the others
+        hold :data:`UNLABELLED`); see :data:`OPTIONAL_COLUMNS`.
     """
 
     name: str
@@ -156,6 +169,7 @@ class TrainingPair:
     origin: tuple[int, int] | None
     pixel_size_nm: float
     made_by: str
+    labelled: str = "full"
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """Read the image (in its stored dtype) and the label map.
@@ -660,12 +674,12 @@ def _check_pair(image_path: Path, labels_path: Path, entry: tuple[int, dict[str,
             problems.append(_shape_problem(image_path, image_shape, labels_path, labels.shape))
         if schema is not None:
             try:
-                schema.check_labels(labels, str(labels_path))
+                schema.check_labels(labels, str(labels_path), allow_unlabelled=True)
             except SchemaError as exc:
                 problems.append(f"{exc}; repaint those pixels or use the matching schema")
         del labels
 
-    source, origin, pixel_size, made_by = "", None, image_pixel_size, "unknown"
+    source, origin, pixel_size, made_by, labelled = "", None, image_pixel_size, "unknown", "full"
     if entry is not None:
         line, row = entry
         where = f"{manifest}: line {line} ({row['name']})"
@@ -691,6 +705,10 @@ def _check_pair(image_path: Path, labels_path: Path, entry: tuple[int, dict[str,
                 )
         source = row["source"]
         made_by = row["made_by"] or "unknown"
+        labelled = row.get("labelled") or "full"
+        if labelled not in LABELLED_KINDS:
+            problems.append(f"{where}: labelled is {labelled!r}; it must be one of "
+                            f"{', '.join(LABELLED_KINDS)} or empty")
         kind = row["schema_kind"]
         if check_kind and schema is not None and kind and kind != schema.kind:
             problems.append(
@@ -699,7 +717,8 @@ def _check_pair(image_path: Path, labels_path: Path, entry: tuple[int, dict[str,
             )
     if len(problems) > n_before:
         return None
-    return TrainingPair(image_path.name, image_path, labels_path, source, origin, float(pixel_size), made_by)
+    return TrainingPair(image_path.name, image_path, labels_path, source, origin, float(pixel_size),
+                        made_by, labelled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,6 +759,8 @@ def export_training_pairs(
     made_by: str = "corrected",
     pixel_size_nm: float | None = None,
     image_format: str = "png",
+    labelled: str | np.ndarray = "full",
+    reviewed: np.ndarray | None = None,
 ) -> list[TrainingPair]:
     """Cut a micrograph and its (corrected) label map into tiles and add them to a training folder.
 
@@ -750,9 +771,19 @@ def export_training_pairs(
     Each tile becomes ``images/<stem>_<k>.<ext>`` and ``labels/<stem>_<k>.<ext>`` under ``out_dir``,
     a row of ``manifest.csv``, and ``schema.json`` is written if missing.
 
-    Nothing is ever overwritten: when ``<stem>_<k>`` is taken (in ``images/`` or ``labels/`` with
-    any suffix, or in the manifest), ``<stem>_<k>-2``, ``-3``, ... is used. Everything is checked
-    before the first file is written, and if writing fails the files of this call are removed.
+    **Partial labels.** Pixels nobody checked can be left out of the truth: they are written as
+    :data:`UNLABELLED`, and training, validation and metrics skip them. ``labelled="changed"``
+    keeps only the pixels where ``labels`` differ from ``only_changed_from`` (the user's
+    corrections) plus the ``reviewed`` mask (areas the user checked and accepted); a boolean mask
+    keeps the pixels where it is True; labels that already hold :data:`UNLABELLED` (strokes
+    painted on an empty layer) are partial as they are. Only tiles with labelled pixels are
+    written, and the manifest records which kind (``labelled`` column).
+
+    **Re-exports supersede.** A tile of the same source micrograph, origin and size exported
+    before is moved, with its manifest row, into ``superseded/<time>/`` (never deleted), so each
+    tile trains once, from its latest labels. Other names that are taken get ``-2``, ``-3``, ...
+    Everything is checked before the first file is written, and if writing fails the files of
+    this call are removed and superseded pairs put back.
 
     Parameters
     ----------
@@ -778,10 +809,15 @@ def export_training_pairs(
     made_by : str
         Who made the labels: ``"corrected"`` or the model, e.g. ``"locations model (untrained)"``.
     pixel_size_nm : float, optional
-        Pixel size in nm; default the Micrograph's, else :data:`DEFAULT_PIXEL_SIZE_NM`. Stored in
-        the manifest and the files' metadata.
+        Pixel size in nm; default the Micrograph's when it comes from the file or the user. An
+        array, or a Micrograph whose pixel size was only assumed, needs it (the training
+        resamples by it, so it is never guessed).
     image_format : ``"png"`` or ``"tif"``
         File format of images and labels (labels are written as uint16).
+    labelled : ``"full"``, ``"changed"`` or numpy.ndarray of bool
+        Which pixels of ``labels`` are truth (see above).
+    reviewed : numpy.ndarray of bool, optional
+        With ``labelled="changed"``: pixels the user checked and accepted as they are.
 
     Returns
     -------
@@ -827,10 +863,11 @@ def export_training_pairs(
                 f"only_changed_from is {_fmt_shape(previous.shape)} but the labels are "
                 f"{_fmt_shape(shape)}; pass the label map the corrections started from"
             )
+    codes, kind = _partial_labels(codes, labelled, previous, reviewed)
 
     origins = seed_tile_origins(shape, tile_size)
     numbers = _select_tiles(tiles, origins, shape, tile_size)
-    if previous is not None:
+    if previous is not None and kind == "full":
         changed = []
         for k in numbers:
             window = _tile_window(origins[k], shape, tile_size)
@@ -840,9 +877,22 @@ def export_training_pairs(
             logger.info("no labels changed in tiles %s; nothing exported", _fmt_numbers(numbers))
             return []
         numbers = changed
+    if kind != "full":
+        numbers = [k for k in numbers
+                   if np.any(codes[_tile_window(origins[k], shape, tile_size)] != UNLABELLED)]
+        if not numbers:
+            raise DatasetError(
+                "no labelled pixels in the tiles to export: every pixel is unlabelled; correct or "
+                "paint some pixels (or mark them reviewed) first; nothing was written")
     if not numbers:
         logger.info("no tiles selected; nothing exported")
         return []
+    if pixel_size is None:
+        what = f"{source_text}: " if source_text else ""
+        raise DatasetError(
+            f"{what}the micrograph has no pixel size (none in the file, none given); training "
+            "resamples by it, so it is not guessed: give it (--pixel-size NM, pixel_size_nm=...); "
+            "nothing was written")
 
     out = Path(out_dir).expanduser()
     check_export_folder(out, schema)
@@ -861,40 +911,58 @@ def export_training_pairs(
         rows = [row for _, row in parsed]
         fieldnames += [c for c in columns if c not in MANIFEST_COLUMNS]
 
+    fieldnames += [c for c in OPTIONAL_COLUMNS if c not in fieldnames]
+    windows = {k: _tile_window(origins[k], shape, tile_size) for k in numbers}
+    old_rows = _superseded_rows(rows, source_text, windows.values())
+    rows = [row for row in rows if row not in old_rows]
+
     taken = {Path(row["name"]).stem.lower() for row in rows}
     for folder in (images_dir, labels_dir):
         if folder.is_dir():
-            taken.update(p.stem.lower() for p in folder.iterdir())
+            taken.update(p.stem.lower() for p in folder.iterdir()
+                         if not any(p.name == row["name"] or p.stem == Path(row["name"]).stem
+                                    for row in old_rows))
 
     # -- write -------------------------------------------------------------------------------------
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(timezone.utc)
+    created = now.isoformat(timespec="seconds")
     pixel_text = repr(float(pixel_size))
     new_dirs = [d for d in (out, images_dir, labels_dir) if not d.exists()]
     written: list[Path] = []
+    moved: list[tuple[Path, Path]] = []
     pairs: list[TrainingPair] = []
     new_rows: list[dict[str, str]] = []
     try:
+        if old_rows:
+            kept = out / SUPERSEDED_DIR / now.strftime("%Y%m%dT%H%M%S%fZ")
+            new_dirs += [d for d in (out / SUPERSEDED_DIR, kept, kept / IMAGES_DIR, kept / LABELS_DIR)
+                         if not d.exists()]
+            moved = _move_superseded(kept, out, old_rows, fieldnames)
+            written.append(kept / MANIFEST_NAME)
         images_dir.mkdir(parents=True, exist_ok=True)
         labels_dir.mkdir(parents=True, exist_ok=True)
         for k in numbers:
             name = _free_name(f"{stem}_{k}", taken, images_dir, labels_dir)
             taken.add(name.lower())
-            window = _tile_window(origins[k], shape, tile_size)
+            window = windows[k]
             image_path = images_dir / f"{name}{suffix}"
             labels_path = labels_dir / f"{name}{suffix}"
             tile = np.ascontiguousarray(data[window])
+            tile_codes = np.ascontiguousarray(codes[window])
             write_image(image_path, tile, pixel_size_nm=pixel_size)
             written.append(image_path)
-            write_labels(labels_path, np.ascontiguousarray(codes[window]), pixel_size_nm=pixel_size)
+            write_labels(labels_path, tile_codes, pixel_size_nm=pixel_size)
             written.append(labels_path)
             y, x = origins[k]
+            fraction = 1.0 if kind == "full" else float(np.mean(tile_codes != UNLABELLED))
             new_rows.append({
                 "name": image_path.name, "source": source_text, "y": str(y), "x": str(x),
                 "height": str(tile.shape[0]), "width": str(tile.shape[1]), "pixel_size_nm": pixel_text,
                 "schema_kind": schema.kind, "made_by": made_by, "created": created,
+                "labelled": kind, "labelled_fraction": f"{fraction:.4f}",
             })
             pairs.append(TrainingPair(image_path.name, image_path, labels_path, source_text, (y, x),
-                                      float(pixel_text), made_by))
+                                      float(pixel_text), made_by, kind))
         if write_schema:
             with atomic_output(schema_path) as tmp:
                 tmp.write_text(json.dumps(schema.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -912,18 +980,93 @@ def export_training_pairs(
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 logger.error("%s: could not remove it (%s); delete it by hand", path, exc)
+        for original, kept in reversed(moved):
+            try:
+                os.replace(kept, original)
+            except OSError as exc:
+                logger.error("%s: could not move it back to %s (%s); do it by hand", kept, original, exc)
         for folder in reversed(new_dirs):
             try:
                 folder.rmdir()
             except OSError:
                 pass  # not empty (someone else wrote there) or already gone
         raise
+    if old_rows:
+        logger.info("%d earlier pair(s) of the same tiles moved to %s", len(old_rows),
+                    out / SUPERSEDED_DIR)
     logger.info("exported %d training pair(s) (tiles %s) to %s", len(pairs), _fmt_numbers(numbers), out)
     return pairs
 
 
+def _partial_labels(codes: np.ndarray, labelled: Any, previous: np.ndarray | None,
+                    reviewed: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The label map to write (unlabelled pixels set to UNLABELLED) and its manifest kind."""
+    shape = codes.shape
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed)
+        if reviewed.shape != shape:
+            raise DatasetError(f"the reviewed mask is {_fmt_shape(reviewed.shape)} but the labels "
+                               f"are {_fmt_shape(shape)}; pass a mask painted on this image")
+        reviewed = reviewed.astype(bool)
+    if isinstance(labelled, str):
+        if labelled not in ("full", "changed"):
+            raise ValueError(f"labelled must be 'full', 'changed' or a boolean mask, got {labelled!r}")
+        if labelled == "changed":
+            if previous is None:
+                raise DatasetError("labelled='changed' needs the label map the corrections started "
+                                   "from (only_changed_from / --only-changed-from)")
+            mask = codes != previous
+            if reviewed is not None:
+                mask |= reviewed
+            return np.where(mask, codes, np.uint16(UNLABELLED)).astype(np.uint16), "changed"
+        if reviewed is not None:
+            raise ValueError("a reviewed mask only applies with labelled='changed'")
+        partial = bool(codes.size) and bool(np.any(codes == UNLABELLED))
+        return codes, "strokes" if partial else "full"
+    mask = np.asarray(labelled)
+    if mask.shape != shape:
+        raise DatasetError(f"the labelled mask is {_fmt_shape(mask.shape)} but the labels are "
+                           f"{_fmt_shape(shape)}; pass a mask painted on this image")
+    if reviewed is not None:
+        raise ValueError("a reviewed mask only applies with labelled='changed'")
+    return np.where(mask.astype(bool), codes, np.uint16(UNLABELLED)).astype(np.uint16), "strokes"
+
+
+def _superseded_rows(rows: list[dict[str, str]], source: str,
+                     windows: Iterable[tuple[slice, slice]]) -> list[dict[str, str]]:
+    """Manifest rows of earlier exports of the same tiles (same source, origin and size)."""
+    if not source:
+        return []  # an array of unknown origin: nothing to match against
+    keys = {(str(ys.start), str(xs.start), str(ys.stop - ys.start), str(xs.stop - xs.start))
+            for ys, xs in windows}
+    return [row for row in rows if row["source"] == source
+            and (row["y"], row["x"], row["height"], row["width"]) in keys]
+
+
+def _move_superseded(folder: Path, out: Path, old_rows: list[dict[str, str]],
+                     fieldnames: list[str]) -> list[tuple[Path, Path]]:
+    """Move earlier pairs of re-exported tiles (and their rows) into ``folder``; returns the moves."""
+    moved: list[tuple[Path, Path]] = []
+    for row in old_rows:
+        stem = Path(row["name"]).stem
+        for side in (IMAGES_DIR, LABELS_DIR):
+            for path in (out / side).glob(f"{glob.escape(stem)}.*"):
+                if path.stem != stem:
+                    continue
+                target = folder / side / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append((path, target))
+    with atomic_output(folder / MANIFEST_NAME) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(old_rows)
+    return moved
+
+
 def _export_image(image: Any, source: str | None,
-                  pixel_size_nm: float | None) -> tuple[np.ndarray, str, str, float]:
+                  pixel_size_nm: float | None) -> tuple[np.ndarray, str, str, float | None]:
     """Image data, file-name stem, manifest source and pixel size for an export."""
     if source is not None and not isinstance(source, str):
         raise ValueError(f"source must be a text (a micrograph name or path), got {source!r}")
@@ -933,7 +1076,9 @@ def _export_image(image: Any, source: str | None,
         source_text = source if source is not None else (
             str(image.path) if image.path is not None else image.name
         )
-        pixel_size = image.pixel_size_nm if pixel_size_nm is None else pixel_size_nm
+        pixel_size = pixel_size_nm
+        if pixel_size is None and image.pixel_size_source != "model":  # not merely assumed
+            pixel_size = image.pixel_size_nm
     else:
         data = np.asarray(image)
         source_text = source if source is not None else ""
@@ -952,13 +1097,15 @@ def _export_image(image: Any, source: str | None,
             "it as uint8/uint16 (e.g. the original micrograph file) and export that"
         )
     if pixel_size is None:
-        logger.info("no pixel size given; recording the default %g nm/px", DEFAULT_PIXEL_SIZE_NM)
-        pixel_size = DEFAULT_PIXEL_SIZE_NM
+        return data, _safe_stem(stem_from), source_text, None
     if isinstance(pixel_size, bool) or not isinstance(pixel_size, (int, float, np.number)) \
             or not (math.isfinite(float(pixel_size)) and float(pixel_size) > 0):
         raise ValueError(f"pixel_size_nm must be a positive number of nanometres, got {pixel_size!r}")
-    stem = _UNSAFE_NAME_CHARS.sub("_", str(stem_from)).strip("._-") or "tile"
-    return data, stem, source_text, float(pixel_size)
+    return data, _safe_stem(stem_from), source_text, float(pixel_size)
+
+
+def _safe_stem(name: str) -> str:
+    return _UNSAFE_NAME_CHARS.sub("_", str(name)).strip("._-") or "tile"
 
 
 def _export_labels(labels: Any, shape: tuple[int, int], schema: ClassSchema) -> np.ndarray:
@@ -969,7 +1116,7 @@ def _export_labels(labels: Any, shape: tuple[int, int], schema: ClassSchema) -> 
             "label map painted on this image"
         )
     try:
-        schema.check_labels(codes, "labels")
+        schema.check_labels(codes, "labels", allow_unlabelled=True)
     except SchemaError as exc:
         raise DatasetError(
             f"{exc}; nothing was written — repaint those pixels or pass the right schema"

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from .io import atomic_output
-from .schema import ClassSchema, SchemaError
+from .schema import UNLABELLED, ClassSchema, SchemaError
 
 __all__ = [
     "NORMALISATIONS",
@@ -126,7 +126,8 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.
     Parameters
     ----------
     truth, pred : numpy.ndarray
-        Integer label maps of the same shape, codes ``0 .. n_classes - 1``.
+        Integer label maps of the same shape, codes ``0 .. n_classes - 1``; truth pixels of
+        :data:`~napari_emgranules.core.schema.UNLABELLED` (partial labels) are not counted.
     n_classes : int
         Number of classes.
 
@@ -148,6 +149,9 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.
     t = np.asarray(truth)
     p = np.asarray(pred)
     _check_same_shape(t, p)
+    if t.size and t.max() == UNLABELLED:  # a partial label map: count the labelled pixels only
+        labelled = t != UNLABELLED
+        t, p = t[labelled], p[labelled]
     _check_codes(t, n, "truth")
     _check_codes(p, n, "prediction")
     tf = t.ravel()
@@ -523,13 +527,14 @@ def _evaluate_one(truth: np.ndarray, pred: np.ndarray, schema: ClassSchema,
     t = np.asarray(truth)
     p = np.asarray(pred)
     _check_same_shape(t, p)
-    schema.check_labels(t, "truth")
+    schema.check_labels(t, "truth", allow_unlabelled=True)
     schema.check_labels(p, "prediction")
     cm = confusion_matrix(t, p, schema.n_classes)
     row: dict[str, float | int] = dict(_pixel_columns(cm, schema))
     matches: dict[int, ObjectMatch] = {}
+    labelled = t != UNLABELLED  # objects are matched where the truth is labelled
     for code in codes:
-        matches[code] = match_objects(t == code, p == code, iou_threshold=iou_threshold)
+        matches[code] = match_objects(t == code, (p == code) & labelled, iou_threshold=iou_threshold)
         row.update(_object_columns(matches[code], schema.letters[code]))
     return row, cm, matches
 

@@ -22,7 +22,13 @@ __all__ = [
     "LOCATIONS_SCHEMA",
     "GRANULES_SCHEMA",
     "default_schema",
+    "UNLABELLED",
 ]
+
+#: Label value meaning "not labelled" (a partial label map: pixels nobody has checked). It is not a
+#: class: training losses, metrics and class weights skip these pixels. The largest uint16, so it
+#: survives the uint16 PNG/TIFF label files and can never be a class code.
+UNLABELLED = 65535
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
 # Distinct colours for the classes of a user's own schema (code 0 is black).
@@ -127,16 +133,25 @@ class ClassSchema:
     def __getitem__(self, code: int) -> ClassInfo:
         return self.classes[code]
 
-    def check_labels(self, labels: np.ndarray, what: str = "labels") -> None:
-        """Raise :class:`SchemaError` if ``labels`` holds a code outside the schema."""
+    def check_labels(self, labels: np.ndarray, what: str = "labels", *,
+                     allow_unlabelled: bool = False) -> None:
+        """Raise :class:`SchemaError` if ``labels`` holds a code outside the schema.
+
+        ``allow_unlabelled`` accepts :data:`UNLABELLED` too (partial training labels).
+        """
         arr = np.asarray(labels)
         if arr.dtype.kind not in "iub":
             raise SchemaError(f"{what}: label maps must be integers, got dtype {arr.dtype}")
         if arr.size == 0:
             return
         lo, hi = int(arr.min()), int(arr.max())
+        if allow_unlabelled and hi == UNLABELLED:
+            hi = int(arr.max(where=arr != UNLABELLED, initial=0))
         if lo < 0 or hi >= self.n_classes:
-            bad = np.unique(arr[(arr < 0) | (arr >= self.n_classes)])[:10].tolist()
+            bad = (arr < 0) | (arr >= self.n_classes)
+            if allow_unlabelled:
+                bad &= arr != UNLABELLED
+            bad = np.unique(arr[bad])[:10].tolist()
             raise SchemaError(
                 f"{what}: codes {bad} are not in the {self.kind} schema "
                 f"(valid codes 0..{self.n_classes - 1})"

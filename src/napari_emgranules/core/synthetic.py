@@ -24,12 +24,31 @@ What is drawn (see :class:`SyntheticParams` for the ranges and where they come f
 
 The result is deterministic for a seed and a parameter set. ``synthetic_micrograph`` of a
 4096 x 4096 micrograph takes a few seconds.
+
+Appearance families
+-------------------
+Besides the anatomy, :class:`SyntheticParams` has appearance fields (grey levels, striation
+contrast, filament texture, granule darkness, edge profile and halo, Gaussian or Poisson noise,
+correlated grain, scan lines, JPEG compression, burned-in annotations, ribosomes) whose defaults
+reproduce the original look exactly: ``SyntheticParams()`` gives the same bytes for every seed,
+shape, pixel size and data type as before these fields existed (new random draws come from new
+generator streams). :data:`FAMILIES` names parameter sets that look like other preparations and
+microscopes; :func:`family_params` returns one. ``"standard"`` is ``SyntheticParams()``, the look
+the bundled models were trained on; :data:`TRAINING_FAMILIES` may be used to train or adapt
+models. The :data:`HELDOUT_FAMILIES` are reserved for benchmarks of how well models adapt to an
+unseen look: they must never be used to train the bundled default models (nor to tune their
+training), or the benchmark no longer measures adaptation. The appearance fields never change the
+truth: labels and granule masks come from the anatomy fields alone (a family may narrow an
+anatomy range, such as the granule diameter, and the truth follows it exactly).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -38,7 +57,8 @@ from scipy import ndimage as ndi
 from .metrics import region_pixel_fractions
 from .schema import LOCATIONS_SCHEMA
 
-__all__ = ["SyntheticMicrograph", "SyntheticParams", "synthetic_micrograph", "sample_micrograph"]
+__all__ = ["FAMILIES", "HELDOUT_FAMILIES", "TRAINING_FAMILIES", "SyntheticMicrograph",
+           "SyntheticParams", "family_params", "sample_micrograph", "synthetic_micrograph"]
 
 UNCLASSIFIED, A_BAND, I_BAND, Z_DISK, S_SPACE, N_REGION, OTHER = range(7)
 _MEASURED = "AIZSN"
@@ -47,6 +67,10 @@ _MEASURED = "AIZSN"
 _G_A, _G_H, _G_M, _G_I, _G_Z = 0.40, 0.48, 0.30, 0.66, 0.15
 _G_S, _G_N, _G_OUT, _G_LIPID = 0.72, 0.76, 0.93, 0.58
 _G_MEMBRANE = 0.28
+#: Names of the grey levels ``SyntheticParams.grey_levels`` may override, and their defaults.
+_DEFAULT_GREYS = {"A": _G_A, "H": _G_H, "M": _G_M, "I": _G_I, "Z": _G_Z, "S": _G_S, "N": _G_N,
+                  "outside": _G_OUT, "lipid": _G_LIPID, "membrane": _G_MEMBRANE}
+_NOISE_MODELS = ("gaussian", "poisson")
 
 
 def _pair(value: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> tuple[float, float]:
@@ -57,6 +81,17 @@ def _pair(value: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> tuple
     if not (math.isfinite(a) and math.isfinite(b) and lo <= a <= b <= hi):
         raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {value!r}")
     return a, b
+
+
+def _number(value: Any, name: str, lo: float, hi: float, open_low: bool = False) -> float:
+    try:
+        x = float(value) if isinstance(value, numbers.Real) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and (lo < x if open_low else lo <= x) and x <= hi):
+        low = f"{lo} < value" if open_low else f"{lo} <= value"
+        raise ValueError(f"{name} must be a number with {low} <= {hi}, got {value!r}")
+    return x
 
 
 @dataclass(frozen=True)
@@ -130,6 +165,54 @@ class SyntheticParams:
     #: Strength of uneven illumination (gradient and vignetting) as a fraction of intensity.
     illumination: tuple[float, float] = (0.02, 0.10)
 
+    # -- appearance: none of these changes the truth; the defaults give the original look -------
+    #: Grey levels (0 dense/dark, 1 empty/light) overriding the defaults, by name: ``"A"`` band
+    #: 0.40, ``"H"`` zone 0.48, ``"M"`` line 0.30, ``"I"`` band 0.66, ``"Z"`` disk 0.15,
+    #: intermyofibrillar space ``"S"`` 0.72, periphery ``"N"`` 0.76, ``"outside"`` resin 0.93,
+    #: ``"lipid"`` 0.58 and ``"membrane"`` 0.28; each a number or a (low, high) pair drawn per
+    #: micrograph. ``None`` (or a name left out) keeps the default.
+    grey_levels: Mapping[str, float | tuple[float, float]] | None = None
+    #: How strongly the sarcomere's A, H, M, I and Z greys differ: they are spread about the mean
+    #: of the A and I greys by this factor (1 = as drawn, < 1 washed out, > 1 stronger), 0-3.
+    striation_contrast: tuple[float, float] = (1.0, 1.0)
+    #: Multiplies the amplitude of the longitudinal thick-filament striation (1 = default), 0-5.
+    filament_texture: tuple[float, float] = (1.0, 1.0)
+    #: Grey at a granule's centre, drawn per granule (0 black); 0.06-0.20 by default.
+    granule_darkness: tuple[float, float] = (0.06, 0.20)
+    #: Chord through the section (nm) at which a granule reaches its full darkness: thinner parts
+    #: (the rim, caps cut by a section face) are paler. Larger = softer, paler edges (0-100 nm).
+    granule_edge_nm: float = 12.0
+    #: Exponent of the edge profile, opacity = clip(chord / granule_edge_nm, 0, 1) ** exponent:
+    #: 0.5 by default, smaller = harder edges, larger = softer (0-4).
+    granule_edge_exponent: float = 0.5
+    #: Strength of a light halo around the granules (as a defocus fringe), as a grey step; 0-1.
+    granule_halo: tuple[float, float] = (0.0, 0.0)
+    #: Width (Gaussian sigma, nm) of the halo.
+    granule_halo_nm: float = 4.0
+    #: ``"gaussian"`` (shot and read noise as one normal) or ``"poisson"`` (electron counts at a
+    #: dose set by the shot noise, plus Gaussian read noise).
+    noise_model: str = "gaussian"
+    #: Correlated noise (grain of film or a detector), standard deviation as a fraction of the
+    #: grey range, 0-1.
+    grain: tuple[float, float] = (0.0, 0.0)
+    #: Correlation length of the grain (Gaussian sigma, nm).
+    grain_nm: float = 3.0
+    #: Line-to-line offsets of a scanned image: standard deviation of each row's grey offset as a
+    #: fraction of the grey range, 0-1.
+    scan_lines: tuple[float, float] = (0.0, 0.0)
+    #: JPEG quality (1-100) of an 8 x 8 block DCT quantisation of the final image; ``None`` for
+    #: none.
+    jpeg_quality: int | None = None
+    #: Probability of burned-in annotations: a scale bar with its label, arrows and letters,
+    #: all black or all white. Not granules: the truth under them is unchanged.
+    letters_probability: float = 0.0
+    #: Ribosomes (small dark dots, not granules) per um^2 of space, periphery and I band.
+    ribosome_per_um2: float = 0.0
+    #: Ribosome diameter (nm), smaller than the glycogen granules.
+    ribosome_diameter_nm: tuple[float, float] = (10.0, 15.0)
+    #: Grey at a ribosome's centre, drawn per ribosome (paler than most granules).
+    ribosome_darkness: tuple[float, float] = (0.20, 0.35)
+
     def __post_init__(self) -> None:
         if self.angle_deg is not None and not math.isfinite(float(self.angle_deg)):
             raise ValueError(f"angle_deg must be finite or None, got {self.angle_deg!r}")
@@ -150,6 +233,45 @@ class SyntheticParams:
             _pair(pair, f"granule_fractions[{letter}]", 0.0, 0.5)
         if self.a_band_um[1] >= self.sarcomere_um[0]:
             raise ValueError("a_band_um must be shorter than sarcomere_um")
+        self._check_appearance()
+
+    def _check_appearance(self) -> None:
+        if self.grey_levels is not None:
+            if not isinstance(self.grey_levels, Mapping):
+                raise ValueError("grey_levels must be None or a mapping of names to greys, got "
+                                 f"{self.grey_levels!r}")
+            unknown = sorted(set(map(str, self.grey_levels)) - set(_DEFAULT_GREYS))
+            if unknown:
+                raise ValueError(f"grey_levels has unknown names {unknown}; "
+                                 f"the names are {', '.join(_DEFAULT_GREYS)}")
+            for k, v in self.grey_levels.items():
+                _pair(v, f"grey_levels[{k!r}]", 0.0, 1.0)
+            # A private copy: the caller's dict may change later.
+            object.__setattr__(self, "grey_levels", dict(self.grey_levels))
+        for name, hi in (("striation_contrast", 3.0), ("filament_texture", 5.0),
+                         ("granule_darkness", 1.0), ("granule_halo", 1.0), ("grain", 1.0),
+                         ("scan_lines", 1.0), ("ribosome_darkness", 1.0)):
+            _pair(getattr(self, name), name, 0.0, hi)
+        for name, hi in (("granule_edge_nm", 100.0), ("granule_edge_exponent", 4.0),
+                         ("granule_halo_nm", 50.0), ("grain_nm", 50.0)):
+            _number(getattr(self, name), name, 0.0, hi, open_low=True)
+        if self.noise_model not in _NOISE_MODELS:
+            raise ValueError(f"noise_model must be one of {_NOISE_MODELS}, got {self.noise_model!r}")
+        q = self.jpeg_quality
+        if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral)
+                              or not 1 <= q <= 100):
+            raise ValueError(f"jpeg_quality must be None or an integer 1-100, got {q!r}")
+        _number(self.letters_probability, "letters_probability", 0.0, 1.0)
+        _number(self.ribosome_per_um2, "ribosome_per_um2", 0.0, 5000.0)
+        _pair(self.ribosome_diameter_nm, "ribosome_diameter_nm", 1.0, 100.0)
+
+    def __hash__(self) -> int:  # grey_levels is a dict: hash its items
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
+                          for v in (getattr(self, f.name) for f in fields(self))))
+
+    def greys(self) -> dict[str, float | tuple[float, float]]:
+        """The grey level of each structure: the defaults updated by ``grey_levels``."""
+        return {**_DEFAULT_GREYS, **(self.grey_levels or {})}
 
 
 @dataclass
@@ -207,6 +329,7 @@ def synthetic_micrograph(shape: tuple[int, int] = (4096, 4096), pixel_size_nm: f
     cell.intermyofibrillar()
     cell.artefacts()
     granules = cell.granules()
+    cell.ribosomes(granules)
     cell.precipitate()
     image = cell.imaging(dt)
     fractions = region_pixel_fractions(cell.loc, granules, LOCATIONS_SCHEMA)
@@ -228,11 +351,111 @@ def _draw(rng: np.random.Generator, value: Any) -> float:
     return lo if lo == hi else float(rng.uniform(lo, hi))
 
 
+# Block letters and digits from line segments on a 4 x 6 grid (y down), as polylines.
+_FONT: dict[str, tuple[tuple[tuple[int, int], ...], ...]] = {
+    "A": (((0, 6), (0, 2), (2, 0), (4, 2), (4, 6)), ((0, 3), (4, 3))),
+    "E": (((4, 0), (0, 0), (0, 6), (4, 6)), ((0, 3), (3, 3))),
+    "G": (((4, 1), (3, 0), (1, 0), (0, 1), (0, 5), (1, 6), (3, 6), (4, 5), (4, 3), (2, 3)),),
+    "H": (((0, 0), (0, 6)), ((4, 0), (4, 6)), ((0, 3), (4, 3))),
+    "I": (((1, 0), (3, 0)), ((2, 0), (2, 6)), ((1, 6), (3, 6))),
+    "K": (((0, 0), (0, 6)), ((4, 0), (0, 4)), ((1, 3), (4, 6))),
+    "L": (((0, 0), (0, 6), (4, 6)),),
+    "M": (((0, 6), (0, 0), (2, 3), (4, 0), (4, 6)),),
+    "N": (((0, 6), (0, 0), (4, 6), (4, 0)),),
+    "S": (((4, 1), (3, 0), (1, 0), (0, 1), (0, 2), (1, 3), (3, 3), (4, 4), (4, 5), (3, 6),
+           (1, 6), (0, 5)),),
+    "T": (((0, 0), (4, 0)), ((2, 0), (2, 6))),
+    "V": (((0, 0), (2, 6), (4, 0)),),
+    "X": (((0, 0), (4, 6)), ((4, 0), (0, 6))),
+    "Z": (((0, 0), (4, 0), (0, 6), (4, 6)),),
+    "0": (((1, 0), (3, 0), (4, 1), (4, 5), (3, 6), (1, 6), (0, 5), (0, 1), (1, 0)),),
+    "1": (((1, 1), (2, 0), (2, 6)), ((1, 6), (3, 6))),
+    "2": (((0, 1), (1, 0), (3, 0), (4, 1), (4, 2), (0, 6), (4, 6)),),
+    "3": (((0, 0), (4, 0), (2, 2), (3, 2), (4, 3), (4, 5), (3, 6), (1, 6), (0, 5)),),
+    "4": (((3, 6), (3, 0), (0, 4), (4, 4)),),
+    "5": (((4, 0), (0, 0), (0, 3), (3, 3), (4, 4), (4, 5), (3, 6), (0, 6)),),
+    "6": (((3, 0), (1, 0), (0, 1), (0, 5), (1, 6), (3, 6), (4, 5), (4, 4), (3, 3), (0, 3)),),
+    "7": (((0, 0), (4, 0), (1, 6)),),
+    "8": (((1, 3), (0, 2), (0, 1), (1, 0), (3, 0), (4, 1), (4, 2), (3, 3), (1, 3), (0, 4),
+           (0, 5), (1, 6), (3, 6), (4, 5), (4, 4), (3, 3)),),
+    "9": (((4, 3), (1, 3), (0, 2), (0, 1), (1, 0), (3, 0), (4, 1), (4, 5), (3, 6), (1, 6)),),
+    "n": (((0, 2), (0, 6)), ((0, 3), (1, 2), (3, 2), (4, 3), (4, 6))),
+    "m": (((0, 2), (0, 6)), ((0, 3), (1, 2), (2, 3), (2, 6)), ((2, 3), (3, 2), (4, 3), (4, 6))),
+    "u": (((0, 2), (0, 8)), ((0, 5), (1, 6), (3, 6), (4, 5)), ((4, 2), (4, 6))),
+    " ": (),
+}
+
+
+def _segment(ink: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+             width: float) -> None:
+    """Set the pixels of ``ink`` within width/2 of the segment p0-p1 ((x, y) in pixels)."""
+    h, w = ink.shape
+    r = width / 2
+    (xa, ya), (xb, yb) = p0, p1
+    x0, x1 = max(0, int(min(xa, xb) - r) - 1), min(w, int(max(xa, xb) + r) + 2)
+    y0, y1 = max(0, int(min(ya, yb) - r) - 1), min(h, int(max(ya, yb) + r) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    px = np.arange(x0, x1) + 0.5 - xa
+    py = np.arange(y0, y1) + 0.5 - ya
+    dx, dy = xb - xa, yb - ya
+    t = np.clip((px[None, :] * dx + py[:, None] * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+    d2 = (px[None, :] - t * dx) ** 2 + (py[:, None] - t * dy) ** 2
+    ink[y0:y1, x0:x1] |= d2 <= r * r
+
+
+def _text_width(text: str, height: float) -> float:
+    return len(text) * 6 * height / 6 - 2 * height / 6
+
+
+def _text(ink: np.ndarray, text: str, x: float, y: float, height: float, width: float) -> None:
+    """Draw ``text`` in the block font with its top-left corner at (x, y)."""
+    s = height / 6
+    for i, ch in enumerate(text):
+        for line in _FONT[ch]:
+            pts = [(x + (6 * i + gx) * s, y + gy * s) for gx, gy in line]
+            for a, b in zip(pts[:-1], pts[1:], strict=True):
+                _segment(ink, a, b, width)
+
+
+# Luminance quantisation table of the JPEG standard (ITU T.81, Annex K), quality 50.
+_JPEG_LUMA = np.array([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], np.float32)
+
+
+def _jpeg(img: np.ndarray, quality: int, top: float) -> np.ndarray:
+    """JPEG artefacts: 8 x 8 block DCT, quantised with the standard table at ``quality``.
+
+    The image (0-``top``) is coded on JPEG's 8-bit scale; returns float32 on the same scale.
+    """
+    from scipy import fft
+
+    h, w = img.shape
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality  # the IJG convention
+    q = np.clip(np.floor((_JPEG_LUMA * scale + 50) / 100), 1, 255).astype(np.float32)
+    ph, pw = -h % 8, -w % 8
+    x = np.pad(img * np.float32(255 / top), ((0, ph), (0, pw)), mode="edge") - np.float32(128)
+    blocks = x.reshape((h + ph) // 8, 8, (w + pw) // 8, 8).transpose(0, 2, 1, 3)
+    coef = fft.dctn(blocks, axes=(2, 3), norm="ortho")
+    coef /= q
+    np.rint(coef, out=coef)
+    coef *= q
+    out = fft.idctn(coef, axes=(2, 3), norm="ortho").transpose(0, 2, 1, 3)
+    out = out.reshape(h + ph, w + pw)[:h, :w] + np.float32(128)
+    return np.multiply(out, np.float32(top / 255), dtype=np.float32)
+
+
 class _Cell:
     """The drawing state: fibre coordinates, label map, grey map and the drawn values."""
 
+    # New stages go at the end: SeedSequence.spawn gives the first children the same seeds
+    # whatever their number, so the original stages keep their streams.
     STAGES = ("geometry", "myofibrils", "filaments", "periphery", "chromatin", "spaces",
-              "lipids", "artefacts", "granules", "precipitate", "imaging")
+              "lipids", "artefacts", "granules", "precipitate", "imaging",
+              "appearance", "ribosomes", "annotations", "grain", "scan_lines", "shot")
 
     def __init__(self, seed: int, shape: tuple[int, int], um: float, p: SyntheticParams) -> None:
         # One generator per stage, so that a stage drawing a pixel-count-dependent number of
@@ -263,6 +486,28 @@ class _Cell:
         self.loc = np.empty(shape, np.uint8)
         self.grey = np.empty(shape, np.float32)
         self.blocked = np.zeros(shape, bool)  # no glycogen here (nucleus, mitochondria, ...)
+        self._appearance()
+
+    def _appearance(self) -> None:
+        """Draw this micrograph's grey levels and appearance strengths (own stream).
+
+        With the default parameters nothing is drawn and the greys are the module constants.
+        """
+        rng, p = self.rngs["appearance"], self.p
+        c = _draw(rng, p.striation_contrast)
+        self.texture = _draw(rng, p.filament_texture)
+        g = {k: (_draw(rng, v) if np.ndim(v) else float(v)) for k, v in p.greys().items()}
+        if c != 1.0:  # spread the sarcomere's greys about the mean of A and I
+            mid = 0.5 * (g["A"] + g["I"])
+            for k in "AHMIZ":
+                g[k] = min(1.0, max(0.0, mid + c * (g[k] - mid)))
+        self.G = g
+        self.halo = _draw(rng, p.granule_halo)
+        self.grain = _draw(rng, p.grain)
+        self.scan = _draw(rng, p.scan_lines)
+        self.drawn["appearance"] = {"striation_contrast": c, "filament_texture": self.texture,
+                                    "grey_levels": dict(g), "granule_halo": self.halo,
+                                    "grain": self.grain, "scan_lines": self.scan}
 
     # -- geometry helpers ---------------------------------------------------------------------
     def _to_xy(self, uc: float, vc: float) -> tuple[float, float]:
@@ -301,7 +546,7 @@ class _Cell:
             return None
         m = membrane_nm * self.um / 1000 / max(min(au, av), 1.0)
         value = np.full(rho.shape, np.float32(lumen)) if inner is None else inner(du, dv, rho)
-        value = np.where(rho > 1 - m, np.float32(_G_MEMBRANE), value)
+        value = np.where(rho > 1 - m, np.float32(self.G["membrane"]), value)
         gsl[inside] = value[inside]
         if label is not None:
             lsl[inside] = label
@@ -349,9 +594,12 @@ class _Cell:
         fil_tab = np.where(gap_tab, 0.0, filaments).astype(np.float32)
         dist = np.arange(int(L / 2) + 2) + 0.5
         loc_tab = np.where(dist < A / 2, A_BAND, np.where(dist > L / 2 - zw / 2, Z_DISK, I_BAND))
+        G = self.G
         grey_tab = np.select([dist < mw / 2, dist < hz / 2, dist < A / 2, dist > L / 2 - zw / 2],
-                             [_G_M, _G_H, _G_A, _G_Z], _G_I).astype(np.float32)
+                             [G["M"], G["H"], G["A"], G["Z"]], G["I"]).astype(np.float32)
         amp_tab = np.select([dist < A / 2, dist > L / 2 - zw / 2], [0.07, 0.0], 0.02)
+        if self.texture != 1.0:
+            amp_tab = amp_tab * self.texture
         iv = np.subtract(self.v, np.float32(v_lo)).astype(np.int32)
         np.clip(iv, 0, nb - 1, out=iv)
         phase_tab += np.float32(L * math.ceil(self.half_u / L + 1))  # u + phase > 0 for fmod
@@ -369,7 +617,7 @@ class _Cell:
         del g, idist
         gap = np.take(gap_tab, iv)
         self.loc[gap] = S_SPACE
-        self.grey[gap] = _G_S
+        self.grey[gap] = G["S"]
         self.iv = iv
 
     def periphery(self) -> None:
@@ -405,15 +653,15 @@ class _Cell:
         vs = self.v * np.float32(side)
         vs -= np.take(wob, self.iu, mode="clip")
         region = vs > np.float32(inner)
-        self.loc[region], self.grey[region] = N_REGION, _G_N
+        self.loc[region], self.grey[region] = N_REGION, self.G["N"]
         self.drawn.update(periphery=True, periphery_width_um=(sarcolemma - inner) / um)
         self.n_band = (side, inner, sarcolemma)
         if outside:
             out = vs > np.float32(sarcolemma)
-            self.loc[out], self.grey[out] = UNCLASSIFIED, _G_OUT
+            self.loc[out], self.grey[out] = UNCLASSIFIED, self.G["outside"]
             self.blocked |= out
             m = max(0.6, 0.004 * um)
-            self.grey[np.abs(vs - np.float32(sarcolemma)) < m] = _G_MEMBRANE  # sarcolemma
+            self.grey[np.abs(vs - np.float32(sarcolemma)) < m] = self.G["membrane"]  # sarcolemma
             lamina = np.abs(vs - np.float32(sarcolemma + 0.04 * um)) < 0.012 * um
             self.grey[lamina & out] = 0.62  # basal lamina
             self.drawn["outside"] = True
@@ -454,8 +702,9 @@ class _Cell:
         value = np.where(noise > 0.9, np.float32(0.36), np.float32(0.58))
         value = np.where(rho > 1 - 10 * e, np.float32(0.36), value)  # peripheral heterochromatin
         value = np.where(rho > 1 - 3 * e, np.float32(0.8), value)  # perinuclear space
-        value = np.where((rho > 1 - 4 * e) & (rho <= 1 - 3 * e), np.float32(_G_MEMBRANE), value)
-        value = np.where(rho > 1 - e, np.float32(_G_MEMBRANE), value)
+        membrane = np.float32(self.G["membrane"])
+        value = np.where((rho > 1 - 4 * e) & (rho <= 1 - 3 * e), membrane, value)
+        value = np.where(rho > 1 - e, membrane, value)
         gsl[inside] = value[inside]
         lsl[inside] = N_REGION
         self.blocked[ys, xs] |= inside
@@ -535,7 +784,7 @@ class _Cell:
             yy, xx = np.ogrid[ys, xs]
             disc = (yy - yc) ** 2 + (xx - xc) ** 2 <= r * r
             disc &= self.loc[ys, xs] != UNCLASSIFIED
-            self.loc[ys, xs][disc], self.grey[ys, xs][disc] = OTHER, _G_LIPID
+            self.loc[ys, xs][disc], self.grey[ys, xs][disc] = OTHER, self.G["lipid"]
             self.blocked[ys, xs] |= disc
         self.drawn.update(hole=False, fold=False)
         rng = self.rngs["artefacts"]
@@ -599,13 +848,16 @@ class _Cell:
         accept = rng.random(m)
         radius = (d_lo + (d_hi - d_lo) * rng.beta(a, b, m)) / 2  # nm
         depth = rng.uniform(-radius, t + radius)  # centre relative to the upper section face
-        dark = rng.uniform(0.06, 0.20, m)
+        dark_lo, dark_hi = _pair(p.granule_darkness, "granule_darkness")
+        dark = rng.uniform(dark_lo, dark_hi, m)
         iy = np.clip(yc.astype(int), 0, h - 1)
         ix = np.clip(xc.astype(int), 0, w - 1)
         keep = (accept < (lam / lam.max())[self.loc[iy, ix]]) & ~self.blocked[iy, ix]
         yc, xc, radius, depth, dark = yc[keep], xc[keep], radius[keep], depth[keep], dark[keep]
         mask = np.zeros((h, w), np.uint8)
         grey, blocked = self.grey, self.blocked
+        edge, power = float(p.granule_edge_nm), float(p.granule_edge_exponent)
+        default_edge = edge == 12.0 and power == 0.5
         for y, x, r, z, g in zip(yc.tolist(), xc.tolist(), radius.tolist(), depth.tolist(),
                                  dark.tolist(), strict=True):
             out = max(-z, z - t, 0.0)  # distance of the centre outside the section
@@ -623,11 +875,53 @@ class _Cell:
             chord = np.clip(z + half, 0, t) - np.clip(z - half, 0, t)
             disc = (chord >= 2.0) & ~blocked[y0:y1, x0:x1]
             mask[y0:y1, x0:x1] |= disc
-            alpha = np.sqrt(np.clip(chord / 12.0, 0, 1))
+            if default_edge:
+                alpha = np.sqrt(np.clip(chord / 12.0, 0, 1))
+            else:
+                alpha = np.clip(chord / edge, 0, 1) ** power
             gsl = grey[y0:y1, x0:x1]
             val = gsl * (1 - alpha) + np.float32(g) * alpha
             np.minimum(gsl, np.where(disc, val, gsl), out=gsl, casting="unsafe")
+        if self.halo > 0 and mask.any():
+            # A light fringe outside the granules: the blurred mask, added where no granule is.
+            ring = ndi.gaussian_filter(mask.astype(np.float32), p.granule_halo_nm * nm,
+                                       mode="constant", truncate=3.0)
+            ring *= np.float32(2 * self.halo)  # ~halo at a large granule's edge
+            ring[mask.astype(bool) | blocked] = 0
+            grey += ring
+            np.minimum(grey, np.float32(1.0), out=grey)
         return mask
+
+    def ribosomes(self, mask: np.ndarray) -> None:
+        """Ribosomes: small dark dots in the spaces, periphery and I band (not granules)."""
+        rng, p, um = self.rngs["ribosomes"], self.p, self.um
+        if p.ribosome_per_um2 <= 0:
+            return
+        h, w = self.shape
+        nm = um / 1000
+        n = rng.poisson(p.ribosome_per_um2 * h * w / um**2 / 0.4)  # ~40% of the field qualifies
+        yc, xc = rng.uniform(0, h, n), rng.uniform(0, w, n)
+        d_lo, d_hi = p.ribosome_diameter_nm
+        radius = rng.uniform(d_lo, d_hi, n) / 2 * nm  # px
+        dark = rng.uniform(*_pair(p.ribosome_darkness, "ribosome_darkness"), n)
+        accept = rng.random(n)
+        share = np.zeros(7)  # acceptance per Locations code
+        share[[S_SPACE, N_REGION, I_BAND, A_BAND]] = 1.0, 1.0, 0.3, 0.05
+        iy, ix = yc.astype(int), xc.astype(int)
+        keep = (accept < share[self.loc[iy, ix]]) & ~self.blocked[iy, ix] & (mask[iy, ix] == 0)
+        self.drawn["ribosomes"] = int(keep.sum())
+        grey, blocked = self.grey, self.blocked
+        for y, x, r, g in zip(yc[keep].tolist(), xc[keep].tolist(), radius[keep].tolist(),
+                              dark[keep].tolist(), strict=True):
+            k = int(r) + 2
+            y0, y1, x0, x1 = max(0, int(y) - k), min(h, int(y) + k + 1), max(0, int(x) - k), \
+                min(w, int(x) + k + 1)
+            rho = np.sqrt(((np.arange(y0, y1) + 0.5 - y) ** 2)[:, None]
+                          + ((np.arange(x0, x1) + 0.5 - x) ** 2)[None, :])
+            alpha = np.clip(r + 0.5 - rho, 0, 1)  # an anti-aliased disc
+            alpha[(mask[y0:y1, x0:x1] == 1) | blocked[y0:y1, x0:x1]] = 0
+            gsl = grey[y0:y1, x0:x1]
+            np.minimum(gsl, gsl * (1 - alpha) + np.float32(g) * alpha, out=gsl, casting="unsafe")
 
     def precipitate(self) -> None:
         """Stain precipitate: patches of very dark specks and a few needles (not granules)."""
@@ -678,15 +972,35 @@ class _Cell:
         rx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
         img *= 1 + np.float32(g * math.sin(t)) * ry - np.float32(vig / 2) * ry * ry
         img *= 1 + np.float32(g * math.cos(t)) * rx - np.float32(vig / 2) * rx * rx
+        if self.grain > 0:  # correlated noise: smoothed white noise of the drawn deviation
+            gs = max(float(p.grain_nm) * um / 1000, 0.3)
+            grain = ndi.gaussian_filter(
+                self.rngs["grain"].standard_normal((h, w), dtype=np.float32), gs, truncate=3.0)
+            grain *= np.float32(self.grain / max(float(grain.std()), 1e-12))
+            img += grain
+            del grain
         # Signal-dependent (shot) and constant (read) noise, drawn as one normal.
         shot = rng.uniform(0.035, 0.065) * p.noise_scale
         read = rng.uniform(0.015, 0.03) * p.noise_scale
-        sd = np.maximum(img, 0, out=grey)
-        sd *= np.float32(shot**2)
-        sd += np.float32(read**2)
-        np.sqrt(sd, out=sd)
-        sd *= rng.standard_normal((h, w), dtype=np.float32)
+        if p.noise_model == "poisson" and shot > 0:
+            # Electron counts at a dose of 1 / shot^2 per unit intensity, then read noise (the
+            # normal comes from the imaging stream as in the Gaussian model, keeping it in step).
+            dose = 1.0 / shot**2
+            counts = self.rngs["shot"].poisson(np.maximum(img, 0, out=grey) * dose)
+            img[...] = counts * (1.0 / dose)
+            del counts
+            sd = rng.standard_normal((h, w), dtype=np.float32)
+            sd *= np.float32(read)
+        else:
+            sd = np.maximum(img, 0, out=grey)
+            sd *= np.float32(shot**2)
+            sd += np.float32(read**2)
+            np.sqrt(sd, out=sd)
+            sd *= rng.standard_normal((h, w), dtype=np.float32)
         img += sd
+        del sd
+        if self.scan > 0:  # line-to-line offsets of a scanned image
+            img += self.scan * self.rngs["scan_lines"].standard_normal((h, 1), dtype=np.float32)
         contrast = _draw(rng, p.contrast)
         lo = rng.uniform(0.03, max(0.03, 0.97 - contrast))
         self.drawn.update(blur_nm=sigma / um * 1000, shot_noise=shot, read_noise=read,
@@ -694,5 +1008,120 @@ class _Cell:
         top = float(np.iinfo(dt).max)
         img *= np.float32(contrast * top)
         img += np.float32(lo * top)
+        if p.letters_probability > 0:
+            self.annotations(img, top)
         np.clip(img, 0, top, out=img)
+        if p.jpeg_quality is not None:
+            img = _jpeg(img, int(p.jpeg_quality), top)
+            np.clip(img, 0, top, out=img)
         return np.rint(img, out=img).astype(dt)
+
+    def annotations(self, img: np.ndarray, top: float) -> None:
+        """Burned-in annotations: a scale bar and its label, arrows, letters (black or white)."""
+        rng, um = self.rngs["annotations"], self.um
+        self.drawn["annotations"] = False
+        if rng.random() >= self.p.letters_probability:
+            return
+        self.drawn["annotations"] = True
+        h, w = self.shape
+        side = min(h, w)
+        ink = np.zeros((h, w), bool)
+        text_h = max(7.0, side * rng.uniform(0.025, 0.045))
+        stroke = max(1.0, text_h / rng.uniform(6, 9))
+        margin = 0.04 * side
+        # Scale bar: the longest round length that fits in a quarter of the width.
+        fits = [n for n in (50, 100, 200, 250, 500, 1000, 2000) if n / 1000 * um <= 0.25 * w]
+        if fits and fits[-1] / 1000 * um >= 20:
+            n = fits[-1]
+            length = n / 1000 * um
+            bar_h = max(2, int(round(0.35 * text_h)))
+            x0 = margin if rng.random() < 0.5 else w - margin - length
+            y0 = h - margin - bar_h
+            ink[int(y0):int(y0) + bar_h, int(x0):int(x0 + length)] = True
+            label = f"{n} nm" if n < 1000 else f"{n // 1000} um"
+            tw = _text_width(label, text_h)
+            _text(ink, label, x0 + (length - tw) / 2, y0 - 0.5 * text_h - text_h, text_h, stroke)
+        # Arrows pointing at something, each with a letter at its tail.
+        for _ in range(int(rng.integers(1, 4))):
+            ln = side * rng.uniform(0.06, 0.12)
+            ang = rng.uniform(0, 2 * np.pi)
+            hx, hy = rng.uniform(margin + ln, w - margin - ln), rng.uniform(margin + ln,
+                                                                            h - margin - ln)
+            tx, ty = hx - ln * math.cos(ang), hy - ln * math.sin(ang)
+            _segment(ink, (tx, ty), (hx, hy), stroke)
+            for da in (2.6, -2.6):  # the head's two barbs
+                _segment(ink, (hx, hy), (hx + 0.35 * ln * math.cos(ang + da),
+                                         hy + 0.35 * ln * math.sin(ang + da)), stroke)
+            letter = "AIZMNGSHTLEKVX"[int(rng.integers(0, 14))]
+            _text(ink, letter, tx - 0.5 * _text_width(letter, text_h) - text_h * math.cos(ang),
+                  ty - 0.5 * text_h - text_h * math.sin(ang), text_h, stroke)
+        # A film or frame number in a top corner.
+        number = str(int(rng.integers(100, 100000)))
+        x0 = margin if rng.random() < 0.5 else w - margin - _text_width(number, text_h)
+        _text(ink, number, x0, margin, text_h, stroke)
+        img[ink] = top if rng.random() < 0.5 else 0.0
+
+
+# -- named appearance families -------------------------------------------------------------------
+# Each family changes only the look (and, for "heldout-grainy", narrows the granule diameter), so
+# the truth stays exact. "standard" is what the bundled models were trained on.
+_FAMILIES: dict[str, SyntheticParams] = {
+    "standard": SyntheticParams(),
+    # Lightly contrasted sections: washed-out striation, faint filaments, paler soft granules.
+    "weak-stain": SyntheticParams(
+        striation_contrast=(0.45, 0.7), filament_texture=(0.4, 0.7),
+        granule_darkness=(0.16, 0.30), granule_edge_nm=20.0, granule_edge_exponent=0.8,
+        contrast=(0.45, 0.75)),
+    # Heavy uranyl/lead staining: strong striation and filaments, near-black crisp granules,
+    # lighter spaces and periphery.
+    "strong-stain": SyntheticParams(
+        grey_levels={"S": (0.76, 0.84), "N": (0.78, 0.86), "membrane": 0.18},
+        striation_contrast=(1.2, 1.5), filament_texture=(1.3, 1.8),
+        granule_darkness=(0.02, 0.10), granule_edge_nm=8.0, granule_edge_exponent=0.4,
+        contrast=(0.75, 0.95), precipitate_probability=0.6),
+    # Low dose: Poisson counts at high noise, film grain.
+    "noisy": SyntheticParams(
+        noise_model="poisson", noise_scale=2.2, grain=(0.02, 0.04), grain_nm=2.5),
+    # Defocused, compressed: more blur, a light halo (underfocus fringe) around the granules,
+    # JPEG at quality 55.
+    "soft-focus": SyntheticParams(
+        blur_nm=(3.0, 4.5), granule_halo=(0.10, 0.18), granule_halo_nm=4.0, jpeg_quality=55),
+    # Annotated prints with ribosomes: burned-in scale bar, arrows and letters; small dark dots.
+    "annotated": SyntheticParams(
+        letters_probability=0.8, ribosome_per_um2=60.0, precipitate_probability=0.5),
+    # Held out (benchmarks only, never training): weak striation, pale soft granules, heavy
+    # noise, more blur, many ribosomes.
+    "heldout-lowcontrast": SyntheticParams(
+        striation_contrast=(0.3, 0.45), filament_texture=(0.3, 0.5),
+        granule_darkness=(0.20, 0.30), granule_edge_nm=20.0, granule_edge_exponent=1.0,
+        noise_scale=2.4, blur_nm=(2.5, 4.0), contrast=(0.4, 0.6), ribosome_per_um2=180.0,
+        ribosome_darkness=(0.34, 0.48)),
+    # Held out (benchmarks only, never training): strong striation with the spaces darker than
+    # the I band, dark small sharp granules, grainy correlated noise, scan lines, JPEG, burned-in
+    # scale bar, arrows and letters.
+    "heldout-grainy": SyntheticParams(
+        grey_levels={"I": (0.70, 0.76), "S": (0.50, 0.56), "N": (0.56, 0.62), "H": 0.52},
+        striation_contrast=(1.2, 1.4), filament_texture=(0.6, 0.9),
+        granule_darkness=(0.02, 0.08), granule_edge_nm=5.0, granule_edge_exponent=0.3,
+        granule_diameter_nm=(14.0, 32.0), blur_nm=(0.8, 1.5), grain=(0.05, 0.08), grain_nm=3.0,
+        scan_lines=(0.015, 0.03), jpeg_quality=45, letters_probability=1.0,
+        contrast=(0.6, 0.85)),
+}
+#: The named parameter sets (read-only), by name: see :func:`family_params`.
+FAMILIES: Mapping[str, SyntheticParams] = MappingProxyType(_FAMILIES)
+#: Families reserved for benchmarks of adaptation to an unseen look: never train on them.
+HELDOUT_FAMILIES: tuple[str, ...] = ("heldout-lowcontrast", "heldout-grainy")
+#: Families that may be used for training (``"standard"`` first).
+TRAINING_FAMILIES: tuple[str, ...] = tuple(k for k in _FAMILIES if k not in HELDOUT_FAMILIES)
+
+
+def family_params(name: str) -> SyntheticParams:
+    """The :class:`SyntheticParams` of a named appearance family (a fresh copy).
+
+    ``"standard"`` is ``SyntheticParams()``; the :data:`HELDOUT_FAMILIES` are for benchmarks only.
+    """
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown synthetic family {name!r}; the families are "
+                         f"{', '.join(_FAMILIES)}")
+    p = _FAMILIES[name]
+    return replace(p) if p.grey_levels is not None else p

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from ._backend import backend_name, get_keras
-from .dataset import TrainingSet, load_training_pairs
-from .metrics import confusion_matrix, mean_iou, pixel_accuracy
+from .dataset import TrainingPair, TrainingSet, load_training_pairs
+from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
     ARCHITECTURES,
     MULTIPLE,
@@ -49,8 +49,8 @@ from .models import (
     load_model,
     save_model,
 )
-from .schema import ClassSchema, default_schema
-from .segment import run_to_completion, to_unit_float
+from .schema import UNLABELLED, ClassSchema, default_schema
+from .segment import _nearest, _resample, run_to_completion, to_unit_float
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 _RESAMPLE_TOLERANCE = 0.01
+_MAX_ANCHORS = 200_000  # labelled pixels kept per image to place crops around
+#: With data from fewer micrographs than this, validation holds out a block of each micrograph.
+BLOCK_VALIDATION_BELOW = 5
 _STATE_FORMAT = "napari-emgranules.train-state/1"
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_mean_iou",
                     "learning_rate", "seconds")
@@ -110,7 +113,14 @@ class TrainConfig:
     dice_weight : float
         Weight of a soft-Dice term added to the cross-entropy (0 = none).
     val_fraction : float
-        Fraction of the pairs held out for validation (ignored when ``validation`` data are given).
+        Fraction held out for validation (ignored when ``validation`` data are given): of each
+        image's labelled pixels (``blocks``) or of the pairs (``pairs``).
+    validation_split : {"auto", "blocks", "pairs"}
+        How validation data are held out of the training data. ``blocks``: a strip along one
+        edge of every micrograph (its labels never train, its prediction sees the whole image);
+        ``pairs``: whole pairs. ``auto`` (default): blocks when the data come from fewer than
+        :data:`BLOCK_VALIDATION_BELOW` micrographs, where a held-out pair would be a large,
+        unrepresentative share of them.
     monitor : str
         Metric deciding the best checkpoint, learning-rate reduction and early stopping:
         ``val_mean_iou`` (default), ``val_accuracy``, ``val_loss`` or ``loss``. Without validation
@@ -141,6 +151,7 @@ class TrainConfig:
     class_weights: str | tuple[float, ...] = "none"
     dice_weight: float = 0.0
     val_fraction: float = 0.2
+    validation_split: str = "auto"
     monitor: str = "val_mean_iou"
     early_stopping_patience: int | None = 10
     reduce_lr_patience: int | None = 4
@@ -184,6 +195,9 @@ class TrainConfig:
             problems.append(f"dice_weight must be >= 0, got {self.dice_weight}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.validation_split not in ("auto", "blocks", "pairs"):
+            problems.append(f"validation_split must be 'auto', 'blocks' or 'pairs', got "
+                            f"{self.validation_split!r}")
         if self.monitor not in ("val_mean_iou", "val_accuracy", "val_loss", "loss"):
             problems.append(f"monitor must be val_mean_iou, val_accuracy, val_loss or loss, "
                             f"got {self.monitor!r}")
@@ -245,6 +259,11 @@ class TrainResult:
     best_value : float
     stopped_early : bool
     out_dir : Path
+    report : pandas.DataFrame or None
+        Per class, on the validation data: IoU of the starting model (``iou_before``, epoch 0;
+        NaN when training from scratch) and of the kept weights (``iou_after``), and the
+        validation pixels (``pixels``); also ``report.csv`` in the run folder. None without
+        validation data.
     """
 
     model: SegmentationModel
@@ -256,6 +275,12 @@ class TrainResult:
     stopped_early: bool
     out_dir: Path
     notes: list[str] = field(default_factory=list)
+    report: Any = None
+
+    @property
+    def kept_start(self) -> bool:
+        """True when no training epoch beat the starting model on the validation data."""
+        return self.best_epoch == 0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -263,33 +288,132 @@ class TrainResult:
 # -------------------------------------------------------------------------------------------------
 @dataclass
 class _Sample:
+    """One training image at the model's pixel size: a whole micrograph (its exported tiles put
+    back together) or a lone pair, with :data:`UNLABELLED` wherever there is no truth."""
+
     name: str
     image: np.ndarray  # float32 in [0, 1] at the model's pixel size
-    labels: np.ndarray  # uint8/uint16 codes
+    labels: np.ndarray  # uint16 codes; UNLABELLED = no truth (partial labels, held-out block)
+    n_labelled: int = -1
+    _where: np.ndarray | None = None  # flat indices of (a subsample of) the labelled pixels
+
+    def __post_init__(self) -> None:
+        labelled = np.flatnonzero(self.labels != UNLABELLED)
+        self.n_labelled = int(labelled.size)
+        if labelled.size > _MAX_ANCHORS:
+            labelled = labelled[:: -(-labelled.size // _MAX_ANCHORS)]
+        self._where = labelled
+
+    def anchor(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A random labelled pixel (row, col): crops are placed around one."""
+        k = int(self._where[int(rng.integers(0, self._where.size))])
+        return divmod(k, self.labels.shape[1])
 
 
 def _resample_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.transform import resize
-
+    """Image (area-averaged, as inference does) and labels (nearest) resampled by ``factor``."""
     shape = tuple(max(8, round(s * factor)) for s in image.shape)
-    img = resize(image, shape, order=1, mode="reflect", anti_aliasing=factor < 1,
-                 preserve_range=True).astype(np.float32)
-    lab = resize(labels, shape, order=0, mode="edge", anti_aliasing=False,
-                 preserve_range=True).astype(labels.dtype)
-    return img, lab
+    return _resample(image, shape), _nearest(labels, shape)
+
+
+def _group_pairs(data: TrainingSet) -> list[list[TrainingPair]]:
+    """Pairs cut from one micrograph (same source, known origins) together, each alone otherwise."""
+    groups: dict[str, list[TrainingPair]] = {}
+    alone: list[list[TrainingPair]] = []
+    for pair in data:
+        if pair.source and pair.origin is not None:
+            groups.setdefault(pair.source, []).append(pair)
+        else:
+            alone.append([pair])
+    for source, pairs in groups.items():
+        sizes = sorted({p.pixel_size_nm for p in pairs})
+        if len(sizes) > 1:
+            listed = ", ".join(f"{s:g}" for s in sizes)
+            raise TrainingError(
+                f"{source}: its training pairs give different pixel sizes ({listed} nm: "
+                f"{', '.join(p.name for p in pairs[:6])}); export the micrograph again with one "
+                "pixel size, or move the wrong pairs out")
+    return list(groups.values()) + alone
+
+
+def _assemble(pairs: list[TrainingPair], schema: ClassSchema) -> tuple[np.ndarray, np.ndarray]:
+    """One pair's, or a micrograph's exported tiles', image (float32 in [0, 1]) and labels.
+
+    Tiles go back where they were cut from; where no tile was exported the labels are
+    UNLABELLED and the image repeats its nearest exported pixel (context for the crops only).
+    """
+    loaded = []
+    for pair in pairs:
+        image, labels = pair.load()
+        schema.check_labels(labels, str(pair.labels_path), allow_unlabelled=True)
+        loaded.append((pair.origin or (0, 0), to_unit_float(image), labels))
+    if len(loaded) == 1 and loaded[0][0] == (0, 0):
+        return loaded[0][1], loaded[0][2].astype(np.uint16, copy=False)
+    y0 = min(o[0] for o, _, _ in loaded)
+    x0 = min(o[1] for o, _, _ in loaded)
+    h = max(o[0] + im.shape[0] for o, im, _ in loaded) - y0
+    w = max(o[1] + im.shape[1] for o, im, _ in loaded) - x0
+    image = np.zeros((h, w), np.float32)
+    labels = np.full((h, w), UNLABELLED, np.uint16)
+    known = np.zeros((h, w), bool)
+    for (y, x), im, lab in loaded:
+        window = slice(y - y0, y - y0 + im.shape[0]), slice(x - x0, x - x0 + im.shape[1])
+        image[window], labels[window], known[window] = im, lab, True
+    if not known.all():
+        from scipy.ndimage import distance_transform_edt
+
+        idx = distance_transform_edt(~known, return_distances=False, return_indices=True)
+        image = image[idx[0], idx[1]]
+    return image, labels
 
 
 def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float) -> list[_Sample]:
     samples = []
-    for pair in data:
-        image, labels = pair.load()
-        schema.check_labels(labels, str(pair.labels_path))
-        x = to_unit_float(image)
-        factor = float(pair.pixel_size_nm) / pixel_size_nm
+    for pairs in _group_pairs(data):
+        x, labels = _assemble(pairs, schema)
+        factor = float(pairs[0].pixel_size_nm) / pixel_size_nm
         if abs(factor - 1.0) > _RESAMPLE_TOLERANCE:
             x, labels = _resample_pair(x, labels, factor)
-        samples.append(_Sample(pair.name, x, labels))
+        name = pairs[0].source if len(pairs) > 1 else pairs[0].name
+        samples.append(_Sample(name, x, labels))
     return samples
+
+
+def _hold_out_blocks(samples: list[_Sample], fraction: float, seed: int,
+                     margin: int = 8) -> tuple[list[_Sample], list[_Sample]]:
+    """Split each image into a training part and a held-out block (a strip along one edge).
+
+    The strip holds about ``fraction`` of the image's labelled pixels; its labels are UNLABELLED
+    for training (with a ``margin`` so that no training crop learns the pixels right beside it)
+    and it is the only labelled part of the validation image. A whole-image prediction is scored
+    on the strip, so validation sees the same context as inference.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for s in samples:
+        lab = s.labels
+        axis = 1 if lab.shape[1] >= lab.shape[0] else 0
+        n = lab.shape[axis]
+        far = rng.random() < 0.5  # the strip at the far edge
+        counts = (lab != UNLABELLED).sum(axis=1 - axis)
+        cum = np.cumsum(counts[::-1] if far else counts)
+        if cum[-1] < 64 or n < 2:
+            train.append(s)
+            continue
+        cut = min(max(int(np.searchsorted(cum, fraction * cum[-1])) + 1, 1), n - 1)
+        strip = slice(n - cut, n) if far else slice(0, cut)
+        guard = slice(max(0, n - cut - margin), n) if far else slice(0, min(n, cut + margin))
+        at = [slice(None), slice(None)]
+        at[axis] = guard
+        train_lab = lab.copy()
+        train_lab[tuple(at)] = UNLABELLED
+        at[axis] = strip
+        val_lab = np.full_like(lab, UNLABELLED)
+        val_lab[tuple(at)] = lab[tuple(at)]
+        if (train_lab != UNLABELLED).any():
+            train.append(_Sample(s.name, s.image, train_lab))
+        val.append(_Sample(f"{s.name} (held-out block)", s.image, val_lab))
+    return train, val
 
 
 def class_frequencies(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
@@ -317,12 +441,13 @@ def balanced_class_weights(frequencies: np.ndarray, max_weight: float = 20.0) ->
 
 def augment_pair(
     image: np.ndarray, labels: np.ndarray, crop: int, rng: np.random.Generator,
-    config: TrainConfig | None = None,
+    config: TrainConfig | None = None, anchor: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random ``crop`` x ``crop`` training example from one pair, augmented as ``config`` says.
 
     The image (float32 in [0, 1]) and the labels get the same crop, zoom, flips and rotation;
-    contrast and brightness change the image only. Tiles smaller than the crop are mirrored out.
+    contrast and brightness change the image only. Only an image smaller than the crop is
+    mirrored out. ``anchor`` (row, col) is a pixel the crop must contain (a labelled one).
     """
     config = config or TrainConfig()
     scale = 1.0
@@ -330,14 +455,21 @@ def augment_pair(
         scale = float(rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter))
     side = max(8, round(crop / scale))  # source region that becomes the crop after zooming
     h, w = image.shape
+    shift = (0, 0)
     if h < side or w < side:
         ph, pw = max(0, side - h), max(0, side - w)
         pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
         image = np.pad(image, pads, mode="symmetric")
         labels = np.pad(labels, pads, mode="symmetric")
         h, w = image.shape
-    y = int(rng.integers(0, h - side + 1))
-    x = int(rng.integers(0, w - side + 1))
+        shift = (ph // 2, pw // 2)
+    if anchor is None:
+        y = int(rng.integers(0, h - side + 1))
+        x = int(rng.integers(0, w - side + 1))
+    else:  # a window holding the anchor (shifted by the padding above)
+        ay, ax = anchor[0] + shift[0], anchor[1] + shift[1]
+        y = min(max(0, ay - int(rng.integers(0, side))), h - side)
+        x = min(max(0, ax - int(rng.integers(0, side))), w - side)
     img = image[y:y + side, x:x + side]
     lab = labels[y:y + side, x:x + side]
     if side != crop:
@@ -375,13 +507,13 @@ def _make_loss(n_classes: int, class_weights: np.ndarray, dice_weight: float):
     weights = np.asarray(class_weights, np.float32)
 
     def loss(y_true, y_pred):
-        y = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+        y, valid = _split_unlabelled(ops, y_true, y_pred)
         ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True)
-        w = ops.take(ops.convert_to_tensor(weights), y)
+        w = ops.take(ops.convert_to_tensor(weights), y) * valid
         per_image = ops.sum(w * ce, axis=(1, 2)) / (ops.sum(w, axis=(1, 2)) + 1e-7)
         if dice_weight:
-            probs = ops.softmax(y_pred, axis=-1)
-            onehot = ops.one_hot(y, n_classes)
+            probs = ops.softmax(y_pred, axis=-1) * valid[..., None]
+            onehot = ops.one_hot(y, n_classes) * valid[..., None]
             inter = ops.sum(probs * onehot, axis=(1, 2))
             denom = ops.sum(probs, axis=(1, 2)) + ops.sum(onehot, axis=(1, 2))
             dice = (2.0 * inter + 1.0) / (denom + 1.0)
@@ -391,21 +523,41 @@ def _make_loss(n_classes: int, class_weights: np.ndarray, dice_weight: float):
     return loss
 
 
+def _split_unlabelled(ops, y_true, y_pred):
+    """Class codes with UNLABELLED pixels set to 0, and a float mask of the labelled pixels."""
+    y = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+    valid = ops.not_equal(y, UNLABELLED)
+    return ops.where(valid, y, 0), ops.cast(valid, "float32")
+
+
+def _make_accuracy():
+    """Pixel accuracy over the labelled pixels (Keras' own would count UNLABELLED as wrong)."""
+    ops = get_keras().ops
+
+    def accuracy(y_true, y_pred):
+        y, valid = _split_unlabelled(ops, y_true, y_pred)
+        hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y), "float32")
+        return ops.sum(hit * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+    return accuracy
+
+
 def _numpy_loss(logits: np.ndarray, labels: np.ndarray, class_weights: np.ndarray,
                 dice_weight: float) -> float:
     """The training loss of one validation image, computed in NumPy from its logits."""
-    z = logits.astype(np.float64)
+    valid = labels != UNLABELLED
+    z = logits[valid].astype(np.float64)  # (pixels, classes): the labelled pixels only
     z -= z.max(axis=-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    lab = labels.astype(np.intp)
+    lab = labels[valid].astype(np.intp)
     ce = -np.take_along_axis(logp, lab[..., None], axis=-1)[..., 0]
     w = class_weights[lab]
     value = float((w * ce).sum() / (w.sum() + 1e-7))
     if dice_weight:
         p = np.exp(logp)
         onehot = np.eye(logits.shape[-1])[lab]
-        inter = (p * onehot).sum(axis=(0, 1))
-        denom = p.sum(axis=(0, 1)) + onehot.sum(axis=(0, 1))
+        inter = (p * onehot).sum(axis=0)
+        denom = p.sum(axis=0) + onehot.sum(axis=0)
         value += dice_weight * float(1.0 - ((2 * inter + 1) / (denom + 1)).mean())
     return value
 
@@ -567,7 +719,8 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "") -
 # Validation
 # -------------------------------------------------------------------------------------------------
 def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.ndarray,
-              dice_weight: float) -> dict[str, float]:
+              dice_weight: float) -> tuple[dict[str, float], np.ndarray]:
+    """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels."""
     cm = np.zeros((n_classes, n_classes), np.int64)
     losses = []
     for s in samples:
@@ -578,8 +731,9 @@ def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.nda
         logits = logits[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
         losses.append(_numpy_loss(logits, s.labels, class_weights, dice_weight))
         cm += confusion_matrix(s.labels, logits.argmax(axis=-1), n_classes)
-    return {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(cm)),
+    logs = {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(cm)),
             "val_mean_iou": float(mean_iou(cm))}
+    return logs, cm
 
 
 # -------------------------------------------------------------------------------------------------
@@ -636,6 +790,8 @@ class _Run:
     epoch: int = 0
     stopped: bool = False
     notes: list[str] = field(default_factory=list)
+    cm_start: list | None = None  # validation confusion matrix of the starting weights
+    cm_best: list | None = None  # ... and of the kept (best) weights
 
     @property
     def ckpt(self) -> Path:
@@ -663,7 +819,8 @@ class _Run:
             "data_hash": self.data_hash, "rng": self.rng.bit_generator.state, "history": self.history,
             "best_value": w.best_value, "best_epoch": w.best_epoch, "wait_stop": w.wait_stop,
             "wait_lr": w.wait_lr, "learning_rate": float(np.asarray(self.optimizer.learning_rate)),
-            "stopped_early": self.stopped, "notes": self.notes,
+            "stopped_early": self.stopped, "notes": self.notes, "cm_start": self.cm_start,
+            "cm_best": self.cm_best,
         }
 
 
@@ -741,11 +898,17 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     if state is not None and data_hash != state["data_hash"]:
         raise TrainingError(f"{out}: the training data changed since this run started; start a "
                             "new run in another folder to train on the new data")
-    val_set = None
+    val_set, blocks = None, False
     if validation is not None:
         val_set = _as_training_set(validation, schema)
-    elif config.val_fraction > 0 and len(train_set) >= 2:
-        train_set, val_set = train_set.split(config.val_fraction, config.seed)
+    elif config.val_fraction > 0:
+        split = config.validation_split
+        if split == "auto":
+            few = len(_group_pairs(train_set)) < BLOCK_VALIDATION_BELOW
+            split = "blocks" if few else "pairs"
+        blocks = split == "blocks"
+        if not blocks and len(train_set) >= 2:
+            train_set, val_set = train_set.split(config.val_fraction, config.seed)
     keras.utils.set_random_seed(config.seed)  # before building: dropout layers draw their seeds
     if state is None:
         data_px = float(np.median(train_set.pixel_sizes())) if len(train_set) else 0.8
@@ -759,6 +922,14 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     samples = _load_samples(train_set, card.schema, card.pixel_size_nm)
     val_samples = _load_samples(val_set, card.schema, card.pixel_size_nm) if val_set else []
     notes = []
+    if blocks:
+        samples, val_samples = _hold_out_blocks(samples, config.val_fraction, config.seed)
+        if val_samples:
+            notes.append(f"validation: a held-out strip of each micrograph ({config.val_fraction:.0%} "
+                         f"of its labelled pixels; {len(val_samples)} micrograph(s))")
+    if not any(s.n_labelled for s in samples):
+        raise TrainingError("the training data have no labelled pixels (every pixel is "
+                            "unlabelled); export corrections or strokes first")
     monitor = config.monitor
     if not val_samples and monitor != "loss":
         notes.append("no validation pairs: the best checkpoint is chosen by the training loss")
@@ -797,7 +968,7 @@ def _compile(run: _Run, lr: float) -> None:
     run.optimizer = opt_cls(learning_rate=lr, global_clipnorm=run.config.clip_norm)
     net.compile(optimizer=run.optimizer,
                 loss=_make_loss(run.card.schema.n_classes, run.class_weights, run.config.dice_weight),
-                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                metrics=[keras.metrics.MeanMetricWrapper(_make_accuracy(), name="accuracy")])
     run.optimizer.build(net.trainable_variables)  # now, so the first step is traced only once
 
 
@@ -808,6 +979,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     get_keras().utils.set_random_seed(run.config.seed + state["epoch"])
     run.history = state["history"]
     run.epoch = state["epoch"]
+    run.cm_start, run.cm_best = state.get("cm_start"), state.get("cm_best")
     run.notes = list(state.get("notes", [])) + run.notes
     w = run.watch
     w.best_value, w.best_epoch = state["best_value"], state["best_epoch"]
@@ -823,14 +995,14 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
 def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
     """One epoch of optimisation steps on random augmented crops; returns the epoch's logs."""
     cfg, net = run.config, run.model.keras_model
-    p = np.array([s.image.size for s in run.samples], np.float64)
-    p /= p.sum()  # big tiles give proportionally more crops
+    p = np.array([s.n_labelled for s in run.samples], np.float64)
+    p /= p.sum()  # images with more labelled pixels give proportionally more crops
     net.reset_metrics()
     logs: dict[str, float] = {}
     for step in range(1, run.steps + 1):
         idx = run.rng.choice(len(run.samples), size=cfg.batch_size, p=p)
-        crops = [augment_pair(run.samples[i].image, run.samples[i].labels, cfg.crop, run.rng, cfg)
-                 for i in idx]
+        crops = [augment_pair(run.samples[i].image, run.samples[i].labels, cfg.crop, run.rng, cfg,
+                              anchor=run.samples[i].anchor(run.rng)) for i in idx]
         x = np.stack([c[0] for c in crops])[..., None]
         y = np.stack([c[1] for c in crops]).astype(np.int32)
         logs = {k: float(v) for k, v in net.train_on_batch(x, y, return_dict=True).items()}
@@ -845,18 +1017,19 @@ def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
 def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     """Validate, keep the best weights, adjust the learning rate, stop early, checkpoint."""
     cfg, w = run.config, run.watch
+    cm = None
     if run.val_samples:
-        logs.update(_validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
-                              run.class_weights, cfg.dice_weight))
+        val_logs, cm = _validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
+                                 run.class_weights, cfg.dice_weight)
+        logs.update(val_logs)
     lr = float(np.asarray(run.optimizer.learning_rate))
     logs["learning_rate"] = lr
     logs["epoch"] = run.epoch
     run.history.append(logs)
     improved = w.update(logs[w.monitor], run.epoch)
     if improved:
-        final = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
-        run.model.card = replace(run.card, provenance=run.provenance(final))
-        save_model(run.model, run.weights_path, overwrite=True)
+        run.cm_best = None if cm is None else cm.tolist()
+        _save_best(run, logs)
     if cfg.reduce_lr_patience is not None and w.wait_lr >= cfg.reduce_lr_patience:
         new_lr = max(cfg.min_learning_rate, lr * cfg.reduce_lr_factor)
         if new_lr < lr:
@@ -875,6 +1048,61 @@ def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     except Exception as exc:  # a plot must never lose a training run
         logger.warning("could not draw history.png: %s", exc)
     return improved
+
+
+def _save_best(run: _Run, logs: dict[str, float]) -> None:
+    final = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
+    run.model.card = replace(run.card, provenance=run.provenance(final))
+    save_model(run.model, run.weights_path, overwrite=True)
+
+
+def _score_start(run: _Run) -> TrainProgress:
+    """Epoch 0: the starting weights on the validation data, kept unless an epoch beats them."""
+    logs, cm = _validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
+                         run.class_weights, run.config.dice_weight)
+    logs.update(epoch=0, loss=math.nan, accuracy=math.nan,
+                learning_rate=float(np.asarray(run.optimizer.learning_rate)))
+    run.history.append(logs)
+    run.cm_start = run.cm_best = cm.tolist()
+    if run.watch.update(logs[run.watch.monitor], 0):
+        _save_best(run, logs)
+    run.watch.wait_stop = run.watch.wait_lr = 0
+    shown = {k: v for k, v in logs.items() if k.startswith("val_")}
+    return TrainProgress(0, run.config.epochs, 0, run.steps, shown, end_of_epoch=True,
+                         improved=True, message="epoch 0 (starting weights): "
+                         + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+
+def _report(run: _Run):
+    """Per-class IoU before (epoch 0) and after training on the validation data."""
+    import pandas as pd
+
+    if run.cm_best is None:
+        return None
+    schema = run.card.schema
+    after = np.asarray(run.cm_best, np.int64)
+    before = iou_per_class(np.asarray(run.cm_start, np.int64)) if run.cm_start is not None \
+        else np.full(schema.n_classes, np.nan)
+    table = pd.DataFrame({
+        "class": [schema.names[c] for c in range(schema.n_classes)],
+        "letter": [schema.letters[c] for c in range(schema.n_classes)],
+        "pixels": after.sum(axis=1), "iou_before": before, "iou_after": iou_per_class(after),
+    })
+    table["change"] = table["iou_after"] - table["iou_before"]
+    return table
+
+
+def format_report(table) -> str:
+    """The before/after table of a :class:`TrainResult` as aligned text (the CLI prints it)."""
+    if table is None or not len(table):
+        return "no validation data: no before/after comparison"
+    lines = [f"{'class':<28} {'pixels':>9} {'IoU before':>10} {'IoU after':>9} {'change':>7}"]
+    for _, row in table.iterrows():
+        cells = [(f"{v:+.3f}" if sign else f"{v:.3f}") if np.isfinite(v) else "-"
+                 for v, sign in ((row.iou_before, False), (row.iou_after, False), (row.change, True))]
+        cells = [f"{c:>{w}}" for c, w in zip(cells, (10, 9, 7), strict=True)]
+        lines.append(f"{row['class']:<28.28} {int(row.pixels):>9d} " + " ".join(cells))
+    return "\n".join(lines)
 
 
 def train_iter(
@@ -936,6 +1164,9 @@ def train_iter(
     if state is not None:
         _restore(run, state)
     out.mkdir(parents=True, exist_ok=True)
+    if state is None and run.val_samples and run.start != "fresh" \
+            and not run.start.startswith("untrained"):
+        yield _score_start(run)
     while run.epoch < run.config.epochs and not run.stopped:
         run.epoch += 1
         t0 = time.perf_counter()
@@ -958,10 +1189,18 @@ def _result(run: _Run) -> TrainResult:
         run.model.card = replace(run.card, provenance=run.provenance({}))
         save_model(run.model, run.weights_path, overwrite=True)
         run.notes.append(f"{run.watch.monitor} was never finite; the last epoch's weights were saved")
+    if run.watch.best_epoch == 0 and run.cm_start is not None:
+        run.notes.append("no training epoch beat the starting weights on the validation data: "
+                         "the starting weights are kept (more or other labels may help)")
+    report = _report(run)
+    if report is not None:
+        tmp = run.out / ".report.csv.tmp"
+        report.to_csv(tmp, index=False)
+        os.replace(tmp, run.out / "report.csv")
     return TrainResult(model=load_model(run.weights_path), weights_path=run.weights_path,
                        history=pd.DataFrame(run.history), best_epoch=run.watch.best_epoch,
                        monitor=run.watch.monitor, best_value=float(run.watch.best_value),
-                       stopped_early=run.stopped, out_dir=run.out, notes=run.notes)
+                       stopped_early=run.stopped, out_dir=run.out, notes=run.notes, report=report)
 
 
 def train(data, out_dir, **kwargs: Any) -> TrainResult:
