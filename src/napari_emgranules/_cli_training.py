@@ -70,16 +70,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     micrograph = read_micrograph(args.image, args.pixel_size)
     labels = read_labels(args.labels)
     before = read_labels(args.only_changed_from) if args.only_changed_from else None
+    reviewed = read_labels(args.reviewed) > 0 if args.reviewed else None
+    if reviewed is not None and args.labelled != "changed":
+        raise CliError("--reviewed goes with --labelled changed (the reviewed pixels join the "
+                       "changed ones)")
     pairs = export_training_pairs(
         micrograph, labels, args.out, schema=schema, tiles=_parse_tiles(args.tiles),
         tile_size=args.tile_size, only_changed_from=before, made_by=args.made_by,
-        image_format=args.format,
+        image_format=args.format, labelled=args.labelled, reviewed=reviewed,
     )
     if not pairs:
         print(f"{Path(args.image).name}: no tile differs from {args.only_changed_from}; "
               "nothing exported")
         return EXIT_OK
-    print(f"{Path(args.image).name}: {len(pairs)} {kind} training pairs -> {args.out} "
+    partial = "" if pairs[0].labelled == "full" else f", {pairs[0].labelled} pixels only"
+    print(f"{Path(args.image).name}: {len(pairs)} {kind} training pairs{partial} -> {args.out} "
           f"({', '.join(p.name for p in pairs[:6])}{' ...' if len(pairs) > 6 else ''})")
     return EXIT_OK
 
@@ -91,7 +96,7 @@ def _train_options(args: argparse.Namespace) -> dict:
     opts = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop,
             "steps_per_epoch": args.steps_per_epoch, "optimizer": args.optimizer,
             "learning_rate": args.lr, "clip_norm": args.clip_norm, "dice_weight": args.dice,
-            "val_fraction": args.val_fraction,
+            "val_fraction": args.val_fraction, "validation_split": args.validation_split,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
             "scale_jitter": args.scale_jitter, "seed": args.seed}
@@ -112,18 +117,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.segment import run_to_completion
-    from .core.train import train_iter
+    from .core.train import format_report, train_iter
 
+    data = list(args.data) + [tuple(p) for p in args.pair or ()]
+    if not data:
+        raise CliError("nothing to train on: give training-data folders and/or "
+                       "--pair MICROGRAPH LABELS")
     if args.resume:
-        gen = train_iter(args.data, args.out, resume=True,
+        gen = train_iter(data, args.out, resume=True, pixel_size_nm=args.pixel_size,
                          **({"epochs": args.epochs} if args.epochs else {}))
     else:
         kind, schema = _kind_schema(args)
         start = args.weights
-        gen = train_iter(args.data, args.out, model=start, kind=kind, schema=schema,
+        gen = train_iter(data, args.out, model=start, kind=kind, schema=schema,
                          architecture=args.architecture, fresh=args.fresh,
                          validation=args.validation or None, name=args.name,
-                         **_train_options(args))
+                         pixel_size_nm=args.pixel_size, **_train_options(args))
     bar = None
 
     def show(ev) -> None:  # one progress bar per epoch, one line when an epoch ends
@@ -146,14 +155,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         gen.close()
         _fail(f"interrupted; the last finished epoch is kept: continue with "
-              f"'emgranules train {' '.join(args.data)} --out {args.out} --resume'")
+              f"'emgranules train {' '.join(args.data)}"
+              f"{''.join(f' --pair {a} {b}' for a, b in args.pair or ())} --out {args.out} --resume'")
         return 130
     finally:
         if bar is not None:
             bar.close()
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}: "
+    if result.report is not None:
+        print("validation IoU per class, starting weights (before) and kept weights (after):")
+        print(format_report(result.report))
+    print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}"
+          f"{' (the starting weights)' if result.kept_start else ''}: "
           f"{result.weights_path} (history: {result.out_dir / 'history.csv'}, "
           f"{result.out_dir / 'history.png'})")
     return EXIT_OK
@@ -224,6 +238,14 @@ def add_parsers(sub) -> None:
     exp.add_argument("--only-changed-from", metavar="FILE",
                      help="export only tiles whose labels differ from this map (e.g. the model's "
                           "prediction before corrections)")
+    exp.add_argument("--labelled", default="full", choices=("full", "changed"),
+                     help="which pixels are truth: 'full' (every pixel of the exported tiles) or "
+                          "'changed' (only pixels that differ from --only-changed-from, plus "
+                          "--reviewed); the others are written as unlabelled (65535). Labels that "
+                          "already hold 65535 (strokes) are partial as they are")
+    exp.add_argument("--reviewed", metavar="MASK",
+                     help="with --labelled changed: an image whose non-zero pixels the user checked "
+                          "and accepted as they are")
     exp.add_argument("--made-by", default="corrected",
                      help="who or what made the labels, recorded in the manifest")
     exp.add_argument("--pixel-size", type=float, metavar="NM",
@@ -232,8 +254,13 @@ def add_parsers(sub) -> None:
     exp.set_defaults(func=_cmd_export)
 
     tr = sub.add_parser("train", help="train or fine-tune a model on training pairs")
-    tr.add_argument("data", nargs="+", metavar="DATA",
+    tr.add_argument("data", nargs="*", metavar="DATA",
                     help="training-data folders (each with images/ and labels/)")
+    tr.add_argument("--pair", nargs=2, action="append", metavar=("MICROGRAPH", "LABELS"),
+                    help="a whole micrograph and its label map (65535 = unlabelled), no export "
+                         "needed; repeat for more")
+    tr.add_argument("--pixel-size", type=float, metavar="NM",
+                    help="pixel size of --pair micrographs whose files give none")
     tr.add_argument("--out", required=True,
                     help="run folder: best weights, history.csv/png, checkpoint")
     _add_schema_options(tr, required_kind=False)
@@ -259,7 +286,11 @@ def add_parsers(sub) -> None:
     tr.add_argument("--class-weights", metavar="none|balanced|W,W,...",
                     help="per-class loss weights (default none)")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
-    tr.add_argument("--val-fraction", type=float, help="pairs held out (default 0.2)")
+    tr.add_argument("--val-fraction", type=float,
+                    help="share held out for validation (default 0.2)")
+    tr.add_argument("--validation-split", choices=("auto", "blocks", "pairs"),
+                    help="hold out a strip of each micrograph (blocks) or whole pairs; auto "
+                         "(default): blocks with fewer than 5 micrographs")
     tr.add_argument("--monitor", choices=("val_mean_iou", "val_accuracy", "val_loss", "loss"),
                     help="metric choosing the best epoch (default val_mean_iou)")
     tr.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._backend import BackendError, backend_name, get_keras
 from .batch import BatchResult, batch, batch_iter
-from .dataset import DatasetError, TrainingPair, TrainingSet, export_training_pairs, load_training_pairs
+from .dataset import (
+    DatasetError,
+    TrainingPair,
+    TrainingSet,
+    export_training_pairs,
+    load_training_pairs,
+    pairs_from_files,
+)
 from .interop import ExportError, OnnxSegmentationModel, export_czann, export_onnx
 from .io import (
     Micrograph,
@@ -99,6 +106,7 @@ __all__ = [
     "SyntheticMicrograph", "sample_micrograph", "synthetic_micrograph",
     "TilePlan", "split_seed", "USER_ERRORS",
     "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",
+    "pairs_from_files",
     "EvaluationReport", "ObjectMatch", "evaluate", "evaluate_iter", "evaluate_predictions",
     "region_pixel_fractions",
     "Measurement", "ParticleFilter", "density_table", "granule_particles", "measure_labels",

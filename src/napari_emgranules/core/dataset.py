@@ -69,6 +69,7 @@ __all__ = [
     "TrainingSet",
     "export_training_pairs",
     "load_training_pairs",
+    "pairs_from_files",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -517,6 +518,61 @@ def load_training_pairs(*folders: PathLike, schema: ClassSchema | None = None) -
         )
     logger.info("loaded %d training pairs from %d folder(s)", len(pairs), len(roots))
     return TrainingSet(pairs, effective, roots)
+
+
+def pairs_from_files(items: Iterable[tuple[PathLike, PathLike]], *, schema: ClassSchema | None = None,
+                     pixel_size_nm: float | None = None) -> TrainingSet:
+    """Whole micrographs and their (corrected or partial) label maps as a :class:`TrainingSet`.
+
+    Training needs no export step: each ``(micrograph, labels)`` file pair is one training image,
+    at its own pixel size. Labels may hold :data:`UNLABELLED` (partial labels).
+
+    Parameters
+    ----------
+    items : iterable of (path, path)
+        Micrograph file and label-map file (same shape).
+    schema : ClassSchema, optional
+        Checks the label codes.
+    pixel_size_nm : float, optional
+        For micrographs whose file gives no pixel size (it is never guessed).
+
+    Raises
+    ------
+    DatasetError
+        Listing every unreadable file, size mismatch, code outside the schema and micrograph
+        without a pixel size, before anything is trained.
+    """
+    pairs: list[TrainingPair] = []
+    problems: list[str] = []
+    for image_path, labels_path in items:
+        image_path, labels_path = Path(image_path).expanduser(), Path(labels_path).expanduser()
+        n_before = len(problems)
+        try:
+            micrograph = read_micrograph(image_path, pixel_size_nm)
+            labels = read_labels(labels_path)
+        except MicrographError as exc:
+            problems.append(str(exc))
+            continue
+        if micrograph.data.shape != labels.shape:
+            problems.append(_shape_problem(image_path, micrograph.data.shape, labels_path, labels.shape))
+        if schema is not None:
+            try:
+                schema.check_labels(labels, str(labels_path), allow_unlabelled=True)
+            except SchemaError as exc:
+                problems.append(f"{exc}; repaint those pixels or use the matching schema")
+        if micrograph.pixel_size_source == "model":
+            problems.append(f"{image_path}: has no pixel size in its metadata; give it "
+                            "(--pixel-size NM, pixel_size_nm=...)")
+        if len(problems) == n_before:
+            kind = "strokes" if int(labels.max(initial=0)) == UNLABELLED else "full"
+            pairs.append(TrainingPair(image_path.name, image_path, labels_path, str(image_path), (0, 0),
+                                      float(micrograph.pixel_size_nm), "corrected", kind))
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s) with the micrographs and label maps to train "
+                           "on; fix the files listed below", problems)
+    if not pairs:
+        raise DatasetError("no micrographs given to train on")
+    return TrainingSet(pairs, schema, sorted({p.image_path.parent for p in pairs}))
 
 
 def _effective_schema(roots: list[Path], schema: ClassSchema | None,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import backend_name, get_keras
-from .dataset import TrainingPair, TrainingSet, load_training_pairs
+from .dataset import TrainingPair, TrainingSet, load_training_pairs, pairs_from_files
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
     ARCHITECTURES,
@@ -565,12 +565,26 @@ def _numpy_loss(logits: np.ndarray, labels: np.ndarray, class_weights: np.ndarra
 # -------------------------------------------------------------------------------------------------
 # Starting point
 # -------------------------------------------------------------------------------------------------
-def _as_training_set(data, schema: ClassSchema | None) -> TrainingSet:
+def _as_training_set(data, schema: ClassSchema | None, pixel_size_nm: float | None = None) -> TrainingSet:
+    """Pair folders and/or (micrograph, labels) file pairs as one TrainingSet."""
     if isinstance(data, TrainingSet):
         return data
     if isinstance(data, (str, os.PathLike)):
         data = [data]
-    return load_training_pairs(*[Path(d) for d in data], schema=schema)
+    data = list(data)
+    files = [d for d in data if isinstance(d, (tuple, list))]
+    folders = [Path(d) for d in data if not isinstance(d, (tuple, list))]
+    sets = []
+    if folders:
+        sets.append(load_training_pairs(*folders, schema=schema))
+    if files:
+        sets.append(pairs_from_files(files, schema=schema, pixel_size_nm=pixel_size_nm))
+    if not sets:
+        raise TrainingError("no training data given: pass pair folders or (micrograph, labels) files")
+    if len(sets) == 1:
+        return sets[0]
+    return TrainingSet(sets[0].pairs + sets[1].pairs, sets[0].schema or sets[1].schema,
+                       sets[0].roots + sets[1].roots)
 
 
 def _clone(model: SegmentationModel, card: ModelCard) -> SegmentationModel:
@@ -790,6 +804,7 @@ class _Run:
     epoch: int = 0
     stopped: bool = False
     notes: list[str] = field(default_factory=list)
+    diverged: bool = False  # the loss became NaN or infinite (the epoch is dropped)
     cm_start: list | None = None  # validation confusion matrix of the starting weights
     cm_best: list | None = None  # ... and of the kept (best) weights
 
@@ -873,7 +888,8 @@ def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: 
 
 
 def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, validation, config,
-             resume: bool, name: str | None, options: dict[str, Any]) -> tuple[_Run, dict | None]:
+             resume: bool, name: str | None, pixel_size_nm: float | None,
+             options: dict[str, Any]) -> tuple[_Run, dict | None]:
     """Check everything and build the run (nothing is trained or written yet)."""
     keras = get_keras()
     ckpt = out / "checkpoint"
@@ -893,14 +909,14 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         if out.exists() and (ckpt.exists() or any(out.glob("*.weights.h5"))):
             raise TrainingError(f"{out}: holds another training run; resume it (--resume) or "
                                 "choose an empty folder")
-    train_set = _as_training_set(data, schema)
+    train_set = _as_training_set(data, schema, pixel_size_nm)
     data_hash = train_set.manifest_hash()  # of all pairs given, before any validation split
     if state is not None and data_hash != state["data_hash"]:
         raise TrainingError(f"{out}: the training data changed since this run started; start a "
                             "new run in another folder to train on the new data")
     val_set, blocks = None, False
     if validation is not None:
-        val_set = _as_training_set(validation, schema)
+        val_set = _as_training_set(validation, schema, pixel_size_nm)
     elif config.val_fraction > 0:
         split = config.validation_split
         if split == "auto":
@@ -1007,8 +1023,13 @@ def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
         y = np.stack([c[1] for c in crops]).astype(np.int32)
         logs = {k: float(v) for k, v in net.train_on_batch(x, y, return_dict=True).items()}
         if not math.isfinite(logs.get("loss", 0.0)):
-            raise TrainingError(f"the loss became {logs['loss']} at epoch {run.epoch}, step {step}: "
-                                "lower the learning rate")
+            problem = f"the loss became {logs['loss']} at epoch {run.epoch}, step {step}"
+            if not run.weights_path.exists():
+                raise TrainingError(f"{problem}: lower the learning rate")
+            run.diverged = True  # the best weights so far stay; the epoch is not kept
+            run.notes.append(f"{problem}; training stopped and the best weights so far are kept "
+                             "(lower the learning rate to train further)")
+            return logs
         yield TrainProgress(run.epoch, cfg.epochs, step, run.steps, dict(logs),
                             message=f"epoch {run.epoch}/{cfg.epochs}: step {step}/{run.steps}")
     return logs
@@ -1118,14 +1139,18 @@ def train_iter(
     config: TrainConfig | None = None,
     resume: bool = False,
     name: str | None = None,
+    pixel_size_nm: float | None = None,
     **options: Any,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train or fine-tune a model, yielding progress after every batch; returns a TrainResult.
 
     Parameters
     ----------
-    data : TrainingSet, folder or folders
-        Training pairs (see :func:`load_training_pairs`).
+    data : TrainingSet, folder, or a list of folders and (micrograph, labels) file pairs
+        Training pairs (see :func:`load_training_pairs`) and/or whole micrographs with their
+        label maps (see :func:`pairs_from_files`). Tiles exported from one micrograph are put
+        back together, and every image is resampled to the model's pixel size; crops are cut
+        from the whole micrograph (mirrored only when it is smaller than the crop).
     out_dir : path-like
         Folder for the weights, history and checkpoint (created; a folder holding another run is
         refused unless ``resume``).
@@ -1151,6 +1176,8 @@ def train_iter(
         other settings are the run's own).
     name : str, optional
         Stem of the weights file; default the model kind.
+    pixel_size_nm : float, optional
+        Pixel size of micrograph files that carry none (pair folders record their own).
 
     Raises
     ------
@@ -1160,7 +1187,8 @@ def train_iter(
     out = Path(out_dir)
     run, state = _prepare(data, out, model=model, kind=kind, schema=schema,
                           architecture=architecture, fresh=fresh, validation=validation,
-                          config=config, resume=resume, name=name, options=options)
+                          config=config, resume=resume, name=name, pixel_size_nm=pixel_size_nm,
+                          options=options)
     if state is not None:
         _restore(run, state)
     out.mkdir(parents=True, exist_ok=True)
@@ -1171,6 +1199,10 @@ def train_iter(
         run.epoch += 1
         t0 = time.perf_counter()
         logs = yield from _train_epoch(run)
+        if run.diverged:
+            run.epoch -= 1
+            run.stopped = True
+            break
         logs["seconds"] = time.perf_counter() - t0  # optimisation steps only (throughput)
         improved = _end_epoch(run, logs)
         shown = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}

@@ -1,0 +1,181 @@
+"""The correction loop: partial labels, training on whole micrographs at the model's pixel size,
+held-out blocks, and a fine-tuned model that is never worse than where it started."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from napari_emgranules.core._backend import get_keras
+from napari_emgranules.core.dataset import (
+    DatasetError,
+    export_training_pairs,
+    load_training_pairs,
+    pairs_from_files,
+)
+from napari_emgranules.core.io import read_labels, write_image, write_labels
+from napari_emgranules.core.metrics import confusion_matrix, image_metrics
+from napari_emgranules.core.models import ModelCard, SegmentationModel, build_granules_unet, save_model
+from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema
+from napari_emgranules.core.train import (
+    TrainingError,
+    _hold_out_blocks,
+    _load_samples,
+    _make_loss,
+    _Sample,
+    train,
+)
+
+BLOBS = ClassSchema.from_names("blobs", ["background", "blob"])
+
+
+def _cell(shape=(256, 256), seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, (shape[0] // 32, shape[1] // 32)).repeat(32, 0).repeat(32, 1)
+    image = (labels * 30 + rng.integers(0, 20, shape)).astype(np.uint8)
+    return image, labels.astype(np.uint8)
+
+
+def _rows(root):
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_changed_export_keeps_only_corrected_and_reviewed_pixels(tmp_path):
+    image, predicted = _cell()
+    corrected = predicted.copy()
+    corrected[10:20, 10:20] = (corrected[10:20, 10:20] + 1) % 7  # tile 0
+    reviewed = np.zeros(image.shape, bool)
+    reviewed[200:230, 140:170] = True  # tile 3: accepted as it is
+    pairs = export_training_pairs(image, corrected, tmp_path, schema=LOCATIONS_SCHEMA, tile_size=128,
+                                  source="cell.tif", pixel_size_nm=0.8, only_changed_from=predicted,
+                                  labelled="changed", reviewed=reviewed)
+    assert [p.name for p in pairs] == ["cell_0.png", "cell_3.png"]
+    assert {p.labelled for p in pairs} == {"changed"}
+    tile0 = read_labels(tmp_path / "labels" / "cell_0.png")
+    assert (tile0 != UNLABELLED).sum() == 100
+    np.testing.assert_array_equal(tile0[10:20, 10:20], corrected[10:20, 10:20])
+    tile3 = read_labels(tmp_path / "labels" / "cell_3.png")
+    np.testing.assert_array_equal(tile3[72:102, 12:42], predicted[200:230, 140:170])
+    rows = _rows(tmp_path)
+    assert [r["labelled"] for r in rows] == ["changed", "changed"]
+    assert float(rows[0]["labelled_fraction"]) == pytest.approx(100 / 128**2, abs=1e-4)
+    # the partial pairs load back (UNLABELLED is not a code outside the schema)
+    assert [p.labelled for p in load_training_pairs(tmp_path)] == ["changed", "changed"]
+
+
+def test_strokes_export_and_refusals(tmp_path):
+    image, labels = _cell()
+    strokes = np.full(image.shape, UNLABELLED, np.uint16)
+    strokes[5:8, :] = labels[5:8, :]  # one stroke across tiles 0 and 1
+    pairs = export_training_pairs(image, strokes, tmp_path / "s", schema=LOCATIONS_SCHEMA,
+                                  tile_size=128, pixel_size_nm=0.8, source="cell")
+    assert [(p.name, p.labelled) for p in pairs] == [("cell_0.png", "strokes"), ("cell_1.png", "strokes")]
+    empty = np.full(image.shape, UNLABELLED, np.uint16)
+    with pytest.raises(DatasetError, match="every pixel is unlabelled.*nothing was written"):
+        export_training_pairs(image, empty, tmp_path / "e", schema=LOCATIONS_SCHEMA, pixel_size_nm=0.8)
+    with pytest.raises(DatasetError, match="needs the label map the corrections started from"):
+        export_training_pairs(image, labels, tmp_path / "e", schema=LOCATIONS_SCHEMA, pixel_size_nm=0.8,
+                              labelled="changed")
+    with pytest.raises(DatasetError, match="reviewed mask is 3x3"):
+        export_training_pairs(image, labels, tmp_path / "e", schema=LOCATIONS_SCHEMA, pixel_size_nm=0.8,
+                              only_changed_from=labels, labelled="changed", reviewed=np.ones((3, 3)))
+    assert not (tmp_path / "e").exists()
+
+
+def test_metrics_and_loss_skip_unlabelled_pixels():
+    truth = np.array([[0, 1, UNLABELLED], [1, UNLABELLED, 0]], np.uint16)
+    pred = np.array([[0, 1, 1], [0, 1, 0]], np.uint8)
+    np.testing.assert_array_equal(confusion_matrix(truth, pred, 2), [[2, 0], [1, 1]])
+    row = image_metrics(truth, pred, GRANULES_SCHEMA)
+    assert row["pixel_accuracy"] == pytest.approx(0.75)
+    assert row["objects_pred_G"] == 1  # the granule predicted where nothing is labelled is skipped
+
+    ops = get_keras().ops
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 4, 4, 2)).astype(np.float32)
+    y = rng.integers(0, 2, (1, 4, 4)).astype(np.int32)
+    loss = _make_loss(2, np.ones(2, np.float32), 0.0)
+    partial = y.copy()
+    partial[0, :2] = UNLABELLED
+    other = logits.copy()
+    other[0, :2] = 50.0 * rng.normal(size=(2, 4, 2))  # whatever is predicted there does not count
+    sub = float(ops.convert_to_numpy(loss(y[:, 2:], logits[:, 2:]))[0])
+    assert float(ops.convert_to_numpy(loss(partial, other))[0]) == pytest.approx(sub, rel=1e-5)
+
+
+def test_tiles_of_one_micrograph_train_as_the_whole_micrograph(tmp_path):
+    image, labels = _cell((256, 384))
+    export_training_pairs(image, labels, tmp_path, schema=LOCATIONS_SCHEMA, tile_size=128,
+                          tiles=[0, 1, 2, 4], source="cell.tif", pixel_size_nm=0.8)
+    # at the model's 1.6 nm/px the 256x384 micrograph is 128x192, tile 3 and 5 unlabelled
+    (sample,) = _load_samples(load_training_pairs(tmp_path), LOCATIONS_SCHEMA, 1.6)
+    assert sample.image.shape == sample.labels.shape == (128, 192)
+    assert (sample.labels[:64] != UNLABELLED).all() and (sample.labels[64:, 64:128] != UNLABELLED).all()
+    assert (sample.labels[64:, :64] == UNLABELLED).all() and (sample.labels[64:, 128:] == UNLABELLED).all()
+    assert sample.n_labelled == 128 * 192 - 2 * 64 * 64
+
+
+def test_held_out_block_is_a_strip_never_trained_on():
+    labels = np.zeros((100, 200), np.uint16)
+    labels[:, 100:] = 1
+    sample = _Sample("m", np.zeros((100, 200), np.float32), labels)
+    (tr,), (va,) = _hold_out_blocks([sample], 0.2, seed=0)
+    held = va.labels != UNLABELLED
+    assert held.sum() == pytest.approx(0.2 * labels.size, rel=0.05)
+    cols = np.flatnonzero(held.any(axis=0))
+    assert cols.max() - cols.min() + 1 == len(cols)  # one strip along an edge
+    assert cols.min() == 0 or cols.max() == 199
+    assert not ((tr.labels != UNLABELLED) & held).any()
+
+
+def test_training_on_micrograph_files_needs_their_pixel_size(tmp_path):
+    image, labels = _cell()
+    write_image(tmp_path / "cell.tif", image)  # no pixel size in the file
+    write_labels(tmp_path / "cell_labels.tif", labels)
+    with pytest.raises(DatasetError, match="cell.tif: has no pixel size"):
+        pairs_from_files([(tmp_path / "cell.tif", tmp_path / "cell_labels.tif")], schema=LOCATIONS_SCHEMA)
+    bad = labels.copy()
+    bad[0, 0] = 9
+    write_labels(tmp_path / "bad.tif", bad)
+    with pytest.raises(DatasetError, match=r"codes \[9\]"):
+        pairs_from_files([(tmp_path / "cell.tif", tmp_path / "bad.tif")], schema=LOCATIONS_SCHEMA,
+                         pixel_size_nm=0.8)
+    (pair,) = pairs_from_files([(tmp_path / "cell.tif", tmp_path / "cell_labels.tif")],
+                               schema=LOCATIONS_SCHEMA, pixel_size_nm=1.2)
+    assert pair.pixel_size_nm == 1.2 and pair.origin == (0, 0)
+
+
+def test_fine_tuning_is_never_worse_than_the_start(tmp_path):
+    """A ruinous learning rate cannot make the kept model worse: the start (epoch 0) is kept."""
+    rng = np.random.default_rng(3)
+    from scipy.ndimage import gaussian_filter
+
+    field = gaussian_filter(rng.normal(size=(256, 256)), 6)
+    field = (field - field.min()) / (field.max() - field.min())
+    labels = (field > 0.6).astype(np.uint8)
+    image = np.clip(field * 200 + rng.normal(0, 4, field.shape), 0, 255).astype(np.uint8)
+    write_image(tmp_path / "m.tif", image, pixel_size_nm=0.8)
+    write_labels(tmp_path / "m_labels.tif", labels)
+    card = ModelCard("granules", "unet_model", GRANULES_SCHEMA, provenance={"trained": True})
+    start = SegmentationModel(build_granules_unet(seed=1), card)
+    start_path = save_model(start, tmp_path / "start")
+    result = train([(tmp_path / "m.tif", tmp_path / "m_labels.tif")], tmp_path / "run", model=start_path,
+                   epochs=2, crop=128, batch_size=2, steps_per_epoch=3, learning_rate=0.9,
+                   early_stopping_patience=None, reduce_lr_patience=None)
+    assert list(result.history["epoch"])[0] == 0  # the start, scored (the run may stop on NaN)
+    if result.kept_start:  # the usual outcome at this learning rate
+        assert any("weights" in n and "kept" in n for n in result.notes)
+        for a, b in zip(start.keras_model.get_weights(), result.model.keras_model.get_weights(),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    best = result.history["val_mean_iou"].max()
+    assert result.best_value == pytest.approx(best)
+    assert result.best_value >= result.history["val_mean_iou"].iloc[0]
+    assert list(result.report["class"]) == ["background", "granule"]
+    with pytest.raises(TrainingError, match="no labelled pixels"):
+        empty = np.full(labels.shape, UNLABELLED, np.uint16)
+        write_labels(tmp_path / "none.tif", empty)
+        train([(tmp_path / "m.tif", tmp_path / "none.tif")], tmp_path / "run2", model=start_path, epochs=1)
