@@ -99,7 +99,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "val_fraction": args.val_fraction, "validation_split": args.validation_split,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
-            "scale_jitter": args.scale_jitter, "seed": args.seed}
+            "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
         try:
@@ -300,6 +300,8 @@ def add_parsers(sub) -> None:
     tr.add_argument("--no-augment", action="store_true",
                     help="no flips, contrast or brightness changes")
     tr.add_argument("--seed", type=int, help="random seed (default 0)")
+    tr.add_argument("--max-minutes", type=float, metavar="MIN",
+                    help="time budget: start no epoch after MIN minutes (the best weights are kept)")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last finished epoch")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

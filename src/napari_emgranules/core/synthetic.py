@@ -957,7 +957,12 @@ class _Cell:
         self.grey[y0:y1, x0:x1][a * a + b * b <= 1] = 0.02
 
     def imaging(self, dt: np.dtype) -> np.ndarray:
-        """Grain, section blur, uneven illumination, shot and read noise, contrast; to ``dt``."""
+        """Grain, section blur, uneven illumination, shot and read noise, contrast; to ``dt``.
+
+        Only when their parameters are set: correlated grain (after the illumination), Poisson
+        counts, scan lines (after the noise), burned-in annotations (after the contrast) and JPEG
+        (last).
+        """
         rng, p, um = self.rngs["imaging"], self.p, self.um
         del self.u, self.v, self.iu, self.iv
         h, w = self.shape

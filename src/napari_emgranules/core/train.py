@@ -139,6 +139,9 @@ class TrainConfig:
         Train only the decoder (the contracting path keeps its weights).
     seed : int
         Seeds the data order, augmentation, validation split and Keras' random state.
+    max_minutes : float, optional
+        Time budget: no new epoch starts after this many minutes of this run (the best weights
+        so far are kept, and a resume may go on).
     """
 
     epochs: int = 50
@@ -164,6 +167,7 @@ class TrainConfig:
     brightness: float = 0.25
     freeze_encoder: bool = False
     seed: int = 0
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_weights, str):
@@ -206,6 +210,8 @@ class TrainConfig:
         if not 0 <= self.contrast < 1 or not 0 <= self.brightness <= 1:
             problems.append(f"contrast must be in [0, 1) and brightness in [0, 1], got "
                             f"{self.contrast} and {self.brightness}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0 < self.reduce_lr_factor < 1:
             problems.append(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         if problems:
@@ -1195,7 +1201,12 @@ def train_iter(
     if state is None and run.val_samples and run.start != "fresh" \
             and not run.start.startswith("untrained"):
         yield _score_start(run)
+    started = time.monotonic()
     while run.epoch < run.config.epochs and not run.stopped:
+        if run.config.max_minutes is not None and time.monotonic() - started > 60 * run.config.max_minutes:
+            run.notes.append(f"time budget of {run.config.max_minutes:g} min reached after epoch "
+                             f"{run.epoch}; the best weights are kept (--resume goes on)")
+            break
         run.epoch += 1
         t0 = time.perf_counter()
         logs = yield from _train_epoch(run)
