@@ -139,11 +139,14 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
     cm = np.zeros((LOCATIONS_SCHEMA.n_classes,) * 2, np.int64)
     tp = n_true = n_pred = 0
     errors: list[float] = []
+    first = None
     for truth in truths:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seg = segment_micrograph(truth.image, truth.pixel_size_nm, locations_model=loc_model,
                                      granules_model=gran_model)
+        if first is None:
+            first = (seg.locations, seg.granules)
         cm += confusion_matrix(truth.locations, seg.locations, LOCATIONS_SCHEMA.n_classes)
         m = match_objects(truth.granules == 1, seg.granules == 1, iou_threshold=0.5)
         tp, n_true, n_pred = tp + m.tp, n_true + m.n_true, n_pred + m.n_pred
@@ -157,7 +160,7 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
     f1 = 2 * tp / (n_true + n_pred) if n_true + n_pred else math.nan
     return {"locations_miou": float(np.nanmean(ious[present])) if present else math.nan,
             "iou": {LOCATIONS_SCHEMA.letters[c]: float(ious[c]) for c in REGIONS},
-            "granule_f1": f1, "max_pf_error": max(errors) if errors else math.nan}
+            "granule_f1": f1, "max_pf_error": max(errors) if errors else math.nan, "_first": first}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path
           flush=True)
     rows = report["families"].setdefault(family, {})
     rows["start"] = score(test, default_model("locations"), default_model("granules"))
+    pictures = {"start": rows["start"].pop("_first")}
     print(f"{family} start: {fmt(rows['start'])}", flush=True)
     save()
     rng = np.random.default_rng(7)
@@ -232,8 +236,10 @@ def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path
                       epochs={k: r["epochs"] for k, r in runs.items()},
                       train_output={k: r["stdout"] for k, r in runs.items()})
         rows[step] = result
+        pictures[step] = result.pop("_first")
         print(f"{family} {step}: {fmt(result)}", flush=True)
         save()
+        render(test[0], pictures, report["pictures_dir"] / f"adaptation-{family}.png", family)
 
 
 def real_case(work: Path, extra: list[str], report: dict[str, Any], save) -> None:
@@ -252,6 +258,7 @@ def real_case(work: Path, extra: list[str], report: dict[str, Any], save) -> Non
     model = load_model(run["weights"])
     cm_new = np.zeros((2, 2), np.int64)
     cm_loc = np.zeros((2, 2), np.int64)
+    shown = None
     for image_path, mask_path in test_pairs:
         image = read_micrograph(image_path, float(pixel))
         truth = (read_labels(mask_path) > 0).astype(np.uint8)
@@ -261,6 +268,8 @@ def real_case(work: Path, extra: list[str], report: dict[str, Any], save) -> Non
             loc = segment_micrograph(image, float(pixel), models={"locations": default_model("locations")})
         cm_new += confusion_matrix(truth, new.labels["mitochondria"], 2)
         cm_loc += confusion_matrix(truth, (loc.labels["locations"] == 3).astype(np.uint8), 2)
+        if shown is None:
+            shown = (image.data, truth, new.labels["mitochondria"], loc.labels["locations"])
     report["real"] = {
         "data": "emnet-cardiac (real cardiac muscle EM, mitochondria masks), 3 slices train, 2 test",
         "pixel_size_nm": float(pixel),
@@ -271,7 +280,71 @@ def real_case(work: Path, extra: list[str], report: dict[str, Any], save) -> Non
                               "mitochondrion_iou_as_class_3": float(iou_per_class(cm_loc)[1])},
     }
     print(f"real cardiac: {report['real']}", flush=True)
+    render_cardiac(*shown, report["pictures_dir"] / "adaptation-cardiac.png")
     save()
+
+
+def render(truth: Any, pictures: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """A test micrograph, its truth and each step's Locations and Granules, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    cmap = ListedColormap([LOCATIONS_SCHEMA.colors[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
+    panels = [("truth", truth.locations, truth.granules)] + [
+        (name, loc, gran) for name, (loc, gran) in pictures.items()]
+    fig = Figure(figsize=(3 * (1 + len(panels)), 6.2), dpi=80)
+    axes = fig.subplots(2, 1 + len(panels))
+    step = max(1, truth.image.shape[0] // 512)  # a 512 px preview
+    crop = slice(0, truth.image.shape[0] // 4)  # granules: a quarter, at full resolution
+    axes[0, 0].imshow(truth.image[::step, ::step], cmap="gray")
+    axes[0, 0].set_title("micrograph", fontsize=9)
+    axes[1, 0].imshow(truth.image[crop, crop], cmap="gray")
+    axes[1, 0].set_title("a quarter of it", fontsize=9)
+    for k, (name, loc, gran) in enumerate(panels, start=1):
+        axes[0, k].imshow(loc[::step, ::step], cmap=cmap, vmin=0,
+                          vmax=LOCATIONS_SCHEMA.n_classes - 1, interpolation="nearest")
+        axes[0, k].set_title(f"{name}: Locations", fontsize=9)
+        axes[1, k].imshow(truth.image[crop, crop], cmap="gray")
+        axes[1, k].contour(gran[crop, crop], levels=[0.5], colors="red", linewidths=0.6)
+        axes[1, k].set_title(f"{name}: granules", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title}: Locations (top, schema colours) and Granules (red outlines), a test micrograph")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def render_cardiac(image, truth, new, loc, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    cmap = ListedColormap([LOCATIONS_SCHEMA.colors[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
+    fig = Figure(figsize=(16, 4.4), dpi=70)
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("real cardiac EM (test slice)")
+    for ax, mask, title in ((axes[1], truth, "mitochondria mask (truth)"),
+                            (axes[2], new, "new task, trained on 3 slices")):
+        ax.imshow(image, cmap="gray")
+        ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.7)
+        ax.set_title(title)
+    axes[3].imshow(loc, cmap=cmap, vmin=0, vmax=LOCATIONS_SCHEMA.n_classes - 1, interpolation="nearest")
+    axes[3].set_title("Locations default (3 = Z disk + mito)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -302,6 +375,9 @@ def markdown(report: dict[str, Any]) -> str:
             ep = f"{r['epochs']['locations']}, {r['epochs']['granules']}" if "epochs" in r else "-"
             lines.append(f"| {family} | {step} | {r['locations_miou']:.3f} | {ious} | {r['granule_f1']:.3f} "
                          f"| {r['max_pf_error']:.4f} | {cpu} | {ep} |")
+    for family in report["families"]:
+        lines += ["", f"![{family}: a test micrograph, its truth and each step's label maps]"
+                      f"(adaptation-{family}.png)"]
     lines += ["", "Targets: full1 (one fully corrected micrograph, <= 10 CPU min): Locations mIoU >= 0.85, "
               "granule F1 >= 0.90, max |pf error| <= 0.01; strokes2: Locations mIoU >= 0.80; never worse "
               "than the start on the held-out block (the trainer keeps the starting weights unless an "
@@ -316,7 +392,9 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{r['new_task']['mitochondrion_iou']:.3f} |",
                   f"| Locations default, class 3 (Z disk + mitochondria) | "
                   f"{r['locations_default']['pixel_accuracy']:.3f} | "
-                  f"{r['locations_default']['mitochondrion_iou_as_class_3']:.3f} |"]
+                  f"{r['locations_default']['mitochondrion_iou_as_class_3']:.3f} |",
+                  "", "![real cardiac EM: truth, the new task and the Locations default]"
+                      "(adaptation-cardiac.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                    + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "size": args.size, "n_test": args.test,
-        "extra": extra, "families": {}}
+        "extra": extra, "families": {}, "pictures_dir": args.out.parent}
 
     def save() -> None:
         texts = {args.json: json.dumps(report, indent=1, default=str), args.out: markdown(report)}

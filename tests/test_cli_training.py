@@ -37,15 +37,18 @@ def test_export_writes_pairs_and_a_manifest(exported):
     assert {p.origin for p in pairs} == {(0, 0), (0, 256), (256, 0), (256, 256)}
 
 
-def test_export_again_never_overwrites(exported, tmp_path):
+def test_export_again_supersedes_and_never_deletes(exported, tmp_path):
     root, _ = exported
-    before = {p: p.read_bytes() for p in files_under(root / "pairs" / "labels")}
-    code, out, _ = run_cli("export", root / "cell0.tif", "--labels", root / "cell0_labels.tif",
+    old = (root / "pairs" / "labels" / "cell0_1.png").read_bytes()
+    relabelled = np.zeros((512, 512), np.uint16)
+    write_labels(tmp_path / "relabelled.tif", relabelled)
+    code, out, _ = run_cli("export", root / "cell0.tif", "--labels", tmp_path / "relabelled.tif",
                            "--schema", root / "pairs" / "schema.json", "--tile-size", 256,
                            "--tiles", "1", "--out", root / "pairs")
-    assert code == 0 and "cell0_1-2.png" in out
-    assert all(p.read_bytes() == b for p, b in before.items())
-    assert len(load_training_pairs(root / "pairs")) == 13
+    assert code == 0 and "cell0_1.png" in out
+    assert len(load_training_pairs(root / "pairs")) == 12  # each tile once: the latest labels
+    (kept,) = (root / "pairs" / "superseded").iterdir()
+    assert (kept / "labels" / "cell0_1.png").read_bytes() == old
 
 
 def test_export_bad_input_one_message_nothing_written(exported, tmp_path):

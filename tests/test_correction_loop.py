@@ -118,16 +118,18 @@ def test_tiles_of_one_micrograph_train_as_the_whole_micrograph(tmp_path):
     assert sample.n_labelled == 128 * 192 - 2 * 64 * 64
 
 
-def test_held_out_block_is_a_strip_never_trained_on():
+def test_held_out_block_is_an_edge_strip_with_every_class_never_trained_on():
     labels = np.zeros((100, 200), np.uint16)
-    labels[:, 100:] = 1
+    labels[:, 100:] = 1  # class 1 only on the right: a strip at the left would take none of it
     sample = _Sample("m", np.zeros((100, 200), np.float32), labels)
     (tr,), (va,) = _hold_out_blocks([sample], 0.2, seed=0)
     held = va.labels != UNLABELLED
     assert held.sum() == pytest.approx(0.2 * labels.size, rel=0.05)
-    cols = np.flatnonzero(held.any(axis=0))
-    assert cols.max() - cols.min() + 1 == len(cols)  # one strip along an edge
-    assert cols.min() == 0 or cols.max() == 199
+    rows = np.flatnonzero(held.any(axis=1))
+    assert held[rows].all() and len(rows) == rows[-1] - rows[0] + 1  # whole rows, one block
+    assert rows[0] == 0 or rows[-1] == 99  # along an edge
+    for code in (0, 1):  # about a fifth of each class is held out
+        assert (held & (labels == code)).sum() == pytest.approx(0.2 * (labels == code).sum(), rel=0.1)
     assert not ((tr.labels != UNLABELLED) & held).any()
 
 

@@ -392,23 +392,28 @@ def _hold_out_blocks(samples: list[_Sample], fraction: float, seed: int,
     The strip holds about ``fraction`` of the image's labelled pixels; its labels are UNLABELLED
     for training (with a ``margin`` so that no training crop learns the pixels right beside it)
     and it is the only labelled part of the validation image. A whole-image prediction is scored
-    on the strip, so validation sees the same context as inference.
+    on the strip, so validation sees the same context as inference. Of the four edges, the strip
+    whose classes come closest to ``fraction`` of each class is taken (ties by ``seed``), so that
+    a class seen only near one edge is not taken out of training altogether.
     """
     rng = np.random.default_rng(seed)
     train, val = [], []
     for s in samples:
         lab = s.labels
-        axis = 1 if lab.shape[1] >= lab.shape[0] else 0
-        n = lab.shape[axis]
-        far = rng.random() < 0.5  # the strip at the far edge
-        counts = (lab != UNLABELLED).sum(axis=1 - axis)
-        cum = np.cumsum(counts[::-1] if far else counts)
-        if cum[-1] < 64 or n < 2:
+        best = None
+        for axis, far in rng.permutation([(0, False), (0, True), (1, False), (1, True)]).tolist():
+            strip = _edge_strip(lab, axis, bool(far), fraction)
+            if strip is None:
+                continue
+            cost = _strip_cost(lab, axis, strip, fraction)
+            if best is None or cost < best[0]:
+                best = (cost, axis, strip)
+        if best is None:
             train.append(s)
             continue
-        cut = min(max(int(np.searchsorted(cum, fraction * cum[-1])) + 1, 1), n - 1)
-        strip = slice(n - cut, n) if far else slice(0, cut)
-        guard = slice(max(0, n - cut - margin), n) if far else slice(0, min(n, cut + margin))
+        _, axis, strip = best
+        n = lab.shape[axis]
+        guard = slice(max(0, strip.start - margin), min(n, strip.stop + margin))
         at = [slice(None), slice(None)]
         at[axis] = guard
         train_lab = lab.copy()
@@ -420,6 +425,27 @@ def _hold_out_blocks(samples: list[_Sample], fraction: float, seed: int,
             train.append(_Sample(s.name, s.image, train_lab))
         val.append(_Sample(f"{s.name} (held-out block)", s.image, val_lab))
     return train, val
+
+
+def _edge_strip(lab: np.ndarray, axis: int, far: bool, fraction: float) -> slice | None:
+    """Rows (axis 0) or columns (axis 1) from one edge holding ``fraction`` of the labelled pixels."""
+    n = lab.shape[axis]
+    counts = (lab != UNLABELLED).sum(axis=1 - axis)
+    cum = np.cumsum(counts[::-1] if far else counts)
+    if n < 2 or cum[-1] < 64:
+        return None
+    cut = min(max(int(np.searchsorted(cum, fraction * cum[-1])) + 1, 1), n - 1)
+    return slice(n - cut, n) if far else slice(0, cut)
+
+
+def _strip_cost(lab: np.ndarray, axis: int, strip: slice, fraction: float) -> float:
+    """How far the strip's share of each class is from ``fraction`` (worst class; lower is better)."""
+    at = [slice(None), slice(None)]
+    at[axis] = strip
+    codes, total = np.unique(lab[lab != UNLABELLED], return_counts=True)
+    inside = dict(zip(*np.unique(lab[tuple(at)], return_counts=True), strict=True))
+    shares = [inside.get(c, 0) / t for c, t in zip(codes.tolist(), total.tolist(), strict=True)]
+    return max(abs(share - fraction) for share in shares) if shares else 0.0
 
 
 def class_frequencies(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
