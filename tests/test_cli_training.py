@@ -93,13 +93,32 @@ def test_train_then_evaluate(exported, tmp_path):
     assert code == 0, err
     assert "mean IoU" in out and "pixel accuracy" in out
     lines = (report / "accuracies.txt").read_text().split("\n")
-    assert len([ln for ln in lines if ln.strip()]) == 13
-    assert len(files_under(tmp_path / "pred")) == 13
+    assert len([ln for ln in lines if ln.strip()]) == 12
+    assert len(files_under(tmp_path / "pred")) == 12
     code, _, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--out", report)
     assert code == 2 and "exists already" in err
     code, out, _ = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--json", "--quiet")
     summary = json.loads(out)["summary"]
-    assert summary["n_images"] == 13 and 0 <= summary["pixel_accuracy"] <= 1
+    assert summary["n_images"] == 12 and 0 <= summary["pixel_accuracy"] <= 1
+
+
+def test_train_on_whole_micrographs_and_partial_labels(exported, tmp_path):
+    root, _ = exported
+    image, labels = blob_image(5, (256, 256))
+    write_image(tmp_path / "bare.tif", image)  # no pixel size in the file
+    strokes = np.full(labels.shape, 65535, np.uint16)
+    strokes[::16] = labels[::16]  # every 16th row painted
+    write_labels(tmp_path / "strokes.tif", strokes)
+    args = ["train", "--pair", tmp_path / "bare.tif", tmp_path / "strokes.tif", "--model", "new",
+            "--schema", "background,blob", "--out", tmp_path / "run", "--epochs", 1, "--crop", 128,
+            "--steps-per-epoch", 2, "--quiet"]
+    code, _, err = run_cli(*args)
+    assert code == 2 and "bare.tif: has no pixel size" in err and err.count(ERROR) == 1
+    assert not (tmp_path / "run").exists()
+    code, out, err = run_cli(*args, "--pixel-size", 1.0)
+    assert code == 0, err
+    assert "IoU before" in out and "held-out strip" in err
+    assert (tmp_path / "run" / "report.csv").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -46,9 +46,10 @@ def scene(make_napari_viewer):
     return viewer, widget, image, locations, granules
 
 
-def _paint(layer, tile: int, value: int) -> None:
+def _paint(layer, tile: int, value: int, at: int = 10) -> None:
+    """Paint an 8 x 8 px square of ``value`` into ``tile``, ``at`` px from its corner."""
     rows, cols = tile_slices(SHAPE, TILE, tile)
-    y, x = np.mgrid[rows.start + 10:rows.start + 18, cols.start + 10:cols.start + 18]
+    y, x = np.mgrid[rows.start + at:rows.start + at + 8, cols.start + at:cols.start + at + 8]
     layer.data_setitem((y.ravel(), x.ravel()), value)
 
 
@@ -68,8 +69,8 @@ def _digest(folder) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_export_changed_tiles_writes_exactly_those_pairs_and_never_overwrites(scene, qtbot, tmp_path,
-                                                                             messages):
+def test_export_changed_tiles_writes_exactly_those_pairs_and_never_deletes(scene, qtbot, tmp_path,
+                                                                          messages):
     viewer, widget, image, locations, granules = scene
     assert widget._image.value is image
     assert widget._label_layers.value == [locations, granules]
@@ -89,6 +90,7 @@ def test_export_changed_tiles_writes_exactly_those_pairs_and_never_overwrites(sc
             assert (int(row["y"]), int(row["x"])) == (window[0].start, window[1].start)
             assert row["source"] == "cell" and row["made_by"] == "corrected"
             assert float(row["pixel_size_nm"]) == pytest.approx(0.8)
+            assert row["labelled"] == "full"
             np.testing.assert_array_equal(read_micrograph(root / "images" / row["name"]).data,
                                           image.data[window])
             np.testing.assert_array_equal(read_labels(root / "labels" / row["name"]), layer.data[window])
@@ -96,16 +98,19 @@ def test_export_changed_tiles_writes_exactly_those_pairs_and_never_overwrites(sc
     assert "locations: 1 pair (tiles 6)" in widget.summary
     assert messages[-1][0] == "info" and "2 pairs (tiles 1, 6)" in messages[-1][1]
 
-    # exporting again adds new pairs and leaves the first files as they were
-    first = _digest(tmp_path)
+    # exporting the same tiles again supersedes the first pairs: moved aside, never deleted
+    first = _digest(tmp_path / "granules")
+    _paint(granules, 1, 1, at=60)  # a further correction of tile 1
     _run(widget, qtbot)
-    now = _digest(tmp_path)
-    assert {k: now[k] for k in first if not k.endswith("manifest.csv")} == \
-        {k: v for k, v in first.items() if not k.endswith("manifest.csv")}
-    assert (tmp_path / "granules" / "images" / "cell_1-2.png").is_file()
-    assert (tmp_path / "granules" / "labels" / "cell_6-2.png").is_file()
-    assert [r["name"] for r in _manifest(tmp_path / "granules")] == [
-        "cell_1.png", "cell_6.png", "cell_1-2.png", "cell_6-2.png"]
+    kept = list((tmp_path / "granules" / "superseded").iterdir())
+    assert len(kept) == 1
+    old = _digest(kept[0])
+    for name in ("images/cell_1.png", "labels/cell_1.png", "images/cell_6.png", "labels/cell_6.png"):
+        assert old[name] == first[name], name
+    assert [r["name"] for r in _manifest(kept[0])] == ["cell_1.png", "cell_6.png"]
+    assert [r["name"] for r in _manifest(tmp_path / "granules")] == ["cell_1.png", "cell_6.png"]
+    np.testing.assert_array_equal(read_labels(tmp_path / "granules" / "labels" / "cell_1.png"),
+                                  granules.data[tile_slices(SHAPE, TILE, 1)])
 
 
 def test_export_chosen_or_all_tiles_of_uncorrected_and_truth_layers(scene, qtbot, tmp_path):
@@ -118,12 +123,18 @@ def test_export_chosen_or_all_tiles_of_uncorrected_and_truth_layers(scene, qtbot
     assert widget._tiles.enabled
     widget._tiles.value = "0, 3-4"
     widget._folder.value = tmp_path
+    # two layers of one image into one folder: the second would supersede the first
+    assert widget.export() is None and not (tmp_path / "granules").exists()
+    widget._label_layers.value = [granules]
+    assert "3 tiles (0, 3, 4; whole tiles)" in widget.plan
+    _run(widget, qtbot)
+    widget._label_layers.value = [truth]
     _run(widget, qtbot)
     rows = _manifest(tmp_path / "granules")
-    assert [r["name"] for r in rows] == ["cell_0.png", "cell_3.png", "cell_4.png",
-                                         "cell_0-2.png", "cell_3-2.png", "cell_4-2.png"]
-    assert {r["made_by"] for r in rows[:3]} == {"granules model (untrained)"}
-    assert {r["made_by"] for r in rows[3:]} == {"unknown"}
+    assert [r["name"] for r in rows] == ["cell_0.png", "cell_3.png", "cell_4.png"]
+    assert {r["made_by"] for r in rows} == {"unknown"}
+    (kept,) = (tmp_path / "granules" / "superseded").iterdir()
+    assert {r["made_by"] for r in _manifest(kept)} == {"granules model (untrained)"}
     assert not (tmp_path / "locations").exists()
 
     widget._label_layers.value = [locations]

@@ -1,5 +1,6 @@
-"""The Train widget in a real viewer: a short fine-tuning run with its plot, per-class table and
-hand-over to the Segment widget; Cancel keeping the best weights; bad input refused up front."""
+"""The Train widget in a real viewer: a short fine-tuning run with its plot (epoch 0 = the starting
+weights), before/after and per-class tables and hand-over to the Segment widget; the starting model
+kept when no epoch beats it; Cancel keeping the best weights; bad input refused up front."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import time
 import pytest
 
 from napari_emgranules import _engine
+from napari_emgranules._engine_tasks import TrainSummary
 from napari_emgranules._widgets import _common
 from napari_emgranules._widgets import train as train_module
 from napari_emgranules._widgets._common import session_for
-from napari_emgranules._widgets.train import MISSING, TrainWidget
+from napari_emgranules._widgets.train import KEPT_START, MISSING, REPORT_COLUMNS, TrainWidget
 from napari_emgranules.core.dataset import export_training_pairs
 from napari_emgranules.core.schema import GRANULES_SCHEMA
 from napari_emgranules.core.synthetic import synthetic_micrograph
@@ -76,7 +78,10 @@ def test_one_epoch_plot_table_and_use_in_segment(qtbot, widget, pairs, notes):
     if fresh_process:
         assert widget.job.status.value == "starting the model process..."
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
-    assert not [n for n in notes if n[0] in ("error", "warning")], notes  # (no library noise)
+    assert not [n for n in notes if n[0] == "error"], notes
+    # warnings are the core's own notes (how it validated, whether the start was kept)
+    assert all(text.startswith(("validation", "no training epoch")) for lv, text in notes
+               if lv == "warning"), notes
     assert any("done in" in text for _, text in notes)
 
     weights = out / "granules.weights.h5"
@@ -84,15 +89,29 @@ def test_one_epoch_plot_table_and_use_in_segment(qtbot, widget, pairs, notes):
     assert (out / "history.csv").is_file()
     qtbot.waitUntil(lambda: not widget.plot.busy, timeout=10_000)  # rendered off the main thread
     assert not widget.plot.pixmap().isNull()
-    for key, line in widget.plot_lines.items():  # loss, val loss, val mean IoU after one epoch
-        assert len(line.get_xdata()) == 1, key
+    # epoch 0 scored the starting weights (validation only: no training loss, NaN, not drawn)
+    assert [h["epoch"] for h in widget.history] == [0, 1]
+    assert [len(widget.plot_lines[key].get_xdata()) for key in ("loss", "val_loss", "val_mean_iou")] \
+        == [1, 2, 2]
+    assert widget.axes[0].get_xlim()[0] < 0  # epoch 0 is on the plot
+    # the before/after per-class IoU table
+    report = widget.report_table.to_dataframe()
+    assert widget.report_table.native.isVisibleTo(widget.native)
+    assert list(report.columns) == list(REPORT_COLUMNS)
+    assert list(report["class"]) == ["background (B)", "granule (G)"]
+    for column in ("IoU before", "IoU after"):
+        assert all(0.0 <= float(v) <= 1.0 for v in report[column]), report
+    assert set(widget.report.columns) >= {"iou_before", "iou_after", "change"}
     table = widget.class_table.to_dataframe()
     assert widget.class_table.native.isVisibleTo(widget.native)
     assert list(table["class"]) == ["background (B)", "granule (G)"]
     for column in ("IoU", "Dice", "precision", "recall"):
         values = [v for v in table[column] if v != MISSING]
         assert values and all(0.0 <= float(v) <= 1.0 for v in values), (column, values)
-    assert "best epoch 1" in widget.result_info.value
+    if widget.summary.best_epoch == 0:
+        assert KEPT_START in widget.result_info.value
+    else:
+        assert "best epoch 1" in widget.result_info.value
 
     assert widget.use_button.enabled
     widget.use_button.native.click()
@@ -106,7 +125,7 @@ def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
     _tiny(widget, pairs, epochs=50, steps=2)
     out = widget.output.value
     assert widget.run() is not None
-    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: any(h["epoch"] >= 1 for h in widget.history), timeout=TIMEOUT_MS)
     t0 = time.perf_counter()
     widget.job.cancel_button.native.click()
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
@@ -118,8 +137,10 @@ def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
     assert widget.use_button.enabled and widget.weights_path == weights
     assert widget.summary is None and widget.settings.enabled
     assert len(widget.history) < 50
-    # cancelled before any epoch ended: nothing saved, said so, and no empty run folder left
+    # cancelled before any epoch ended (from scratch: no epoch 0 scoring a starting model):
+    # nothing saved, said so, and no empty run folder left
     _tiny(widget, pairs, epochs=2, steps=500)
+    widget.start_from.value = "fresh"
     out = widget.output.value
     assert widget.run() is not None
     qtbot.waitUntil(lambda: widget.job.bars["batches"].value >= 1, timeout=TIMEOUT_MS)
@@ -193,6 +214,30 @@ def test_event_loop_never_stalls_while_training(qtbot, widget, pairs, notes, tmp
     finally:
         gc.unfreeze()
     assert not [n for n in notes if n[0] == "error"], notes
-    assert len(widget.history) == 3
+    assert [h["epoch"] for h in widget.history if h["epoch"] > 0] == [1, 2, 3]
     gaps = np.diff(ticks)
     assert gaps.max() < 0.100, f"longest stall {gaps.max() * 1000:.0f} ms over {len(ticks)} ticks"
+
+
+def test_kept_starting_model_is_said_and_the_table_shown(widget, tmp_path, notes):
+    """A run where no epoch beat the start (best epoch 0): the widget says so plainly."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "granules.weights.h5"
+    weights.write_bytes(b"")
+    pd.DataFrame({"class": ["background", "granule"], "letter": ["B", "G"], "pixels": [900, 100],
+                  "iou_before": [0.9, 0.5], "iou_after": [0.9, 0.5], "change": [0.0, 0.0]}
+                 ).to_csv(run / "report.csv", index=False)
+    summary = TrainSummary(weights_path=str(weights), history=None, best_epoch=0,
+                           monitor="val_mean_iou", best_value=0.7, stopped_early=False)
+    widget.run_folder = run
+    widget._on_done((summary, []))
+    assert widget.result_info.value.startswith(KEPT_START)
+    report = widget.report_table.to_dataframe()
+    assert list(report["class"]) == ["background (B)", "granule (G)"]
+    assert list(report["val pixels"]) == [900, 100]
+    assert [float(v) for v in report["IoU after"]] == [0.9, 0.5]
+    assert list(report["change"]) == ["+0.0000", "+0.0000"]
+    assert any("starting weights, kept" in text for lv, text in notes if lv == "info")

@@ -47,20 +47,21 @@ class TrainSummary:
     stopped_early: bool
     per_class: Any = None  # pandas.DataFrame: class, letter, iou, dice, precision, recall
     notes: list[str] = field(default_factory=list)
+    report: Any = None  # pandas.DataFrame: per-class validation IoU before and after training
 
 
-def per_class_table(report: Any) -> Any:
-    """Per-class validation IoU, Dice, precision and recall of an :class:`EvaluationReport`."""
+def per_class_table(confusion: Any, schema: Any) -> Any:
+    """Per-class IoU, Dice, precision and recall from a confusion matrix (rows = truth)."""
     import pandas as pd
 
-    conf = np.asarray(report.confusion, dtype=np.float64)
+    conf = np.asarray(confusion, dtype=np.float64)
     tp = np.diag(conf)
     true, pred = conf.sum(axis=1), conf.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         rows = {
-            "code": [c.code for c in report.schema.classes],
-            "letter": [c.letter for c in report.schema.classes],
-            "class": [c.name for c in report.schema.classes],
+            "code": [c.code for c in schema.classes],
+            "letter": [c.letter for c in schema.classes],
+            "class": [c.name for c in schema.classes],
             "pixels": true.astype(np.int64),
             "iou": tp / (true + pred - tp),
             "dice": 2 * tp / (true + pred),
@@ -72,25 +73,20 @@ def per_class_table(report: Any) -> Any:
 
 def train(data: Sequence[str], out_dir: str, *, kind: str, model: str | None = None,
           fresh: bool = False, **options: Any) -> Generator[Any, None, TrainSummary]:
-    """:func:`~.core.train.train_iter`, then the best model's per-class metrics on validation pairs.
+    """:func:`~.core.train.train_iter`, with the kept model's per-class metrics on its validation data.
 
     ``options`` are :class:`~.core.train.TrainConfig` fields (epochs, learning_rate, ...).
     """
-    from .core.dataset import load_training_pairs
-    from .core.metrics import evaluate_iter
-    from .core.train import TrainConfig, train_iter
+    from .core.train import train_iter
 
     result = yield from train_iter(list(data), out_dir, model=model, kind=kind, fresh=fresh,
                                    **options)
-    config = TrainConfig(**{k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__})
     per_class = None
-    pairs = load_training_pairs(*data, schema=result.model.card.schema)
-    if config.val_fraction > 0 and len(pairs) >= 2:  # the split train_iter made
-        _, val = pairs.split(config.val_fraction, config.seed)
-        report = yield from evaluate_iter(result.model, val)
-        per_class = per_class_table(report)
+    if result.confusion is not None:  # the validation the run itself used (strips or pairs)
+        per_class = per_class_table(result.confusion, result.model.card.schema)
     return TrainSummary(
         weights_path=os.fspath(result.weights_path), history=result.history,
         best_epoch=result.best_epoch, monitor=result.monitor, best_value=result.best_value,
         stopped_early=result.stopped_early, per_class=per_class, notes=list(result.notes),
+        report=result.report,
     )

@@ -9,6 +9,16 @@ Layer contract (what the Segment widget leaves and the others read):
   "model": <card dict>, "model_output": <the model's labels, a copy>}``. The copy is what
   "changed since the model" and "reset to the model output" compare with.
 - ``"<image> locations confidence"`` (optional): an Image layer of the max softmax probability.
+- ``"<result layer> reviewed"`` (made by Review): a Labels layer, 1 where the user accepted the
+  result as it is; ``metadata["emgranules_reviewed"]`` = ``{"of": <result layer>, "image"}``.
+- ``"<result layer> strokes"`` (made by Review): a Labels layer of scribbles, class ``c`` stored as
+  ``c + 1`` (0 = not painted); ``metadata["emgranules_strokes"]`` = ``{"of", "image", "kind",
+  "schema"}`` (see :func:`napari_emgranules._layers.strokes_to_codes`).
+
+Pixel size: the micrograph (image) layer is the one source of truth. Its ``metadata`` holds
+``pixel_size_nm`` and ``pixel_size_source`` (the reader's, or ``"user"``) and its ``scale`` is the
+pixel size in nm; :func:`set_pixel_size` changes both, and the scale and ``metadata["emgranules"]``
+of every layer made from it, and tells the widgets (``Session.pixel_size_changed``).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from .._engine import Cancelled, EngineError
-from .._layers import labels_layer_data
+from .._layers import known_pixel_size, labels_layer_data
 from ..core import USER_ERRORS
 from ..core.schema import ClassSchema
 from ..core.tiling import seed_tile_origins
@@ -35,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("locations", "granules")
 META = "emgranules"
+REVIEWED = "emgranules_reviewed"
+STROKES = "emgranules_strokes"
+USER = "user"  # pixel_size_source of a pixel size the user entered
 
 
 # -------------------------------------------------------------------------------------------------
@@ -49,6 +62,7 @@ class Session:
 
     weights_changed = Signal(str)  # kind
     tile_size_changed = Signal(int)
+    pixel_size_changed = Signal(str)  # name of the micrograph layer
 
     def __init__(self) -> None:
         self.weights: dict[str, str | None] = dict.fromkeys(KINDS)
@@ -104,17 +118,99 @@ def get_layer(viewer: Any, name: str) -> Any | None:
 
 
 def layer_pixel_size(layer: Any) -> tuple[float | None, str]:
-    """The layer's pixel size in nm and where it came from (None when unknown)."""
+    """The layer's pixel size in nm and where it came from (None when unknown or only assumed)."""
     meta = layer.metadata
-    px = meta.get("pixel_size_nm") or meta.get(META, {}).get("pixel_size_nm")
-    if px:
-        return float(px), str(meta.get("pixel_size_source") or meta.get(META, {}).get(
-            "pixel_size_source") or "metadata")
+    for record in (meta, meta.get(META, {}), meta.get(STROKES, {}), meta.get(REVIEWED, {})):
+        if "pixel_size_nm" in record:
+            return known_pixel_size(record)
     units = [str(u) for u in getattr(layer, "units", ())]
     scale = float(layer.scale[-1])
     if units and units[-1] == "nanometer" and scale != 1.0:
         return scale, "layer scale"
     return None, "unknown"
+
+
+def describe_source(source: str) -> str:
+    """``"user"`` -> ``"entered by you"``; other sources as they are (``"from metadata:imagej"``)."""
+    return "entered by you" if source == USER else f"from {source}"
+
+
+def image_layer_of(viewer: Any, layer: Any) -> Image | None:
+    """The micrograph layer a result, strokes, reviewed or confidence layer was made from."""
+    if isinstance(layer, Image) and not layer.metadata.get(META, {}).get("confidence_of"):
+        return layer
+    meta = layer.metadata
+    name = (meta.get(META, {}).get("image") or meta.get(STROKES, {}).get("image")
+            or meta.get(REVIEWED, {}).get("image"))
+    image = get_layer(viewer, name) if name else None
+    return image if isinstance(image, Image) else None
+
+
+def derived_layers(viewer: Any, image: Image) -> list[Any]:
+    """Every layer made from ``image``: results, confidence maps, strokes and reviewed marks."""
+    names = {labels_name(image.name, kind) for kind in KINDS}
+    out = []
+    for layer in viewer.layers:
+        meta = layer.metadata
+        if layer is image:
+            continue
+        if (meta.get(META, {}).get("image") == image.name
+                or meta.get(META, {}).get("confidence_of") in names
+                or meta.get(STROKES, {}).get("image") == image.name
+                or meta.get(REVIEWED, {}).get("image") == image.name):
+            out.append(layer)
+    return out
+
+
+def set_pixel_size(viewer: Any, image: Image, pixel_size_nm: float, source: str = USER) -> None:
+    """Record ``pixel_size_nm`` (from ``source``) on the micrograph layer and every layer made from it.
+
+    The image's metadata gets the value and its source, its scale becomes the pixel size (in nm),
+    and so do the scale and ``metadata["emgranules"]`` of its result, confidence, strokes and
+    reviewed layers. Raises ValueError for a value that is not a positive number.
+    """
+    px = float(pixel_size_nm)
+    if not (np.isfinite(px) and px > 0):
+        raise ValueError(f"the pixel size must be a positive number of nm, got {pixel_size_nm!r}")
+    image.metadata = {**image.metadata, "pixel_size_nm": px, "pixel_size_source": source}
+    for layer in [image, *derived_layers(viewer, image)]:
+        for key in (META, STROKES, REVIEWED):
+            if key in layer.metadata and layer is not image:
+                record = {**layer.metadata[key], "pixel_size_nm": px, "pixel_size_source": source}
+                layer.metadata = {**layer.metadata, key: record}
+        scale = tuple(float(v) for v in layer.scale)
+        layer.units = ("nm",) * layer.ndim
+        layer.scale = (*scale[:-2], px, px)
+    session_for(viewer).pixel_size_changed.emit(image.name)
+
+
+def reviewed_name(layer_name: str) -> str:
+    return f"{layer_name} reviewed"
+
+
+def strokes_name(layer_name: str) -> str:
+    return f"{layer_name} strokes"
+
+
+def reviewed_layer_for(viewer: Any, layer: Labels) -> Labels | None:
+    """The reviewed marks of result layer ``layer`` (same shape), or None."""
+    for candidate in viewer.layers:
+        if (isinstance(candidate, Labels) and candidate.metadata.get(REVIEWED, {}).get("of") == layer.name
+                and tuple(candidate.data.shape) == tuple(layer.data.shape)):
+            return candidate
+    return None
+
+
+def strokes_layers(viewer: Any, image_name: str | None = None) -> list[Labels]:
+    """Strokes layers made by Review (optionally those painted on one micrograph)."""
+    return [layer for layer in viewer.layers if isinstance(layer, Labels) and STROKES in layer.metadata
+            and (image_name is None or layer.metadata[STROKES].get("image") == image_name)]
+
+
+def strokes_schema(layer: Labels) -> ClassSchema | None:
+    """The class schema of a strokes layer (its values are class code + 1), or None."""
+    data = layer.metadata.get(STROKES, {}).get("schema")
+    return ClassSchema.from_dict(data) if data else None
 
 
 def layer_schema(layer: Labels) -> ClassSchema | None:
@@ -145,6 +241,7 @@ def show_labels(viewer: Any, image: Image, kind: str, labels: np.ndarray, schema
         layer.metadata = meta
         layer.features = kwargs["features"]
         layer.data = data
+        layer.units, layer.scale, layer.translate = image.units, image.scale, image.translate
         return layer
     if layer is not None:
         viewer.layers.remove(layer)

@@ -39,7 +39,21 @@ from qtpy.QtWidgets import (
 
 from ..core.measure import Measurement, ParticleFilter, measure_labels, write_csv, write_seed_tables
 from ..core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, ClassSchema
-from ._common import META, JobControls, layer_pixel_size, layer_schema, notify_error, start_worker
+from ._common import (
+    META,
+    REVIEWED,
+    STROKES,
+    USER,
+    JobControls,
+    describe_source,
+    image_layer_of,
+    layer_pixel_size,
+    layer_schema,
+    notify_error,
+    session_for,
+    set_pixel_size,
+    start_worker,
+)
 from ._plot import BackgroundFigure
 
 if TYPE_CHECKING:
@@ -319,6 +333,7 @@ class DensityWidget(QWidget):
         self.save_seed_button.clicked.connect(lambda: self.save_seed_tables())
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        session_for(self.viewer).pixel_size_changed.connect(self._on_session_pixel_size)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layer_renamed)
         self._refresh_choices()
@@ -434,7 +449,9 @@ class DensityWidget(QWidget):
     # layer choices
     # ---------------------------------------------------------------------------------------------
     def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self.viewer.layers if _is_2d_labels(layer)]
+        # not Review's reviewed marks or strokes: they are no class maps
+        return [(layer.name, layer) for layer in self.viewer.layers if _is_2d_labels(layer)
+                and REVIEWED not in layer.metadata and STROKES not in layer.metadata]
 
     def _refresh_choices(self) -> None:
         layers = [layer for _, layer in self._labels_choices()]
@@ -543,7 +560,8 @@ class DensityWidget(QWidget):
             self.pixel_size_note.value = (f"the layers disagree ({' vs '.join(map(str, sorted(known)))} "
                                           "nm); using the Locations layer's")
         elif px:
-            self.pixel_size_note.value = f"from the layers ({source})"
+            self.pixel_size_note.value = ("entered by you" if source == USER
+                                          else f"from the layers ({describe_source(source)})")
         elif loc is not None:
             self.pixel_size_note.value = "unknown: enter it, or areas are in pixels only"
         else:
@@ -552,10 +570,27 @@ class DensityWidget(QWidget):
     def _on_pixel_size_edited(self, value: Any = None) -> None:
         if self._setting:
             return
-        self._pixel_size_from = "user"
+        self._pixel_size_from = USER
         self.pixel_size_note.value = "entered by you" if self.pixel_size.value else \
             "unknown: areas in pixels only"
+        loc = self._current(self.locations_combo)
+        image = image_layer_of(self.viewer, loc) if loc is not None else None
+        if image is not None and self.pixel_size.value:  # the micrograph layer keeps it for all
+            known, _ = layer_pixel_size(image)
+            if known is None or abs(known - float(self.pixel_size.value)) > 1e-9:
+                set_pixel_size(self.viewer, image, float(self.pixel_size.value), USER)
         self._schedule()
+
+    def _on_session_pixel_size(self, image_name: str) -> None:
+        """Another widget recorded a pixel size for a micrograph: take it if it is the chosen pair's."""
+        loc, gra = self._current(self.locations_combo), self._current(self.granules_combo)
+        image = image_layer_of(self.viewer, loc) if loc is not None else None
+        if image is None or image.name != image_name:
+            return
+        px, _ = layer_pixel_size(loc)
+        if px is not None and abs(px - float(self.pixel_size.value)) > 1e-9:
+            self._take_pixel_size(loc, gra)
+            self._schedule()
 
     # ---------------------------------------------------------------------------------------------
     # measuring

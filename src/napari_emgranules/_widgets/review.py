@@ -13,17 +13,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
+from .._layers import stroke_colors, stroke_features, strokes_dtype
 from ..core.dataset import MIN_TILE_SIDE_PX
 from ._common import (
     META,
+    REVIEWED,
+    STROKES,
     changed_tiles,
     layer_schema,
     model_output,
     result_layers,
+    reviewed_layer_for,
+    reviewed_name,
     session_for,
+    strokes_layers,
+    strokes_name,
     tile_origins,
     tile_slices,
 )
@@ -37,6 +45,8 @@ SHOWN_UNCERTAIN = 8
 REFRESH_DELAY_MS = 250
 #: Fraction of the canvas the tile fills after a jump.
 TILE_FILL = 0.9
+#: Colour of the reviewed marks (drawn translucent over the result layer).
+REVIEWED_COLOR = "#00e5ff"
 _ANY_CLASS = ("any class", -1)
 
 
@@ -83,6 +93,7 @@ class ReviewWidget(Container):
         self._session = session_for(napari_viewer)
         self._watched: Labels | None = None
         self._watched_confidence: Image | None = None
+        self._watched_reviewed: Labels | None = None
         self._ranking: list[tuple[int, float]] | None = None
         self._uncertain_pos = -1
         self._changed: list[int] = []
@@ -108,6 +119,14 @@ class ReviewWidget(Container):
                                    tooltip="Replace only this class in the tile (class A by class B)")
         self._fill_button = PushButton(text="Fill tile")
         self._reset_layer_button = PushButton(text="Reset whole layer...")
+        self._mark_tile_button = PushButton(text="Mark tile as reviewed")
+        self._mark_tile_button.tooltip = ("The tile is right as it is: Export takes all of it as "
+                                          "truth (on a separate 'reviewed' layer; Ctrl+Z there undoes)")
+        self._mark_view_button = PushButton(text="Mark visible area as reviewed")
+        self._reviewed_label = Label(value="")
+        self._strokes_button = PushButton(text="New strokes layer")
+        self._strokes_button.tooltip = ("An empty layer to scribble the model's classes on (Export: "
+                                        "'strokes layers'); unpainted pixels are not labelled")
 
         def row(*widgets: Any) -> Container:
             return Container(widgets=list(widgets), layout="horizontal", labels=False)
@@ -119,6 +138,8 @@ class ReviewWidget(Container):
             self._tile, self._go, self._tile_info,
             self._reset_tile_button, self._fill_class, self._fill_only, self._fill_button,
             self._reset_layer_button,
+            row(self._mark_tile_button, self._mark_view_button), self._reviewed_label,
+            self._strokes_button,
         ])
 
         self._timer = QTimer(self.native)
@@ -138,6 +159,9 @@ class ReviewWidget(Container):
         self._reset_tile_button.clicked.connect(lambda: self.reset_tile())
         self._fill_button.clicked.connect(lambda: self.fill_tile())
         self._reset_layer_button.clicked.connect(self._confirm_reset_layer)
+        self._mark_tile_button.clicked.connect(lambda: self.mark_reviewed())
+        self._mark_view_button.clicked.connect(lambda: self.mark_visible_reviewed())
+        self._strokes_button.clicked.connect(lambda: self.new_strokes_layer())
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
         self._on_layer_changed()
@@ -166,6 +190,16 @@ class ReviewWidget(Container):
     @property
     def uncertain_text(self) -> str:
         return str(self._uncertain_label.value)
+
+    @property
+    def reviewed_text(self) -> str:
+        return str(self._reviewed_label.value)
+
+    @property
+    def reviewed_layer(self) -> Labels | None:
+        """The reviewed marks of the layer under review (None until something is marked)."""
+        layer = self.layer
+        return None if layer is None else reviewed_layer_for(self._viewer, layer)
 
     def changed_tiles(self) -> list[int]:
         """Tiles of the layer that differ from the model's output now (empty without one)."""
@@ -211,6 +245,7 @@ class ReviewWidget(Container):
             uncertain_text = "\n".join(["Least sure tiles (mean confidence):", *lines])
         _update(self._changed_label, "value", changed_text)
         _update(self._uncertain_label, "value", uncertain_text)
+        _update(self._reviewed_label, "value", self._reviewed_summary())
         for button in (self._prev_changed, self._next_changed):
             _update(button, "enabled", bool(self._changed))
         for button in (self._prev_uncertain, self._next_uncertain):
@@ -229,6 +264,11 @@ class ReviewWidget(Container):
         parts = [f"rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}"]
         if k in self._changed:
             parts.append("changed")
+        reviewed = self.reviewed_layer
+        if reviewed is not None:
+            marks = np.asarray(reviewed.data[rows, cols]) > 0
+            parts.append("reviewed" if marks.all() else "partly reviewed" if marks.any() else "")
+            parts = [p for p in parts if p]
         ranking = self._ranking if self._watched_confidence is not None else None
         if ranking:
             parts.append(f"mean confidence {dict(ranking)[k]:.3f}")
@@ -384,6 +424,120 @@ class ReviewWidget(Container):
             self.reset_layer()
 
     # ---------------------------------------------------------------------------------------------
+    # partial labels: reviewed marks and strokes
+    # ---------------------------------------------------------------------------------------------
+    def mark_reviewed(self, tile: int | None = None) -> bool:
+        """Mark ``tile`` (default: the current tile) as reviewed, i.e. right as it is; undoable.
+
+        The marks go to the ``"<layer> reviewed"`` layer (made on first use); the result layer is
+        not touched. Ctrl+Z on the reviewed layer takes a mark back.
+        """
+        layer = self._checked_layer(need_model_output=False)
+        tile = self.current_tile if tile is None else tile
+        if layer is None or not self._check_tile(layer, tile):
+            return False
+        rows, cols = tile_slices(layer.data.shape, self.tile_size, int(tile))
+        return self._mark(layer, rows, cols, f"tile {int(tile)}")
+
+    def mark_visible_reviewed(self) -> bool:
+        """Mark the part of the layer the view shows now as reviewed; undoable."""
+        layer = self._checked_layer(need_model_output=False)
+        if layer is None:
+            return False
+        window = self.visible_window(layer)
+        if window is None:
+            show_warning(f"Review: the view shows no part of {layer.name!r}; go to a tile first")
+            return False
+        return self._mark(layer, *window, "the visible area")
+
+    def visible_window(self, layer: Labels) -> tuple[slice, slice] | None:
+        """The rows and columns of ``layer`` whose pixel centres the view shows (None: none)."""
+        camera = self._viewer.camera
+        height, width = self._viewer.canvas.size
+        centre = np.asarray(camera.center[-2:], dtype=float)
+        half = np.array([height, width], dtype=float) / float(camera.zoom) / 2
+        point = list(self._viewer.dims.point)
+        corners = []
+        for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+            point[-2:] = centre + half * (dy, dx)
+            corners.append(np.asarray(layer.world_to_data(point), dtype=float)[-2:])
+        lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+        shape = layer.data.shape[-2:]
+        start = [max(int(np.ceil(v)), 0) for v in lo]
+        stop = [min(int(np.floor(v)) + 1, n) for v, n in zip(hi, shape, strict=True)]
+        if stop[0] <= start[0] or stop[1] <= start[1]:
+            return None
+        return slice(start[0], stop[0]), slice(start[1], stop[1])
+
+    def _mark(self, layer: Labels, rows: slice, cols: slice, what: str) -> bool:
+        reviewed = reviewed_layer_for(self._viewer, layer) or self._add_reviewed_layer(layer)
+        iy, ix = np.nonzero(np.asarray(reviewed.data[rows, cols]) == 0)
+        if iy.size == 0:
+            show_info(f"Review: {what} of {layer.name!r} is already marked reviewed")
+            return True
+        reviewed.data_setitem((iy + rows.start, ix + cols.start), 1)
+        show_info(f"Review: {what} of {layer.name!r} marked reviewed ({iy.size:,} px); Ctrl+Z on "
+                  f"{reviewed.name!r} takes it back")
+        self.refresh()
+        return True
+
+    def _add_reviewed_layer(self, layer: Labels) -> Labels:
+        colormap = DirectLabelColormap(color_dict={0: "transparent", None: "transparent",
+                                                   1: REVIEWED_COLOR})
+        record = {"of": layer.name, **_origin(layer)}
+        reviewed = self._viewer.add_labels(
+            np.zeros(layer.data.shape, np.uint8), name=reviewed_name(layer.name), scale=layer.scale,
+            translate=layer.translate, units=layer.units, opacity=0.25, colormap=colormap,
+            metadata={REVIEWED: record})
+        self._viewer.layers.selection.active = layer  # go on correcting the result layer
+        return reviewed
+
+    def new_strokes_layer(self) -> Labels | None:
+        """Add ``"<layer> strokes"``: an empty layer to paint the layer's classes on.
+
+        Class ``c`` is painted as label ``c + 1`` in its class colour (0 = not painted), so class 0
+        can be painted too; Export converts the strokes back to class codes. An existing strokes
+        layer of the same result layer is chosen instead (it is never replaced).
+        """
+        layer = self._checked_layer(need_model_output=False)
+        if layer is None:
+            return None
+        schema = layer_schema(layer)
+        if schema is None:
+            show_warning(f"Review: {layer.name!r} has no class schema; choose a layer made by Segment")
+            return None
+        existing = [s for s in strokes_layers(self._viewer)
+                    if s.metadata[STROKES].get("of") == layer.name and s.data.shape == layer.data.shape]
+        if existing:
+            self._viewer.layers.selection.active = existing[0]
+            show_info(f"Review: {existing[0].name!r} already exists; paint on it (it is kept as it is)")
+            return existing[0]
+        record = {"of": layer.name, "kind": schema.kind, "schema": schema.to_dict(), **_origin(layer)}
+        strokes = self._viewer.add_labels(
+            np.zeros(layer.data.shape, strokes_dtype(schema)), name=strokes_name(layer.name),
+            scale=layer.scale, translate=layer.translate, units=layer.units, opacity=0.8,
+            colormap=DirectLabelColormap(color_dict=stroke_colors(schema)),
+            features=stroke_features(schema), metadata={STROKES: record})
+        code = self._fill_class.value
+        strokes.selected_label = (int(code) if code is not None else 0) + 1
+        strokes.mode = "paint"
+        self._viewer.layers.selection.active = strokes
+        show_info(f"Review: paint classes of {layer.name!r} on {strokes.name!r} (label = class code + "
+                  f"1; 0 = not painted), then export with 'strokes layers'")
+        return strokes
+
+    def _reviewed_summary(self) -> str:
+        reviewed = self.reviewed_layer
+        if reviewed is None:
+            return ""
+        marks = np.asarray(reviewed.data) > 0
+        n = int(np.count_nonzero(marks))
+        full = [k for k, (y, x) in enumerate(tile_origins(marks.shape, self.tile_size))
+                if marks[y:y + self.tile_size, x:x + self.tile_size].all()]
+        return (f"Reviewed: {n:,} px ({n / max(marks.size, 1):.0%}); whole tiles: "
+                f"{_numbers(full) if full else 'none'}")
+
+    # ---------------------------------------------------------------------------------------------
     # checks
     # ---------------------------------------------------------------------------------------------
     def _checked_layer(self, need_model_output: bool = True) -> Labels | None:
@@ -427,6 +581,17 @@ class ReviewWidget(Container):
         self._layer_box.reset_choices()
         self._on_layer_changed()
 
+    def _watch_reviewed(self) -> None:
+        """Refresh when the reviewed marks change (a mark undone on their own layer)."""
+        reviewed = self.reviewed_layer
+        if reviewed is self._watched_reviewed:
+            return
+        if self._watched_reviewed is not None:
+            self._watch(self._watched_reviewed, connect=False)
+        if reviewed is not None:
+            self._watch(reviewed, connect=True)
+        self._watched_reviewed = reviewed
+
     def _on_layer_changed(self, *_: Any) -> None:
         layer = self.layer
         confidence = confidence_layer_for(self._viewer, layer) if layer is not None else None
@@ -446,6 +611,7 @@ class ReviewWidget(Container):
             self._watched_confidence = confidence
             self._ranking = None
             self._uncertain_pos = -1
+        self._watch_reviewed()
         self._update_grid()
 
     def _watch(self, layer: Labels | None, connect: bool) -> None:
@@ -480,6 +646,13 @@ class ReviewWidget(Container):
             self._tile.value = max(n - 1, 0)
         _update(self._tile, "max", max(n - 1, 0))
         for widget in (self._tile, self._go, self._reset_tile_button, self._fill_class, self._fill_only,
-                       self._fill_button, self._reset_layer_button):
+                       self._fill_button, self._reset_layer_button, self._mark_tile_button,
+                       self._mark_view_button, self._strokes_button):
             _update(widget, "enabled", layer is not None)
         self.refresh()
+
+
+def _origin(layer: Labels) -> dict[str, Any]:
+    """The micrograph and pixel size a result layer was made from (for layers made from it)."""
+    info = layer.metadata.get(META, {})
+    return {key: info[key] for key in ("image", "pixel_size_nm", "pixel_size_source") if key in info}

@@ -14,7 +14,9 @@ from ..core.models import ModelCard, read_model_card
 from ..core.segment import MODES
 from ._common import (
     KINDS,
+    USER,
     JobControls,
+    describe_source,
     get_layer,
     has_corrections,
     labels_name,
@@ -23,6 +25,7 @@ from ._common import (
     notify_error,
     notify_notes,
     session_for,
+    set_pixel_size,
     show_confidence,
     show_info,
     show_labels,
@@ -87,6 +90,9 @@ class SegmentWidget(Container):
         self.image = ComboBox(label="micrograph", choices=self._image_choices, nullable=True)
         self.pixel_size = FloatSpinBox(label="pixel size (nm)", min=0.0, max=100.0, step=0.05,
                                        value=0.0)
+        self.pixel_size.tooltip = ("The micrograph's pixel size; a value you enter goes to the image "
+                                   "layer and every layer made from it (scale in nm), and Export "
+                                   "writes it into the training pairs")
         self.pixel_source = Label(value="")
         self.models = {kind: _ModelChooser(kind) for kind in KINDS}
         self.mode = ComboBox(label="mode", choices=list(MODES), value="auto")
@@ -101,6 +107,8 @@ class SegmentWidget(Container):
         self._paths: dict[str, str | None] = dict.fromkeys(KINDS)
 
         self.image.changed.connect(self._on_image)
+        self.pixel_size.changed.connect(self._on_pixel_size_entered)
+        self.session.pixel_size_changed.connect(self._on_session_pixel_size)
         self.mode.changed.connect(lambda v: setattr(self.mode_help, "value", MODE_HELP[v]))
         self.job.run_button.changed.connect(self.run)
         self.job.cancel_button.changed.connect(self.cancel)
@@ -128,9 +136,26 @@ class SegmentWidget(Container):
             self.pixel_source.value = ""
             return
         px, source = layer_pixel_size(layer)
-        self.pixel_size.value = px or 0.0
-        self.pixel_source.value = (f"from {source}" if px else
-                                   "unknown: set it, or 0 to assume the models' own pixel size")
+        if abs(float(self.pixel_size.value) - (px or 0.0)) > 1e-9:  # not while the user types it
+            with self.pixel_size.changed.blocked():
+                self.pixel_size.value = px or 0.0
+        self.pixel_source.value = (describe_source(source) if px else
+                                   "unknown: enter it (or 0 to assume the models' own pixel size; "
+                                   "Export then asks for it)")
+
+    def _on_pixel_size_entered(self, value: float) -> None:
+        """A pixel size typed by the user goes to the micrograph layer and its result layers."""
+        layer = self.image.value
+        if layer is None or layer not in self.viewer.layers or not value:
+            return
+        known, _ = layer_pixel_size(layer)
+        if known is None or abs(known - float(value)) > 1e-9:
+            set_pixel_size(self.viewer, layer, float(value), USER)
+
+    def _on_session_pixel_size(self, image_name: str) -> None:
+        layer = self.image.value
+        if layer is not None and layer.name == image_name:
+            self._on_image(layer)
 
     def _show_card(self, kind: str, path: str | None) -> None:
         try:
@@ -211,9 +236,9 @@ class SegmentWidget(Container):
             return None
         image = np.asarray(layer.data)
         px = float(self.pixel_size.value) or None
-        layer_px, layer_source = layer_pixel_size(layer)
-        source = (layer_source if px is not None and layer_px is not None and abs(px - layer_px) < 1e-9
-                  else "typed in the Segment widget" if px is not None else None)
+        if px is not None:
+            self._on_pixel_size_entered(px)  # the layer holds what the run uses
+        source = layer_pixel_size(layer)[1] if px is not None else None
         weights = {k: self._paths[k] for k in kinds}
         options = {"mode": self.mode.value, "confidence": bool(self.confidence.value)}
         self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
@@ -244,7 +269,7 @@ class SegmentWidget(Container):
         if image_layer not in self.viewer.layers:
             self.job.finish("the micrograph layer was closed; result dropped")
             return
-        source = source or result.pixel_size_source  # what the user knows it by, not "user"
+        source = source or result.pixel_size_source  # "model": assumed, the layers say unknown
         info = {"pixel_size_nm": result.pixel_size_nm, "pixel_size_source": source, "mode": result.mode}
         for kind, labels in result.labels.items():
             card = result.models[kind]
@@ -255,6 +280,8 @@ class SegmentWidget(Container):
         self.viewer.layers.selection.active = get_layer(self.viewer, labels_name(image_layer.name,
                                                                                  next(iter(result.labels))))
         seconds = time.perf_counter() - self._started
+        where = ("assumed: the models' own; enter the real one before exporting"
+                 if source == "model" else describe_source(source))
         self.job.finish(f"done in {seconds:.1f} s ({result.mode} mode, "
-                        f"{result.pixel_size_nm:g} nm/px from {source})")
+                        f"{result.pixel_size_nm:g} nm/px, {where})")
         notify_notes([*result.notes, *self.engine.notes])

@@ -3,7 +3,9 @@
 The run happens in the training model process (:mod:`napari_emgranules._engine`) through the
 ``train`` job of :mod:`napari_emgranules._engine_tasks` (:func:`~.core.train.train_iter`, then the
 best model's per-class metrics on the validation pairs). The widget shows a live plot of the loss and
-validation mean IoU, a per-class table at the end, and hands the new weights to the Segment widget.
+validation mean IoU (epoch 0: the starting weights, scored before training), at the end the per-class
+IoU before and after training (the core's ``report.csv``) and a per-class table of the kept model,
+and hands the new weights to the Segment widget.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ START_CHOICES = ("current model", "weights file", "fresh")
 WEIGHTS_FILTER = "Keras weights (*.weights.h5 *.h5 *.hdf5 *.keras *.index);;All files (*)"
 PLOT_SERIES = {"loss": "loss", "val_loss": "val loss", "val_mean_iou": "val mean IoU"}
 TABLE_COLUMNS = ("class", "IoU", "Dice", "precision", "recall", "val pixels")
+REPORT_COLUMNS = ("class", "val pixels", "IoU before", "IoU after", "change")
+REPORT_FILE = "report.csv"  # the core's before/after table in the run folder
+KEPT_START = "no epoch beat the starting model; it was kept"
 _METRICS = (("IoU", "iou"), ("Dice", "dice"), ("precision", "precision"), ("recall", "recall"))
 MISSING = "n/a"  # a metric with nothing to measure (a class absent from the validation pairs)
 
@@ -117,6 +122,32 @@ def _metric(value: Any) -> float | str:
     return round(value, 4) if math.isfinite(value) else MISSING
 
 
+def _change(value: Any) -> str:
+    value = float(value)
+    return f"{value:+.4f}" if math.isfinite(value) else MISSING
+
+
+def read_report(summary: Any, run_folder: str | Path | None) -> Any:
+    """The before/after per-class IoU table of a finished run (a DataFrame), or None.
+
+    ``summary.report`` when the training job hands it over, else the run folder's ``report.csv``.
+    """
+    report = getattr(summary, "report", None)
+    if report is not None:
+        return report
+    folder = Path(run_folder) if run_folder is not None else Path(summary.weights_path).parent
+    path = folder / REPORT_FILE
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        show_warning(f"Train: could not read the before/after table {path}: {exc}")
+        return None
+
+
 # -------------------------------------------------------------------------------------------------
 # The widget
 # -------------------------------------------------------------------------------------------------
@@ -178,15 +209,20 @@ class TrainWidget(Container):
         self.job = JobControls("Train", stages=("batches", "epochs"))
         self.plot_box = Container(labels=False)
         self.result_info = Label(value="")
+        self.report_table = Table(value=[], columns=list(REPORT_COLUMNS), visible=False)
+        self.report_table.native.verticalHeader().setVisible(False)
+        self.report_table.tooltip = ("Per-class IoU on the validation data: the starting model "
+                                     "(before) and the kept weights (after)")
         self.class_table = Table(value=[], columns=list(TABLE_COLUMNS), visible=False)
         self.class_table.native.verticalHeader().setVisible(False)
         self.use_button = PushButton(text="Use in Segment widget", enabled=False)
         super().__init__(widgets=[self.settings, self.job, self.plot_box, self.result_info,
-                                  self.class_table, self.use_button], labels=False)
+                                  self.report_table, self.class_table, self.use_button], labels=False)
         self._make_plot()
 
         self.history: list[dict[str, float]] = []  # end-of-epoch logs of the current run
         self.summary: Any = None  # TrainSummary of the last finished run
+        self.report: Any = None  # its before/after per-class IoU (DataFrame), if it had validation
         self.weights_path: Path | None = None  # what "Use in Segment" hands over
         self.run_folder: Path | None = None
         self._run_kind = self.kind.value
@@ -239,8 +275,9 @@ class TrainWidget(Container):
         ax, _ = self.axes
         ax.relim()
         ax.autoscale_view()
-        if self.history:
-            ax.set_xlim(0.5, max(h["epoch"] for h in self.history) + 0.5)
+        if self.history:  # epoch 0 (the starting weights) has validation metrics only
+            epochs = [h["epoch"] for h in self.history]
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
 
     # -- fields ------------------------------------------------------------------------------------
     def _add_folder(self, _=None) -> None:
@@ -360,7 +397,10 @@ class TrainWidget(Container):
         self.summary = None
         self.weights_path = None
         self.use_button.enabled = False
+        self.report = None
         self.result_info.value = ""
+        self.report_table.value = {"data": [], "columns": list(REPORT_COLUMNS), "index": []}
+        self.report_table.visible = False
         self.class_table.value = {"data": [], "columns": list(TABLE_COLUMNS), "index": []}
         self.class_table.visible = False
         self._redraw()
@@ -387,7 +427,11 @@ class TrainWidget(Container):
 
     def _epoch_text(self, event: TrainProgress) -> str:
         logs = event.logs
-        parts = [f"loss {logs['loss']:.4g}"] if "loss" in logs else []
+        if event.epoch == 0:
+            parts = [f"{name} {logs[key]:.4g}" for key, name in PLOT_SERIES.items()
+                     if key.startswith("val_") and key in logs]
+            return f"starting model (epoch 0): {', '.join(parts) or 'scored'}"
+        parts = [f"loss {logs['loss']:.4g}"] if math.isfinite(logs.get("loss", math.nan)) else []
         parts += [f"val loss {logs['val_loss']:.4g}"] if "val_loss" in logs else []
         parts += [f"val mean IoU {logs['val_mean_iou']:.3f}"] if "val_mean_iou" in logs else []
         best = " (best so far: saved)" if event.improved else ""
@@ -398,13 +442,17 @@ class TrainWidget(Container):
         self.summary = summary
         self.weights_path = Path(summary.weights_path)
         self._show_per_class(summary.per_class)
+        self.report = read_report(summary, self.run_folder)
+        self._show_report(self.report)
         stopped = " (stopped early)" if summary.stopped_early else ""
-        self.result_info.value = (f"best epoch {summary.best_epoch}: {summary.monitor} "
-                                  f"{summary.best_value:.4g}{stopped}\nweights: {summary.weights_path}")
+        kept = summary.best_epoch == 0
+        best = (f"{KEPT_START} ({summary.monitor} {summary.best_value:.4g})" if kept
+                else f"best epoch {summary.best_epoch}: {summary.monitor} {summary.best_value:.4g}")
+        self.result_info.value = f"{best}{stopped}\nweights: {summary.weights_path}"
         self.use_button.enabled = True
         seconds = time.perf_counter() - self._started
-        show_info(f"Train: done in {seconds:.0f} s; the best weights (epoch {summary.best_epoch}) "
-                  f"are in {summary.weights_path}")
+        which = "the starting weights, kept," if kept else f"the best weights (epoch {summary.best_epoch})"
+        show_info(f"Train: done in {seconds:.0f} s; {which} are in {summary.weights_path}")
         notify_notes(list(dict.fromkeys([*summary.notes, *notes])))
 
     def _show_per_class(self, table: Any) -> None:
@@ -418,6 +466,18 @@ class TrainWidget(Container):
         self.class_table.native.resizeColumnsToContents()
         self.class_table.visible = True
 
+    def _show_report(self, table: Any) -> None:
+        """The before/after per-class IoU table (hidden without validation data)."""
+        if table is None or len(table) == 0:
+            self.report_table.visible = False
+            return
+        rows = [[f"{row['class']} ({row['letter']})", int(row["pixels"]), _metric(row["iou_before"]),
+                 _metric(row["iou_after"]), _change(row["change"])] for _, row in table.iterrows()]
+        self.report_table.value = {"data": rows, "columns": list(REPORT_COLUMNS),
+                                   "index": [str(i) for i in range(len(rows))]}
+        self.report_table.native.resizeColumnsToContents()
+        self.report_table.visible = True
+
     def _on_error(self, exc: BaseException) -> None:
         saved = saved_weights(self.run_folder, self._weights_before) if self.run_folder else None
         if saved is not None:
@@ -430,7 +490,7 @@ class TrainWidget(Container):
             except OSError:
                 pass
         if isinstance(exc, Cancelled):
-            epochs = len(self.history)
+            epochs = sum(h["epoch"] > 0 for h in self.history)  # epoch 0 scored the start only
             show_info(f"Train: cancelled after {epochs} epoch{'s' * (epochs != 1)}; "
                       + (f"the best weights so far are in {saved}" if saved
                          else "no epoch finished, so nothing was saved"))

@@ -270,6 +270,8 @@ class TrainResult:
         NaN when training from scratch) and of the kept weights (``iou_after``), and the
         validation pixels (``pixels``); also ``report.csv`` in the run folder. None without
         validation data.
+    confusion : numpy.ndarray or None
+        Confusion matrix (rows = truth) of the kept weights on the validation data.
     """
 
     model: SegmentationModel
@@ -282,6 +284,7 @@ class TrainResult:
     out_dir: Path
     notes: list[str] = field(default_factory=list)
     report: Any = None
+    confusion: np.ndarray | None = None
 
     @property
     def kept_start(self) -> bool:
@@ -1269,7 +1272,8 @@ def _result(run: _Run) -> TrainResult:
     return TrainResult(model=load_model(run.weights_path), weights_path=run.weights_path,
                        history=pd.DataFrame(run.history), best_epoch=run.watch.best_epoch,
                        monitor=run.watch.monitor, best_value=float(run.watch.best_value),
-                       stopped_early=run.stopped, out_dir=run.out, notes=run.notes, report=report)
+                       stopped_early=run.stopped, out_dir=run.out, notes=run.notes, report=report,
+                       confusion=None if run.cm_best is None else np.asarray(run.cm_best, np.int64))
 
 
 def train(data, out_dir, **kwargs: Any) -> TrainResult:
