@@ -181,3 +181,12 @@ def test_fine_tuning_is_never_worse_than_the_start(tmp_path):
         empty = np.full(labels.shape, UNLABELLED, np.uint16)
         write_labels(tmp_path / "none.tif", empty)
         train([(tmp_path / "m.tif", tmp_path / "none.tif")], tmp_path / "run2", model=start_path, epochs=1)
+
+
+def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):
+    image, labels = _cell()
+    for tile, px in ((0, 0.8), (1, 1.2)):
+        export_training_pairs(image, labels, tmp_path, schema=LOCATIONS_SCHEMA, tile_size=128,
+                              tiles=[tile], source="cell.tif", pixel_size_nm=px)
+    with pytest.raises(TrainingError, match=r"cell.tif: .*different pixel sizes \(0.8, 1.2 nm"):
+        _load_samples(load_training_pairs(tmp_path), LOCATIONS_SCHEMA, 3.2)
