@@ -184,6 +184,16 @@ def set_pixel_size(viewer: Any, image: Image, pixel_size_nm: float, source: str 
     session_for(viewer).pixel_size_changed.emit(image.name)
 
 
+def enter_pixel_size(viewer: Any, image: Image | None, value: Any) -> None:
+    """A pixel size the user typed in a widget: recorded (source "user") unless it is already the
+    layer's, or there is no value or no micrograph layer."""
+    if image is None or image not in viewer.layers or not value:
+        return
+    known, _ = layer_pixel_size(image)
+    if known is None or abs(known - float(value)) > 1e-9:
+        set_pixel_size(viewer, image, float(value), USER)
+
+
 def reviewed_name(layer_name: str) -> str:
     return f"{layer_name} reviewed"
 

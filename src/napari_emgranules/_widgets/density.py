@@ -46,12 +46,12 @@ from ._common import (
     USER,
     JobControls,
     describe_source,
+    enter_pixel_size,
     image_layer_of,
     layer_pixel_size,
     layer_schema,
     notify_error,
     session_for,
-    set_pixel_size,
     start_worker,
 )
 from ._plot import BackgroundFigure
@@ -575,10 +575,7 @@ class DensityWidget(QWidget):
             "unknown: areas in pixels only"
         loc = self._current(self.locations_combo)
         image = image_layer_of(self.viewer, loc) if loc is not None else None
-        if image is not None and self.pixel_size.value:  # the micrograph layer keeps it for all
-            known, _ = layer_pixel_size(image)
-            if known is None or abs(known - float(self.pixel_size.value)) > 1e-9:
-                set_pixel_size(self.viewer, image, float(self.pixel_size.value), USER)
+        enter_pixel_size(self.viewer, image, self.pixel_size.value)  # the micrograph keeps it for all
         self._schedule()
 
     def _on_session_pixel_size(self, image_name: str) -> None:

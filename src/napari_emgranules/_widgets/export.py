@@ -46,9 +46,9 @@ from ..core.dataset import MIN_TILE_SIDE_PX, TrainingPair, check_export_folder, 
 from ..core.schema import ClassSchema
 from ._common import (
     META,
-    USER,
     changed_tiles,
     describe_source,
+    enter_pixel_size,
     has_corrections,
     layer_pixel_size,
     layer_schema,
@@ -59,7 +59,6 @@ from ._common import (
     result_layers,
     reviewed_layer_for,
     session_for,
-    set_pixel_size,
     start_worker,
     strokes_layers,
     strokes_schema,
@@ -495,12 +494,7 @@ class ExportWidget(Container):
         self._pixel_source.value = text
 
     def _on_pixel_size_entered(self, value: float) -> None:
-        image = self._image.value
-        if image is None or image not in self._viewer.layers or not value:
-            return
-        known, _ = layer_pixel_size(image)
-        if known is None or abs(known - float(value)) > 1e-9:
-            set_pixel_size(self._viewer, image, float(value), USER)
+        enter_pixel_size(self._viewer, self._image.value, value)
 
     def _on_session_pixel_size(self, image_name: str) -> None:
         image = self._image.value

@@ -14,9 +14,9 @@ from ..core.models import ModelCard, read_model_card
 from ..core.segment import MODES
 from ._common import (
     KINDS,
-    USER,
     JobControls,
     describe_source,
+    enter_pixel_size,
     get_layer,
     has_corrections,
     labels_name,
@@ -25,7 +25,6 @@ from ._common import (
     notify_error,
     notify_notes,
     session_for,
-    set_pixel_size,
     show_confidence,
     show_info,
     show_labels,
@@ -145,12 +144,7 @@ class SegmentWidget(Container):
 
     def _on_pixel_size_entered(self, value: float) -> None:
         """A pixel size typed by the user goes to the micrograph layer and its result layers."""
-        layer = self.image.value
-        if layer is None or layer not in self.viewer.layers or not value:
-            return
-        known, _ = layer_pixel_size(layer)
-        if known is None or abs(known - float(value)) > 1e-9:
-            set_pixel_size(self.viewer, layer, float(value), USER)
+        enter_pixel_size(self.viewer, self.image.value, value)
 
     def _on_session_pixel_size(self, image_name: str) -> None:
         layer = self.image.value
