@@ -167,7 +167,15 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
 # Training as a user runs it
 # -------------------------------------------------------------------------------------------------
 def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[str]) -> dict[str, Any]:
-    """``emgranules train --pair ... --model KIND`` in its own process; wall and CPU seconds."""
+    """``emgranules train --pair ... --model KIND`` in its own process; wall and CPU seconds.
+
+    A run folder that already holds a finished run (``run.json``, from an interrupted benchmark
+    with ``--work``) is reused as it is.
+    """
+    done = out / "run.json"
+    if done.is_file():
+        saved = json.loads(done.read_text(encoding="utf-8"))
+        return {**saved, "weights": out / f"{kind}.weights.h5"}
     cmd = [sys.executable, "-m", "napari_emgranules.cli", "train", "--model", kind, "--out", str(out),
            "--quiet", *extra]
     for image, labels in pairs:
@@ -183,8 +191,10 @@ def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     with open(out / "history.csv", newline="", encoding="utf-8") as fh:
         epochs = sum(int(row["epoch"]) > 0 for row in csv.DictReader(fh))  # epoch 0 = the start
-    return {"wall_s": wall, "cpu_s": cpu, "stdout": proc.stdout.strip().splitlines()[-12:],
-            "epochs": epochs, "weights": out / f"{kind}.weights.h5"}
+    run = {"wall_s": wall, "cpu_s": cpu, "stdout": proc.stdout.strip().splitlines()[-12:],
+           "epochs": epochs}
+    done.write_text(json.dumps(run), encoding="utf-8")
+    return {**run, "weights": out / f"{kind}.weights.h5"}
 
 
 def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path, extra: list[str],
@@ -292,7 +302,7 @@ def render(truth: Any, pictures: dict[str, tuple[np.ndarray, np.ndarray]], path:
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    cmap = ListedColormap([LOCATIONS_SCHEMA.colors[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
+    cmap = ListedColormap([LOCATIONS_SCHEMA.colors()[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
     panels = [("truth", truth.locations, truth.granules)] + [
         (name, loc, gran) for name, (loc, gran) in pictures.items()]
     fig = Figure(figsize=(3 * (1 + len(panels)), 6.2), dpi=80)
@@ -327,7 +337,7 @@ def render_cardiac(image, truth, new, loc, path: Path) -> None:
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    cmap = ListedColormap([LOCATIONS_SCHEMA.colors[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
+    cmap = ListedColormap([LOCATIONS_SCHEMA.colors()[c] for c in range(LOCATIONS_SCHEMA.n_classes)])
     fig = Figure(figsize=(16, 4.4), dpi=70)
     axes = fig.subplots(1, 4)
     axes[0].imshow(image, cmap="gray")
