@@ -175,7 +175,7 @@ def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[
     done = out / "run.json"
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        return {**saved, "weights": out / f"{kind}.weights.h5"}
+        return {**saved, "weights": next(out.glob("*.weights.h5"))}
     cmd = [sys.executable, "-m", "napari_emgranules.cli", "train", "--model", kind, "--out", str(out),
            "--quiet", *extra]
     for image, labels in pairs:
@@ -194,7 +194,7 @@ def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[
     run = {"wall_s": wall, "cpu_s": cpu, "stdout": proc.stdout.strip().splitlines()[-12:],
            "epochs": epochs}
     done.write_text(json.dumps(run), encoding="utf-8")
-    return {**run, "weights": out / f"{kind}.weights.h5"}
+    return {**run, "weights": next(out.glob("*.weights.h5"))}  # named after the kind or task
 
 
 def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path, extra: list[str],
