@@ -130,13 +130,23 @@ def weights_hash(model: SegmentationModel) -> str:
     return h.hexdigest()[:12]
 
 
+def _relative(path: str | None) -> str | None:
+    """A weights path relative to the repository when it lies inside it (no machine's paths in docs)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def model_info(model: SegmentationModel) -> dict[str, Any]:
     """What the report says about one model (weights, hash, trained, card fields)."""
     card = model.card
     prov = card.provenance
     return {
         "kind": card.kind,
-        "weights": prov.get("source") or "bundled default (no weights file)",
+        "weights": _relative(prov.get("source")) or "bundled default (no weights file)",
         "sha256_12": weights_hash(model),
         "trained": card.trained,
         "architecture": card.architecture,

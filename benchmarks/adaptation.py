@@ -408,6 +408,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _without_work(argv: list[str]) -> list[str]:
+    """The command line for the report, without ``--work DIR`` (a path of this machine only)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--work":
+            skip = True
+        elif not a.startswith("--work="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", default=",".join(HELDOUT_FAMILIES))
@@ -430,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         families, steps, args.size, args.test = families[:1], ["full1"], 1024, 2
     extra = ["--max-minutes", f"{args.max_minutes:g}"]
     report: dict[str, Any] = {
-        "command": "python benchmarks/adaptation.py "
-                   + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/adaptation.py " + shlex.join(_without_work(
+            argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "size": args.size, "n_test": args.test,
         "extra": extra, "families": {}, "pictures_dir": args.out.parent}
