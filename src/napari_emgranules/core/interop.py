@@ -35,11 +35,13 @@ import shutil
 import tempfile
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .calibration import softmax_max
 from .models import (
     _CACHE,
     _CACHE_LOCK,
@@ -433,6 +435,13 @@ def export_czann(model: SegmentationModel, path: str | os.PathLike, *, tile: int
         except ValueError:
             raise ExportError(f"model_id must be a UUID, got {model_id!r}") from None
     model_id = model_id or str(uuid.uuid4())
+    if model.card.input_scaling != "dtype-range":
+        warnings.warn(
+            f"{model!r} expects each micrograph stretched by its own grey levels (input scaling "
+            f"{model.card.input_scaling!r}); ZEN scales each tile by its pixel type's range "
+            "instead, so ZEN's results will differ from this package's unless the micrographs are "
+            "contrast-stretched before (1st and 99th percentiles to 15% and 75% of the range)",
+            UserWarning, stacklevel=2)
     _need("czmodel", "czmodel", "ZEISS model export (Python >= 3.11)")
     import onnx
     from czmodel.core.legacy_model_metadata import ModelMetadata as LegacyMetadata
@@ -559,15 +568,26 @@ class OnnxSegmentationModel(SegmentationModel):
             )
         return self._session.run([self._names[o] for o in outputs], {self._input: x})
 
+    def _calibrated(self) -> bool:
+        """The card's temperature applies (a network with logits; the softmax is done here)."""
+        return self.card.temperature != 1.0 and self.output_kind == "logits"
+
     def predict_labels(self, batch: np.ndarray, confidence: bool = True
                        ) -> tuple[np.ndarray, np.ndarray | None]:
         if not confidence:
             (labels,) = self._run(["labels"], batch)
             return np.asarray(labels, np.uint8), None
+        if self._calibrated():
+            z = self.predict_logits(batch)
+            return np.argmax(z, axis=-1).astype(np.uint8), softmax_max(z, self.card.temperature)
         labels, conf = self._run(["labels", "confidence"], batch)
         return np.asarray(labels, np.uint8), np.asarray(conf, np.float32)
 
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        if self._calibrated():
+            z = self.predict_logits(batch) / np.float32(self.card.temperature)
+            e = np.exp(z - z.max(axis=-1, keepdims=True))
+            return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
         return np.asarray(self._run(["probabilities"], batch)[0], np.float32)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
+    "INPUT_SCALINGS",
     "PRECISIONS",
     "MODEL_PIXEL_SIZE_NM",
     "ModelCard",
@@ -66,6 +67,9 @@ __all__ = [
 
 MODEL_PIXEL_SIZE_NM = 0.8
 """Pixel size the original models were trained at (nm per pixel)."""
+
+INPUT_SCALINGS = ("dtype-range", "percentile")
+"""How a model card says its input is scaled (see :class:`ModelCard`)."""
 
 MULTIPLE = 128
 """Input sides must be multiples of this (2**7: seven 2x2 poolings)."""
@@ -204,7 +208,16 @@ class ModelCard:
     pixel_size_nm : float
         Pixel size the model expects (images at other sizes are resampled).
     input_scaling : str
-        ``"dtype-range"``: the image is converted to float32 in [0, 1] by its dtype's range.
+        ``"dtype-range"``: the image is converted to float32 in [0, 1] by its dtype's range (the
+        original networks). ``"percentile"``: then stretched so that the 1st and 99th percentiles
+        of the whole micrograph's 4 x 4 px block means land on fixed greys (0.15 and 0.75), so
+        that a lab's staining, exposure and detector range reach the network alike
+        (:func:`~napari_emgranules.core.segment.input_scaler`; one stretch per micrograph, never
+        per tile, so tiling stays seam-free).
+    temperature : float
+        Softmax temperature of the confidence (1 = the network's own softmax): fitted on
+        micrographs the network did not train on (:mod:`~napari_emgranules.core.calibration`),
+        so that a confidence of 0.8 is right about 80% of the time. Labels do not depend on it.
     provenance : dict
         Free-form record: ``trained`` (bool), ``data``, ``epochs``, ``date``, ``package_version``,
         ``source`` (file it was loaded from), ``source_format``.
@@ -216,6 +229,7 @@ class ModelCard:
     pixel_size_nm: float = MODEL_PIXEL_SIZE_NM
     input_scaling: str = "dtype-range"
     provenance: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
 
     FORMAT = "napari-emgranules.model-card/1"
 
@@ -237,6 +251,7 @@ class ModelCard:
             "schema": self.schema.to_dict(),
             "pixel_size_nm": float(self.pixel_size_nm),
             "input_scaling": self.input_scaling,
+            "temperature": float(self.temperature),
             "provenance": self.provenance,
         }
 
@@ -253,6 +268,7 @@ class ModelCard:
                 pixel_size_nm=float(data.get("pixel_size_nm", MODEL_PIXEL_SIZE_NM)),
                 input_scaling=str(data.get("input_scaling", "dtype-range")),
                 provenance=dict(data.get("provenance") or {}),
+                temperature=float(data.get("temperature", 1.0)),
             )
         except WeightsError:
             raise
@@ -260,8 +276,12 @@ class ModelCard:
             raise WeightsError(f"{where}: malformed model card ({exc})") from None
         if not 0.01 <= card.pixel_size_nm <= 100:
             raise WeightsError(f"{where}: implausible pixel_size_nm {card.pixel_size_nm}")
-        if card.input_scaling != "dtype-range":
-            raise WeightsError(f"{where}: unsupported input_scaling {card.input_scaling!r}")
+        if not 0.05 <= card.temperature <= 20:  # also NaN
+            raise WeightsError(f"{where}: implausible temperature {card.temperature} "
+                               "(a calibrated softmax temperature lies in 0.05-20)")
+        if card.input_scaling not in INPUT_SCALINGS:
+            raise WeightsError(f"{where}: unsupported input_scaling {card.input_scaling!r} "
+                               f"(known: {', '.join(INPUT_SCALINGS)})")
         return card
 
     @classmethod
@@ -313,7 +333,7 @@ class SegmentationModel:
         self.keras_model = keras_model
         self.card = card
         self.jit = jit
-        self._fns: dict[str, Callable] = {}
+        self._fns: dict[tuple[str, float], Callable] = {}
         self._variants: dict[tuple[str, bool], SegmentationModel] = {}
         self._lock = threading.Lock()
 
@@ -380,8 +400,9 @@ class SegmentationModel:
         The reductions run inside the graph, so only uint8 labels (and one float per pixel for
         confidence) come back from the device instead of every class's logits.
         """
+        key = (what, float(self.card.temperature))  # a re-calibrated card gets a new graph
         with self._lock:
-            if what not in self._fns:
+            if key not in self._fns:
                 keras = get_keras()
                 ops = keras.ops
                 logits = ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
@@ -391,13 +412,15 @@ class SegmentationModel:
                 elif what == "labels":
                     outs = labels
                 else:
-                    probs = keras.layers.Softmax(axis=-1, name="probabilities")(logits)
+                    t = float(self.card.temperature)
+                    scaled = logits if t == 1.0 else logits / t  # calibrated confidence
+                    probs = keras.layers.Softmax(axis=-1, name="probabilities")(scaled)
                     outs = [labels, ops.max(probs, axis=-1)] if what == "labels+confidence" else probs
                 model = keras.Model(self.keras_model.inputs, outs)
                 if self.jit:
                     model.compile(jit_compile=True)
-                self._fns[what] = model
-            return self._fns[what]
+                self._fns[key] = model
+            return self._fns[key]
 
     def predict_labels(
         self, batch: np.ndarray, confidence: bool = True

@@ -49,9 +49,9 @@ from .segment import (
     SegmentationResult,
     SegmentProgress,
     _resolve_model,
+    input_scaler,
     remove_small_objects,
     run_to_completion,
-    to_unit_float,
 )
 from .tiling import TilePlan
 
@@ -161,8 +161,11 @@ def _take(src: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def _blend_rows(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
-                emit: Callable[[int, int, np.ndarray, np.ndarray], None]) -> Generator[int, None, None]:
+                emit: Callable[[int, int, np.ndarray, np.ndarray], None],
+                prep: Callable[[np.ndarray], np.ndarray]) -> Generator[int, None, None]:
     """Predict ``plan``'s windows row by row, as ``segment``'s in-memory ``tiled`` mode does.
+
+    ``prep`` turns a window of ``src`` into the model's input.
 
     Whenever no later window reaches a run of image rows, ``emit(lo, hi, scores, weights)`` gets
     their summed weighted probabilities ``(hi - lo, width, classes)`` and summed weights. Yields the
@@ -182,7 +185,7 @@ def _blend_rows(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch
         xs = [j * cx for j in range(n_cols)]
         for start in range(0, n_cols, batch_size):
             chunk = xs[start:start + batch_size]
-            batch = np.stack([to_unit_float(_take(src, rows[y:y + wy], cols[x:x + wx])) for x in chunk])
+            batch = np.stack([prep(_take(src, rows[y:y + wy], cols[x:x + wx])) for x in chunk])
             for x, p in zip(chunk, model.predict_probabilities(batch), strict=True):
                 p *= weights[..., None]
                 band[:, x:x + wx] += p
@@ -305,23 +308,25 @@ def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, 
     """One model's labels of ``src`` into ``dst``; through a resampled scratch copy when ``plan``
     is at another scale (image resized, probabilities predicted, then resized back, by bands)."""
     shape, mshape = tuple(dst.shape), plan.image_shape
+    prep = input_scaler(src, model.card.input_scaling)  # levels of the whole montage
     if mshape == shape:
         def labels(lo, hi, scores, _weights):
             dst[lo:hi] = reduce_scores(scores)[0]
 
-        yield from _blend_rows(model, src, plan, batch_size, labels)
+        yield from _blend_rows(model, src, plan, batch_size, labels, prep)
         return
     with _scratch(scratch, name, mshape) as scaled, \
             _scratch(scratch, name, mshape + (model.n_classes,)) as probs:
         step = _row_chunk(shape[1], 1, shape[0] / mshape[0])
         for o0 in range(0, mshape[0], step):
-            scaled[o0:o0 + step] = _resize_rows(lambda r: to_unit_float(np.asarray(src[r])), shape,
+            scaled[o0:o0 + step] = _resize_rows(lambda r: prep(np.asarray(src[r])), shape,
                                                 mshape, o0, min(o0 + step, mshape[0]))
 
         def normalised(lo, hi, scores, weights):
             probs[lo:hi] = scores / weights[..., None]
 
-        yield from _blend_rows(model, scaled, plan, batch_size, normalised)
+        yield from _blend_rows(model, scaled, plan, batch_size, normalised,
+                               lambda piece: np.asarray(piece, np.float32))
         step = _row_chunk(shape[1], model.n_classes, mshape[0] / shape[0])
         for o0 in range(0, shape[0], step):
             back = _resize_rows(lambda r: np.asarray(probs[r]), mshape, shape, o0, min(o0 + step, shape[0]))

@@ -22,7 +22,9 @@ Inference modes
     ``whole`` if its estimated memory fits the budget, else ``tiled`` with the largest windows
     that fit.
 
-Images are scaled to float32 in [0, 1] by their dtype's range (as the original tool does) and, in
+Images are scaled as the model's card says (:func:`input_scaler`: by their dtype's range to
+float32 in [0, 1], as the original tool does, or also stretched by the micrograph's own grey
+levels) and, in
 ``whole``/``tiled`` modes, resampled to the model's pixel size and the labels brought back.
 """
 
@@ -52,6 +54,8 @@ __all__ = [
     "segment_micrograph",
     "segment_micrograph_iter",
     "to_unit_float",
+    "input_scaler",
+    "input_levels",
     "estimate_memory_bytes",
     "run_to_completion",
     "remove_small_objects",
@@ -183,6 +187,75 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
         )
         return ((a - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
     raise ValueError(f"unsupported image dtype {a.dtype}")
+
+
+#: Percentiles of the block means and the greys they are stretched to ("percentile" scaling).
+STRETCH_PERCENTILES = (1.0, 99.0)
+STRETCH_GREYS = (0.15, 0.75)
+_LEVEL_BLOCK = 4  # block means: the noise of one pixel does not widen the percentiles
+_LEVEL_MAX_BLOCKS = 1 << 20
+
+
+def input_levels(image) -> tuple[float, float]:
+    """The 1st and 99th percentiles (in :func:`to_unit_float` units) of an image's 4 x 4 px block
+    means, on a regular subsample of at most about a million blocks.
+
+    Reads the image by rows, so a memory-mapped, Zarr or Dask array of any size works; the same
+    image gives the same levels whether it is segmented in memory, as a montage, or trained on.
+    Block means rather than pixels: percentiles of single pixels follow the noise (a noisy image
+    would look contrasty); those of blocks follow the structures.
+    """
+    return levels_of(block_means(image))
+
+
+def block_means(image) -> np.ndarray:
+    """4 x 4 px block means (unit float) of a regular subsample of ``image``, read by rows."""
+    h, w = (int(n) for n in image.shape[:2])
+    b = _LEVEL_BLOCK if min(h, w) >= 4 * _LEVEL_BLOCK else 1
+    nby, nbx = h // b, w // b
+    stride = max(1, int(np.ceil(np.sqrt(nby * nbx / _LEVEL_MAX_BLOCKS))))
+    rows = []
+    for by in range(0, nby, stride):
+        band = to_unit_float(np.asarray(image[by * b:(by + 1) * b, :nbx * b]))
+        rows.append(band.reshape(b, nbx, b).mean(axis=(0, 2))[::stride])
+    return np.concatenate(rows) if rows else np.zeros(0, np.float32)
+
+
+def levels_of(values: np.ndarray) -> tuple[float, float]:
+    """The :data:`STRETCH_PERCENTILES` of block means (0, 1 for none)."""
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    return float(lo), float(hi)
+
+
+def stretch(x: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
+    """Linear map of unit-float ``x`` taking ``levels`` to :data:`STRETCH_GREYS`, clipped to
+    [0, 1] (as training's augmentation clips).
+
+    A (nearly) flat image is only shifted: its noise is not blown up.
+    """
+    lo, hi = levels
+    g0, g1 = STRETCH_GREYS
+    gain = (g1 - g0) / (hi - lo) if hi - lo > 1e-3 else 1.0
+    gain = min(gain, 20.0)
+    y = (np.asarray(x, np.float32) - np.float32(lo)) * np.float32(gain) + np.float32(g0)
+    return np.clip(y, 0.0, 1.0, out=y)
+
+
+def input_scaler(image, scaling: str = "dtype-range"):
+    """A function that turns pieces of ``image`` (or all of it) into a model's input.
+
+    ``"dtype-range"``: :func:`to_unit_float`. ``"percentile"``: :func:`to_unit_float`, then
+    :func:`stretch` with the levels of the *whole* ``image`` (:func:`input_levels`), so that every
+    tile of one micrograph is scaled alike.
+    """
+    if scaling == "dtype-range":
+        return to_unit_float
+    if scaling != "percentile":
+        raise ValueError(f"unknown input scaling {scaling!r}")
+    levels = input_levels(image)
+    return lambda piece: stretch(to_unit_float(piece), levels)
 
 
 def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -427,7 +500,8 @@ def segment_micrograph_iter(
         avail = available_memory_bytes()
         budget = avail // 2 if avail else None
     resolved, window = _choose_mode(mode, micrograph.shape, budget, max_window, batch_size)
-    x = to_unit_float(micrograph.data)
+    inputs = {scaling: input_scaler(micrograph.data, scaling)(micrograph.data)
+              for scaling in {m.card.input_scaling for m in models.values()}}
     notes: list[str] = []
     plans: dict[str, tuple[tuple[int, int], float, TilePlan | None, int]] = {}
     for kind, model in models.items():
@@ -455,12 +529,14 @@ def segment_micrograph_iter(
     done = 0
     labels: dict[str, np.ndarray] = {}
     confs: dict[str, np.ndarray] = {}
-    resampled: dict[tuple[int, int], np.ndarray] = {}  # both models usually share a pixel size
+    resampled: dict[tuple, np.ndarray] = {}  # both models usually share a pixel size
     for kind, model in models.items():
         shape, factor, plan, steps = plans[kind]
-        if factor != 1.0 and shape not in resampled:
-            resampled[shape] = _resample(x, shape)
-        xin = x if factor == 1.0 else resampled[shape]
+        scaling = model.card.input_scaling
+        x = inputs[scaling]
+        if factor != 1.0 and (shape, scaling) not in resampled:
+            resampled[shape, scaling] = _resample(x, shape)
+        xin = x if factor == 1.0 else resampled[shape, scaling]
         want_probs = factor != 1.0 and resolved != "seed"
         if resolved == "whole":
             gen = _predict_whole(model, xin, want_probs, confidence)

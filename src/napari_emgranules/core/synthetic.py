@@ -58,7 +58,8 @@ from .metrics import region_pixel_fractions
 from .schema import LOCATIONS_SCHEMA
 
 __all__ = ["FAMILIES", "HELDOUT_FAMILIES", "TRAINING_FAMILIES", "SyntheticMicrograph",
-           "SyntheticParams", "family_params", "sample_micrograph", "synthetic_micrograph"]
+           "SyntheticParams", "family_params", "randomised_params", "sample_micrograph",
+           "synthetic_micrograph"]
 
 UNCLASSIFIED, A_BAND, I_BAND, Z_DISK, S_SPACE, N_REGION, OTHER = range(7)
 _MEASURED = "AIZSN"
@@ -1130,3 +1131,76 @@ def family_params(name: str) -> SyntheticParams:
                          f"{', '.join(_FAMILIES)}")
     p = _FAMILIES[name]
     return replace(p) if p.grey_levels is not None else p
+
+
+def randomised_params(seed: int) -> SyntheticParams:
+    """Parameters of one domain-randomised micrograph (in the manner of SynthSeg).
+
+    The anatomy stays that of skeletal muscle (A band denser than the I band, Z line in the middle
+    of the I band, H zone and M line in the A band, triads, mitochondria at the Z line); what a
+    lab's preparation and microscope change is drawn afresh for every ``seed``, over wide ranges:
+    the grey of each structure (the intermyofibrillar space may be lighter or darker than the I
+    band), striation and filament contrast, granule darkness, edge softness and halo, noise model
+    and level, film grain, scan lines, blur, JPEG compression, overall contrast and illumination,
+    contraction state (sarcomere 1.9-3.0 um, H zone with it), waviness and misregistration, and
+    the distractors (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and
+    scale bars). Training on many such draws teaches a model what stays the same. The ranges are
+    chosen from preparations, not from the :data:`HELDOUT_FAMILIES`, which stay out of training.
+    """
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    u = rng.uniform
+
+    def around(v: float, w: float = 0.03, top: float = 1.0) -> tuple[float, float]:
+        return (round(max(0.0, v - w), 4), round(min(top, v + w), 4))
+
+    a = u(0.25, 0.55)
+    i_band = min(0.9, a + u(0.12, 0.35))
+    s_space = u(0.40, 0.86)
+    greys = {
+        "A": around(a, 0.02), "H": around(min(i_band, a + u(0.03, 0.12)), 0.02),
+        "M": around(max(0.02, a - u(0.0, 0.12)), 0.02), "I": around(i_band, 0.02),
+        "Z": around(u(0.04, min(0.30, a - 0.05)), 0.02), "S": around(s_space, 0.03),
+        "N": around(min(0.95, max(0.3, s_space + u(-0.08, 0.08))), 0.03),
+        "outside": around(u(0.75, 0.97), 0.02), "lipid": around(u(0.40, 0.75), 0.03),
+        "membrane": around(u(0.10, 0.40), 0.03),
+    }
+    dark_hi = min(0.32, a - 0.05)
+    dark_lo = u(0.0, max(0.01, dark_hi - 0.06))
+    sarcomere = u(1.9, 3.0)
+    h_zone = float(np.clip(0.22 + (sarcomere - 2.4) * 0.8, 0.05, 0.6))
+    blur = u(0.6, 4.5)
+    contrast = u(0.30, 0.95)
+    halo = u(0.03, 0.15) if rng.random() < 0.3 else 0.0
+    grain = u(0.01, 0.07) if rng.random() < 0.4 else 0.0
+    scan = u(0.005, 0.03) if rng.random() < 0.25 else 0.0
+    return SyntheticParams(
+        sarcomere_um=(round(sarcomere, 3), round(sarcomere + 0.1, 3)),
+        h_zone_um=(round(h_zone * 0.8, 3), round(h_zone, 3)),
+        gap_width_um=(0.03, round(u(0.15, 0.40), 3)),
+        waviness_um=(0.01, round(u(0.03, 0.15), 3)),
+        misregistration_um=round(u(0.03, 0.2), 3),
+        mitochondria_probability=round(u(0.3, 0.8), 3),
+        lipid_per_um2=round(u(0.05, 1.0), 3),
+        granule_diameter_nm=(round(u(13.0, 18.0), 1), round(u(30.0, 42.0), 1)),
+        precipitate_probability=round(u(0.1, 0.7), 3),
+        blur_nm=(round(blur, 3), round(blur * 1.2, 3)),
+        noise_scale=round(u(0.6, 2.6), 3),
+        contrast=(round(contrast, 3), round(min(1.0, contrast + 0.05), 3)),
+        illumination=(0.0, round(u(0.02, 0.15), 3)),
+        grey_levels=greys,
+        striation_contrast=around(u(0.3, 1.5), 0.05, 3.0),
+        filament_texture=around(u(0.3, 1.8), 0.1, 5.0),
+        granule_darkness=(round(dark_lo, 3), round(min(dark_hi, dark_lo + u(0.05, 0.12)), 3)),
+        granule_edge_nm=round(u(5.0, 22.0), 2),
+        granule_edge_exponent=round(u(0.3, 1.0), 3),
+        granule_halo=(round(halo, 3), round(halo * 1.3, 3)),
+        granule_halo_nm=round(u(2.0, 5.0), 2),
+        noise_model="poisson" if rng.random() < 0.35 else "gaussian",
+        grain=(round(grain, 4), round(grain * 1.2, 4)),
+        grain_nm=round(u(1.5, 4.0), 2),
+        scan_lines=(round(scan, 4), round(scan * 1.3, 4)),
+        jpeg_quality=int(rng.integers(40, 91)) if rng.random() < 0.35 else None,
+        letters_probability=1.0 if rng.random() < 0.35 else 0.0,
+        ribosome_per_um2=round(u(20.0, 200.0), 1) if rng.random() < 0.5 else 0.0,
+        ribosome_darkness=around(u(0.22, 0.45), 0.05),
+    )

@@ -41,6 +41,7 @@ from .dataset import TrainingPair, TrainingSet, load_training_pairs, pairs_from_
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
     ARCHITECTURES,
+    INPUT_SCALINGS,
     MULTIPLE,
     ModelCard,
     SegmentationModel,
@@ -50,7 +51,15 @@ from .models import (
     save_model,
 )
 from .schema import UNLABELLED, ClassSchema, default_schema
-from .segment import _nearest, _resample, run_to_completion, to_unit_float
+from .segment import (
+    _nearest,
+    _resample,
+    block_means,
+    levels_of,
+    run_to_completion,
+    stretch,
+    to_unit_float,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +151,10 @@ class TrainConfig:
     max_minutes : float, optional
         Time budget: no new epoch starts after this many minutes of this run (the best weights
         so far are kept, and a resume may go on).
+    input_scaling : {None, "dtype-range", "percentile"}
+        How the trained model scales its input (its card says so to every later use). ``None``
+        (default) keeps the starting model's; ``"percentile"`` stretches each micrograph by its own
+        grey levels (:func:`~napari_emgranules.core.segment.input_scaler`).
     """
 
     epochs: int = 50
@@ -168,6 +181,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     seed: int = 0
     max_minutes: float | None = None
+    input_scaling: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_weights, str):
@@ -212,6 +226,9 @@ class TrainConfig:
                             f"{self.contrast} and {self.brightness}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.input_scaling not in (None, *INPUT_SCALINGS):
+            problems.append(f"input_scaling must be one of {', '.join(INPUT_SCALINGS)}, got "
+                            f"{self.input_scaling!r}")
         if not 0 < self.reduce_lr_factor < 1:
             problems.append(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         if problems:
@@ -301,7 +318,7 @@ class _Sample:
     back together) or a lone pair, with :data:`UNLABELLED` wherever there is no truth."""
 
     name: str
-    image: np.ndarray  # float32 in [0, 1] at the model's pixel size
+    image: np.ndarray  # float32, the model's input scaling, at the model's pixel size
     labels: np.ndarray  # uint16 codes; UNLABELLED = no truth (partial labels, held-out block)
     n_labelled: int = -1
     _where: np.ndarray | None = None  # flat indices of (a subsample of) the labelled pixels
@@ -345,17 +362,27 @@ def _group_pairs(data: TrainingSet) -> list[list[TrainingPair]]:
     return list(groups.values()) + alone
 
 
-def _assemble(pairs: list[TrainingPair], schema: ClassSchema) -> tuple[np.ndarray, np.ndarray]:
-    """One pair's, or a micrograph's exported tiles', image (float32 in [0, 1]) and labels.
+def _assemble(pairs: list[TrainingPair], schema: ClassSchema,
+              scaling: str = "dtype-range") -> tuple[np.ndarray, np.ndarray]:
+    """One pair's, or a micrograph's exported tiles', image (the model's input scaling) and labels.
 
     Tiles go back where they were cut from; where no tile was exported the labels are
     UNLABELLED and the image repeats its nearest exported pixel (context for the crops only).
+    With ``"percentile"`` scaling the levels come from all the exported tiles together, as
+    inference takes them from the whole micrograph.
     """
-    loaded = []
+    loaded, means = [], []
     for pair in pairs:
         image, labels = pair.load()
         schema.check_labels(labels, str(pair.labels_path), allow_unlabelled=True)
+        if scaling == "percentile":
+            means.append(block_means(image))
         loaded.append((pair.origin or (0, 0), to_unit_float(image), labels))
+    if scaling == "percentile":
+        levels = levels_of(np.concatenate(means))
+        loaded = [(o, stretch(im, levels), lab) for o, im, lab in loaded]
+    elif scaling != "dtype-range":
+        raise TrainingError(f"unknown input scaling {scaling!r}")
     if len(loaded) == 1 and loaded[0][0] == (0, 0):
         return loaded[0][1], loaded[0][2].astype(np.uint16, copy=False)
     y0 = min(o[0] for o, _, _ in loaded)
@@ -376,10 +403,11 @@ def _assemble(pairs: list[TrainingPair], schema: ClassSchema) -> tuple[np.ndarra
     return image, labels
 
 
-def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float) -> list[_Sample]:
+def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float,
+                  scaling: str = "dtype-range") -> list[_Sample]:
     samples = []
     for pairs in _group_pairs(data):
-        x, labels = _assemble(pairs, schema)
+        x, labels = _assemble(pairs, schema, scaling)
         factor = float(pairs[0].pixel_size_nm) / pixel_size_nm
         if abs(factor - 1.0) > _RESAMPLE_TOLERANCE:
             x, labels = _resample_pair(x, labels, factor)
@@ -965,13 +993,17 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         data_px = float(np.median(train_set.pixel_sizes())) if len(train_set) else 0.8
         trainable, start = _starting_model(model, kind, schema, architecture, fresh, data_px,
                                            config.seed)
+        if config.input_scaling and config.input_scaling != trainable.card.input_scaling:
+            trainable = SegmentationModel(trainable.keras_model,
+                                          replace(trainable.card, input_scaling=config.input_scaling))
         card = trainable.card
     else:
         trainable = SegmentationModel(build_unet(card.architecture, card.schema.n_classes), card)
         trainable.keras_model.load_weights(ckpt / "last.weights.h5")
         start = state["start"]
-    samples = _load_samples(train_set, card.schema, card.pixel_size_nm)
-    val_samples = _load_samples(val_set, card.schema, card.pixel_size_nm) if val_set else []
+    samples = _load_samples(train_set, card.schema, card.pixel_size_nm, card.input_scaling)
+    val_samples = (_load_samples(val_set, card.schema, card.pixel_size_nm, card.input_scaling)
+                   if val_set else [])
     notes = []
     if blocks:
         samples, val_samples = _hold_out_blocks(samples, config.val_fraction, config.seed)
