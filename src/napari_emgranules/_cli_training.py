@@ -99,7 +99,8 @@ def _train_options(args: argparse.Namespace) -> dict:
             "val_fraction": args.val_fraction, "validation_split": args.validation_split,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
-            "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes}
+            "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
+            "input_scaling": args.input_scaling}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
         try:
@@ -224,6 +225,8 @@ def _add_schema_options(p: argparse.ArgumentParser, required_kind: bool) -> None
 
 def add_parsers(sub) -> None:
     """Add the export, train and evaluate sub-commands."""
+    from .core.models import INPUT_SCALINGS  # no Keras: the models module imports it lazily
+
     exp = sub.add_parser("export", help="micrograph + label map -> training pairs (never overwrites)")
     exp.add_argument("image", metavar="IMAGE", help="the micrograph")
     exp.add_argument("--labels", required=True, metavar="FILE",
@@ -302,6 +305,10 @@ def add_parsers(sub) -> None:
     tr.add_argument("--seed", type=int, help="random seed (default 0)")
     tr.add_argument("--max-minutes", type=float, metavar="MIN",
                     help="time budget: start no epoch after MIN minutes (the best weights are kept)")
+    tr.add_argument("--input-scaling", choices=INPUT_SCALINGS,
+                    help="how the trained model scales its input (default: the starting model's): "
+                         "dtype-range as the original networks, or percentile (each micrograph "
+                         "stretched by its own grey levels)")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last finished epoch")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

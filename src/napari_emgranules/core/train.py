@@ -1286,6 +1286,37 @@ def train_iter(
     return _result(run)
 
 
+def _calibrate_best(run: _Run) -> None:
+    """Fit the kept weights' softmax temperature on the validation data (never trained on), so
+    that the trained model's confidence stays meaningful (core.calibration); saved in its card."""
+    from .calibration import fit_temperature, measure_logits
+
+    if not run.val_samples or not any(s.n_labelled for s in run.val_samples):
+        return
+    model = load_model(run.weights_path)
+    pairs = []
+    for s in run.val_samples:
+        h, w = s.image.shape
+        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+        x = np.pad(s.image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+        logits = model.predict_logits(x[None])[0][ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        pairs.append((logits, s.labels))
+    try:
+        t = fit_temperature(pairs)
+    except ValueError as exc:
+        run.notes.append(f"confidence not calibrated: {exc}")
+        return
+    before, after = measure_logits(pairs, model.card.temperature), measure_logits(pairs, t)
+    model.card = replace(model.card, temperature=t, provenance={
+        **model.card.provenance,
+        "calibration": {"temperature": t, "data": "this run's validation data",
+                        "ece_before": before["ece"], "ece_after": after["ece"],
+                        "wrong_in_least_confident_10pct": after["wrong_in_least_confident"]}})
+    save_model(model, run.weights_path, overwrite=True)
+    run.notes.append(f"confidence calibrated on the validation data: temperature {t:.2f} "
+                     f"(expected calibration error {before['ece']:.3f} -> {after['ece']:.3f})")
+
+
 def _result(run: _Run) -> TrainResult:
     import pandas as pd
 
@@ -1296,6 +1327,7 @@ def _result(run: _Run) -> TrainResult:
     if run.watch.best_epoch == 0 and run.cm_start is not None:
         run.notes.append("no training epoch beat the starting weights on the validation data: "
                          "the starting weights are kept (more or other labels may help)")
+    _calibrate_best(run)
     report = _report(run)
     if report is not None:
         tmp = run.out / ".report.csv.tmp"
