@@ -45,3 +45,21 @@ def test_version_matches_installed_distribution():
     installed = importlib.metadata.version("napari-emgranules")
     assert napari_emgranules.__version__ == installed
     assert _probe()["version"] == installed
+
+
+def test_the_backend_starts_without_printing_its_own_log_lines():
+    """TensorFlow's absl banner, oneDNN note and 'failed call to cuInit' read as errors to a
+    biologist: a normal start prints nothing to stderr (EMGRANULES_DEBUG=1 / --debug shows them)."""
+    import os
+
+    code = ("from napari_emgranules.core.models import default_model\n"
+            "import numpy as np\n"
+            "m = default_model('granules')\n"
+            "print(m.predict_labels(np.zeros((1, 128, 128), np.float32))[0].shape)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("EMGRANULES_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("(1, 128, 128)")
+    for noise in ("absl", "cuInit", "oneDNN", "cuda", "I0000", "E0000"):
+        assert noise not in proc.stderr, proc.stderr

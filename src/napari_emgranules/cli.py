@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import warnings
@@ -388,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="emgranules: %(levelname)s: %(message)s")
     if not args.debug:  # a corrupt file gets our one-line message; tifffile's own log is noise
         logging.getLogger("tifffile").setLevel(logging.ERROR)
+    else:  # and the backend's own start-up lines (core._backend hides them otherwise)
+        os.environ["EMGRANULES_DEBUG"] = "1"
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         from .core.models import UntrainedModelWarning

@@ -8,9 +8,12 @@ Keras way, with the ``KERAS_BACKEND`` environment variable (``tensorflow`` by de
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import sys
+import tempfile
 from types import ModuleType
 
 logger = logging.getLogger(__name__)
@@ -38,14 +41,22 @@ def get_keras() -> ModuleType:
     # TensorFlow's C++ start-up chatter is noise for our users; keep real errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    try:
-        keras = importlib.import_module("keras")
-    except Exception as exc:  # ImportError, or a broken backend install raising anything
+    with _quiet_native_stderr() as heard:
+        try:
+            keras = importlib.import_module("keras")
+            if backend == "tensorflow":  # the CUDA probe ("failed call to cuInit") happens here
+                keras.src.backend.tensorflow.core.tf.config.list_physical_devices()
+        except Exception as exc:  # ImportError, or a broken backend install raising anything
+            error = exc
+        else:
+            error = None
+    if error is not None:
+        said = heard().strip()
         raise BackendError(
-            f"cannot import Keras with the {backend!r} backend ({type(exc).__name__}: {exc}). "
+            f"cannot import Keras with the {backend!r} backend ({type(error).__name__}: {error}). "
             "Install it with 'pip install keras tensorflow' (or set KERAS_BACKEND=jax/torch "
-            "with that package installed)."
-        ) from exc
+            "with that package installed)." + (f"\nThe backend said:\n{said}" if said else "")
+        ) from error
     major = int(str(getattr(keras, "__version__", "0")).split(".")[0] or 0)
     if major < 3:
         raise BackendError(
@@ -55,6 +66,34 @@ def get_keras() -> ModuleType:
     logger.debug("Keras %s with backend %s", keras.__version__, keras.backend.backend())
     _keras = keras
     return keras
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Send what native code writes to stderr (file descriptor 2) while the backend starts to a
+    temporary file: TensorFlow's absl banner, oneDNN notes and "failed call to cuInit" on machines
+    without a GPU read as errors to a biologist. Yields a function returning what was said (for an
+    import that fails). ``EMGRANULES_DEBUG=1`` (``--debug``) leaves stderr alone."""
+    if os.environ.get("EMGRANULES_DEBUG"):
+        yield lambda: ""
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (e.g. a GUI without a console)
+        yield lambda: ""
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = sink.read().decode("utf-8", "replace").strip()
+        if said:
+            logger.debug("the backend said while starting:\n%s", said)
 
 
 def backend_name() -> str:
