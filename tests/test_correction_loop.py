@@ -168,6 +168,8 @@ def test_fine_tuning_is_never_worse_than_the_start(tmp_path):
                    epochs=2, crop=128, batch_size=2, steps_per_epoch=3, learning_rate=0.9,
                    early_stopping_patience=None, reduce_lr_patience=None)
     assert list(result.history["epoch"])[0] == 0  # the start, scored (the run may stop on NaN)
+    # weights that give NaN logits are never "best", whatever their arg-max happens to score
+    assert all(np.isfinite(w).all() for w in result.model.keras_model.get_weights())
     if result.kept_start:  # the usual outcome at this learning rate
         assert any("weights" in n and "kept" in n for n in result.notes)
         for a, b in zip(start.keras_model.get_weights(), result.model.keras_model.get_weights(),
@@ -177,6 +179,12 @@ def test_fine_tuning_is_never_worse_than_the_start(tmp_path):
     assert result.best_value == pytest.approx(best)
     assert result.best_value >= result.history["val_mean_iou"].iloc[0]
     assert list(result.report["class"]) == ["background", "granule"]
+    # the kept weights' confidence is calibrated on the held-out strip, and the card says so
+    calibration = result.model.card.provenance["calibration"]
+    assert result.model.card.temperature == pytest.approx(calibration["temperature"])
+    assert 0.05 <= result.model.card.temperature <= 20
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-6
+    assert any("calibrated" in n for n in result.notes)
     with pytest.raises(TrainingError, match="no labelled pixels"):
         empty = np.full(labels.shape, UNLABELLED, np.uint16)
         write_labels(tmp_path / "none.tif", empty)

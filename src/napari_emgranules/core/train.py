@@ -806,6 +806,9 @@ def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.nda
         x = np.pad(s.image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
         logits = np.asarray(net.predict_on_batch(x[None, ..., None]), np.float32)[0]
         logits = logits[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        if not np.isfinite(logits).all():  # diverged weights: never "best", whatever argmax says
+            nan = float("nan")
+            return {"val_loss": nan, "val_accuracy": nan, "val_mean_iou": nan}, cm
         losses.append(_numpy_loss(logits, s.labels, class_weights, dice_weight))
         cm += confusion_matrix(s.labels, logits.argmax(axis=-1), n_classes)
     logs = {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(cm)),
@@ -1300,6 +1303,9 @@ def _calibrate_best(run: _Run) -> None:
         ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
         x = np.pad(s.image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
         logits = model.predict_logits(x[None])[0][ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        if not np.isfinite(logits).all():
+            run.notes.append("confidence not calibrated: the kept weights give non-finite logits")
+            return
         pairs.append((logits, s.labels))
     try:
         t = fit_temperature(pairs)
