@@ -28,7 +28,8 @@ import numpy as np
 
 from .schema import UNLABELLED
 
-__all__ = ["MAX_CALIBRATION_PIXELS", "calibrate", "calibration_measures", "fit_temperature",
+__all__ = ["MAX_CALIBRATION_PIXELS", "calibrate", "calibration_measures", "choose_temperature",
+           "fit_temperature",
            "measure_logits", "model_logits_and_truth", "softmax_max"]
 
 #: Pixels drawn (evenly) from all samples to fit a temperature.
@@ -165,8 +166,22 @@ def calibrate(model, data, pixel_size_nm: float | None = None, max_side: int = 2
     (:func:`calibration_measures`); the model is not changed: set ``model.card.temperature``.
     """
     pairs = model_logits_and_truth(model, data, pixel_size_nm, max_side)
+    return choose_temperature(pairs, model.card.temperature)
+
+
+def choose_temperature(pairs, current: float = 1.0) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The cross-entropy-optimal temperature of ``(logits, truth)`` pairs, unless it makes the
+    expected calibration error worse than ``current`` does (the cross-entropy also rewards
+    sharper ranking, and on a few micrographs the two can disagree): then ``current`` is kept.
+
+    Returns ``(temperature, measures at current, measures at the returned temperature)``.
+    """
+    pairs = list(pairs)
     t = fit_temperature(pairs)
-    return t, measure_logits(pairs, model.card.temperature), measure_logits(pairs, t)
+    before, after = measure_logits(pairs, current), measure_logits(pairs, t)
+    if after["ece"] > before["ece"]:
+        return float(current), before, before
+    return t, before, after
 
 
 def measure_logits(pairs: Iterable[Sequence[np.ndarray]], temperature: float) -> dict[str, float]:

@@ -1292,7 +1292,7 @@ def train_iter(
 def _calibrate_best(run: _Run) -> None:
     """Fit the kept weights' softmax temperature on the validation data (never trained on), so
     that the trained model's confidence stays meaningful (core.calibration); saved in its card."""
-    from .calibration import fit_temperature, measure_logits
+    from .calibration import choose_temperature
 
     if not run.val_samples or not any(s.n_labelled for s in run.val_samples):
         return
@@ -1308,11 +1308,10 @@ def _calibrate_best(run: _Run) -> None:
             return
         pairs.append((logits, s.labels))
     try:
-        t = fit_temperature(pairs)
+        t, before, after = choose_temperature(pairs, model.card.temperature)
     except ValueError as exc:
         run.notes.append(f"confidence not calibrated: {exc}")
         return
-    before, after = measure_logits(pairs, model.card.temperature), measure_logits(pairs, t)
     model.card = replace(model.card, temperature=t, provenance={
         **model.card.provenance,
         "calibration": {"temperature": t, "data": "this run's validation data",
