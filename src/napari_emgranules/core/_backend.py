@@ -83,17 +83,18 @@ def _quiet_native_stderr():
     except (OSError, ValueError, AttributeError):  # no real stderr (e.g. a GUI without a console)
         yield lambda: ""
         return
+    said: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+            yield lambda: "".join(said)  # read after the block, once stderr is back
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        sink.seek(0)
-        said = sink.read().decode("utf-8", "replace").strip()
-        if said:
-            logger.debug("the backend said while starting:\n%s", said)
+            sink.seek(0)
+            said.append(sink.read().decode("utf-8", "replace"))
+    if said[0].strip():
+        logger.debug("the backend said while starting:\n%s", said[0].strip())
 
 
 def backend_name() -> str:

@@ -159,14 +159,21 @@ def _set_metadata(proto, card: dict[str, Any], output: str) -> None:
         entry.key, entry.value = key, value
 
 
-def _with_softmax(proto, name: str = "probabilities"):
-    """A copy of a logits model whose only output is the softmax over the class axis."""
+def _with_softmax(proto, name: str = "probabilities", temperature: float = 1.0):
+    """A copy of a logits model whose only output is the softmax over the class axis (of the
+    logits divided by the card's calibrated ``temperature``, as this package computes it)."""
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     logits = out.graph.output[0].name
+    if temperature != 1.0:
+        out.graph.initializer.append(numpy_helper.from_array(
+            np.asarray(temperature, np.float32), name="nemg__temperature"))
+        out.graph.node.append(helper.make_node("Div", [logits, "nemg__temperature"],
+                                               ["nemg__calibrated"], name="calibrate"))
+        logits = "nemg__calibrated"
     out.graph.node.append(helper.make_node("Softmax", [logits], [name], axis=3, name="softmax"))
     out.graph.output[0].name = name
     return out
@@ -454,7 +461,7 @@ def export_czann(model: SegmentationModel, path: str | os.PathLike, *, tile: int
     names = [c.name for c in schema.classes]
     proto = _keras_to_onnx(model, opset)
     if _output_kind(model) == "logits":
-        proto = _with_softmax(proto)
+        proto = _with_softmax(proto, temperature=float(model.card.temperature))
     _set_dims(_graph_inputs(proto)[0], ["batch", tile, tile, 1])
     _set_dims(proto.graph.output[0], ["batch", tile, tile, n])
     card = _export_card(model, p.suffix.lower().lstrip("."), _default_opset(proto), {
