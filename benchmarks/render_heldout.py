@@ -17,21 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_emgranules.core.io import atomic_output
-from napari_emgranules.core.models import default_model, load_model
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
 from napari_emgranules.core.segment import segment_micrograph
 from napari_emgranules.core.synthetic import HELDOUT_FAMILIES, family_params, synthetic_micrograph
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration import model_set  # noqa: E402  (a sibling benchmark: the same model sets)
+
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("locations", "granules")
-
-
-def model_set(spec: str | None) -> dict:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if spec is None:
-            return {k: default_model(k) for k in KINDS}
-        return {k: load_model(Path(spec) / f"{k}.weights.h5", k) for k in KINDS}
 
 
 def render(family: str, m, results: dict[str, object], path: Path) -> None:
