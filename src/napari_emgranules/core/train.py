@@ -795,17 +795,22 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "") -
 # -------------------------------------------------------------------------------------------------
 # Validation
 # -------------------------------------------------------------------------------------------------
+def _whole_image_logits(predict, image: np.ndarray) -> np.ndarray:
+    """Logits ``(h, w, classes)`` of one whole image, padded (mirrored) to the network's multiple."""
+    h, w = image.shape
+    ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+    x = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+    logits = np.asarray(predict(x[None, ..., None]), np.float32)[0]
+    return logits[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+
 def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.ndarray,
               dice_weight: float) -> tuple[dict[str, float], np.ndarray]:
     """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels."""
     cm = np.zeros((n_classes, n_classes), np.int64)
     losses = []
     for s in samples:
-        h, w = s.image.shape
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        x = np.pad(s.image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
-        logits = np.asarray(net.predict_on_batch(x[None, ..., None]), np.float32)[0]
-        logits = logits[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        logits = _whole_image_logits(net.predict_on_batch, s.image)
         if not np.isfinite(logits).all():  # diverged weights: never "best", whatever argmax says
             nan = float("nan")
             return {"val_loss": nan, "val_accuracy": nan, "val_mean_iou": nan}, cm
@@ -1299,10 +1304,7 @@ def _calibrate_best(run: _Run) -> None:
     model = load_model(run.weights_path)
     pairs = []
     for s in run.val_samples:
-        h, w = s.image.shape
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        x = np.pad(s.image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
-        logits = model.predict_logits(x[None])[0][ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+        logits = _whole_image_logits(model.predict_logits, s.image)
         if not np.isfinite(logits).all():
             run.notes.append("confidence not calibrated: the kept weights give non-finite logits")
             return
