@@ -2,6 +2,7 @@
 
     python benchmarks/bench_segment.py                    # timings (about 5 minutes on 2 cores)
     python benchmarks/bench_segment.py --memory           # peak memory per input pixel
+    python benchmarks/bench_segment.py --inprocess        # segment_micrograph vs bare passes, per size
     python benchmarks/bench_segment.py --write-docs       # also update docs/benchmarks.md
 
 *Bare compute* is the two networks' forward passes on the image already in memory as float32
@@ -83,6 +84,57 @@ def run_timings(size: int, repeat: int, modes: list[str]) -> dict:
     }
 
 
+def run_inprocess(sizes: list[int], pixel_sizes: list[float], repeat: int, max_model_pixels: int) -> dict:
+    """``segment_micrograph`` (whole mode, both models) against the bare forward passes of the two
+    networks on inputs already at their own pixel sizes, per micrograph size and pixel size."""
+    import numpy as np
+
+    from napari_emgranules.core._backend import backend_name
+    from napari_emgranules.core.models import MULTIPLE, default_model
+    from napari_emgranules.core.resample import model_grid_shape
+    from napari_emgranules.core.segment import segment_micrograph
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+    from napari_emgranules.core.tiling import round_up
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = [default_model("locations"), default_model("granules")]
+    rows = []
+    tile = synthetic_micrograph((2048, 2048), seed=11, dtype="uint16").image
+    for size in sizes:
+        reps = -(-size // 2048)
+        image = np.tile(tile, (reps, reps))[:size, :size]  # a large micrograph without generating one
+        for px in pixel_sizes:
+            grids = [model_grid_shape((size, size), px / m.card.pixel_size_nm) for m in models]
+            if max(g[0] * g[1] for g in grids) > max_model_pixels:
+                print(f"{size} px at {px} nm/px: skipped (a model grid over {max_model_pixels} px)")
+                continue
+            inputs = [np.zeros((1, round_up(g[0], MULTIPLE), round_up(g[1], MULTIPLE), 1), np.float32)
+                      for g in grids]
+
+            def bare():
+                for m, x in zip(models, inputs, strict=True):
+                    m.keras_model.predict_on_batch(x)
+
+            def e2e():
+                segment_micrograph(image, px, mode="whole")
+
+            jobs = {"bare": bare, "end_to_end": e2e}
+            for fn in jobs.values():
+                fn()  # warm-up: graph building for this shape
+            times = {k: [] for k in jobs}
+            for _ in range(repeat):
+                for name, fn in jobs.items():
+                    times[name].append(_timed(fn))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {"size": size, "pixel_size_nm": px, "grids": grids, "seconds": med,
+                   "ratio": med["end_to_end"] / med["bare"]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return {"rows": rows, "repeat": repeat, "backend": backend_name(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+
+
 _MEMORY_PROBE = r"""
 import resource, sys, warnings, numpy as np
 warnings.simplefilter("ignore")
@@ -113,11 +165,25 @@ def run_memory(sizes: list[int]) -> dict:
     return out
 
 
-def _markdown(t: dict | None, mem: dict | None, argv: list[str]) -> tuple[str, str]:
+def _markdown(t: dict | None, mem: dict | None, argv: list[str], inproc: dict | None = None) -> tuple[str, str]:
     cmd = "python benchmarks/bench_segment.py " + " ".join(argv)
-    key = "timings" if t else "memory"
+    key = "inprocess" if inproc else "timings" if t else "memory"
     begin, end = _markers(key)
     lines = [begin, "", f"Command: `{cmd.strip()}`", ""]
+    if inproc:
+        lines += [
+            f"`segment_micrograph(image, pixel_size, mode=\"whole\")` in one process (both models, labels "
+            "back at the micrograph's size) against the bare forward passes of the two networks on "
+            "inputs already at their own pixel sizes (`keras_model.predict_on_batch`, logits out). "
+            f"{inproc['machine']}, Keras backend {inproc['backend']}; median of {inproc['repeat']} "
+            "interleaved runs after a warm-up.", "",
+            "| micrograph | nm/px | model grids (Locations, Granules) | bare s | end to end s | ratio |",
+            "|---|---:|---|---:|---:|---:|"]
+        for r in inproc["rows"]:
+            g = ", ".join(f"{a}x{b}" for a, b in r["grids"])
+            lines.append(f"| {r['size']}x{r['size']} | {r['pixel_size_nm']:g} | {g} | "
+                         f"{r['seconds']['bare']:.2f} | {r['seconds']['end_to_end']:.2f} | {r['ratio']:.2f} |")
+        lines.append("")
     if t:
         s, r = t["seconds"], t["ratio_to_bare"]
         lines += [
@@ -146,7 +212,8 @@ def _write_docs(key: str, block: str) -> None:
     if begin in text:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
-        title = {"timings": "Segmentation: end to end vs bare compute",
+        title = {"inprocess": "Segmentation in one process vs the bare forward passes",
+                 "timings": "Segmentation: end to end vs bare compute",
                  "memory": "Segmentation: memory per pixel"}[key]
         text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     DOC.write_text(text)
@@ -159,10 +226,23 @@ def main() -> None:
     ap.add_argument("--modes", default="whole,tiled,seed")
     ap.add_argument("--memory", action="store_true", help="measure memory per pixel instead")
     ap.add_argument("--memory-sizes", default="1024,2048")
+    ap.add_argument("--inprocess", action="store_true",
+                    help="in-process segment_micrograph vs bare passes over --sizes x --pixel-sizes")
+    ap.add_argument("--sizes", default="2048,4096,8192")
+    ap.add_argument("--pixel-sizes", default="0.8,1.6")
+    ap.add_argument("--max-model-pixels", type=int, default=8192 * 8192,
+                    help="skip a case whose model grid is larger (memory of one whole pass)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     timings = mem = None
+    if args.inprocess:
+        inproc = run_inprocess([int(s) for s in args.sizes.split(",")],
+                               [float(p) for p in args.pixel_sizes.split(",")], args.repeat,
+                               args.max_model_pixels)
+        if args.write_docs:
+            _write_docs(*_markdown(None, None, argv, inproc))
+        return
     if args.memory:
         mem = run_memory([int(s) for s in args.memory_sizes.split(",")])
     else:

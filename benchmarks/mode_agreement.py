@@ -36,7 +36,10 @@ from napari_emgranules.core.tiling import TilePlan
 
 
 def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
-    whole = run_to_completion(_predict_whole(model, x, want_probs=True))
+    logits, _ = run_to_completion(_predict_whole(model, x, want_scores=True, confidence=False))
+    logits = logits / model.card.temperature  # the calibrated probabilities tiled mode blends
+    whole = np.exp(logits - logits.max(-1, keepdims=True))
+    whole /= whole.sum(-1, keepdims=True)
     wl = whole.argmax(-1)
     top2 = np.sort(whole, -1)
     decided = (top2[..., -1] - top2[..., -2]) > 0.01  # pixels whose label is not a near-tie
@@ -49,7 +52,7 @@ def compare(model, x: np.ndarray, windows, halos) -> list[dict]:
                 plan = TilePlan.for_image(x.shape, window, halo)
             except ValueError:
                 continue
-            tiled = run_to_completion(_predict_tiled(model, x, plan, 1, want_probs=True))
+            tiled = np.exp(run_to_completion(_predict_tiled(model, x, plan, 1, want_scores=True))[0])
             diff = np.abs(tiled - whole).max(-1)
             rows.append({"model": model.kind, "mode": "tiled", "window": window, "halo": halo,
                          "windows": plan.n_windows,

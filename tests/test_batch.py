@@ -264,18 +264,6 @@ def test_speck_removal_by_bands_equals_whole_image(monkeypatch):
     np.testing.assert_array_equal(by_bands, expected)
 
 
-@pytest.mark.parametrize("shapes", [((300, 420), (75, 105)), ((75, 105), (300, 420)),
-                                    ((301, 419), (77, 103)), ((50, 60, 3), (200, 240, 3))])
-def test_resizing_by_bands_equals_the_whole_image_resize(shapes):
-    from napari_emgranules.core.segment import _resample
-
-    source, target = shapes
-    a = np.random.default_rng(1).random(source).astype(np.float32)
-    bands = [montage._resize_rows(lambda rows: a[rows], source[:2], target[:2], o0, min(o0 + 16, target[0]))
-             for o0 in range(0, target[0], 16)]
-    np.testing.assert_allclose(np.concatenate(bands), _resample(a, target[:2]), rtol=0, atol=1e-6)
-
-
 def test_large_montage_by_tiles_equals_in_memory_tiled(tmp_path, monkeypatch):
     image = synthetic_micrograph((200, 300), 0.8, seed=3, dtype="uint16").image
     raw = tmp_path / "raw.tif"

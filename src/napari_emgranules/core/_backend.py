@@ -63,6 +63,10 @@ def get_keras() -> ModuleType:
             f"Keras {keras.__version__} is installed; napari-emgranules needs Keras 3 "
             "('pip install -U keras')."
         )
+    if backend == "tensorflow" and not os.environ.get("EMGRANULES_DEBUG"):
+        # TensorFlow's Python-side warnings ("... triggered tf.function retracing", when micrographs
+        # of several sizes pass through one model) are for TensorFlow developers, not our users.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logger.debug("Keras %s with backend %s", keras.__version__, keras.backend.backend())
     _keras = keras
     return keras

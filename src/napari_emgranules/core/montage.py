@@ -42,9 +42,9 @@ from .io import (  # _resolve_pixel_size: the same pixel-size rules as read_micr
     metadata_pixel_size_nm,
 )
 from .models import MULTIPLE, SegmentationModel, reduce_scores
+from .resample import model_grid_shape, resample_rows, upsample_argmax_rows
 from .segment import (
     _BYTES_PER_PIXEL,
-    _RESAMPLE_TOLERANCE,
     MIN_GRANULE_NM,
     SegmentationResult,
     SegmentProgress,
@@ -200,46 +200,9 @@ def _blend_rows(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch
             a[wy - cy:] = 0.0
 
 
-# -------------------------------------------------------------------------------------------------
-# Resampling by bands, as skimage.transform.resize(order=1, mode="reflect") does it whole
-# -------------------------------------------------------------------------------------------------
-def _axis_coords(n_in: int, n_out: int, o0: int, o1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source index and weight of the next one for outputs ``o0..o1`` (``ndimage.zoom`` grid mode)."""
-    c = (np.arange(o0, o1, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    i = np.floor(c).astype(np.int64)
-    return i, c - i
-
-
-def _sigmas(in_shape: tuple[int, int], out_shape: tuple[int, int]) -> tuple[float, float]:
-    """Anti-aliasing sigmas of ``segment._resample``: only when shrinking (judged by rows)."""
-    if out_shape[0] >= in_shape[0]:
-        return 0.0, 0.0
-    return tuple(max(0.0, (i / o - 1) / 2) for i, o in zip(in_shape, out_shape, strict=True))
-
-
-def _resize_rows(read: Callable[[np.ndarray], np.ndarray], in_shape: tuple[int, int],
-                 out_shape: tuple[int, int], o0: int, o1: int) -> np.ndarray:
-    """Rows ``o0..o1`` of an image (``(h, w)`` or ``(h, w, c)``) resized to ``out_shape``.
-
-    ``read(rows)`` returns the source rows as float32. Anti-aliasing (a Gaussian) when shrinking,
-    then linear interpolation; the rows read have a margin wider than the Gaussian, so each result
-    row equals the whole-image resize's (to float32 rounding of the interpolation).
-    """
-    from scipy import ndimage as ndi
-
-    sigma = _sigmas(in_shape, out_shape)
-    ri, rt = _axis_coords(in_shape[0], out_shape[0], o0, o1)
-    ci, ct = _axis_coords(in_shape[1], out_shape[1], 0, out_shape[1])
-    margin = int(4.0 * sigma[0] + 0.5) + 1
-    lo = int(ri.min()) - margin
-    block = read(_mirror(np.arange(lo, int(ri.max()) + 2 + margin), in_shape[0]))
-    if any(sigma):
-        block = ndi.gaussian_filter(block, sigma + (0.0,) * (block.ndim - 2), mode="mirror")
-    extra = (slice(None),) + (None,) * (block.ndim - 1)
-    rows = block[ri - lo] * (1 - rt)[extra] + block[ri + 1 - lo] * rt[extra]
-    extra = (slice(None),) + (None,) * (block.ndim - 2)
-    c0, c1 = _mirror(ci, in_shape[1]), _mirror(ci + 1, in_shape[1])
-    return (rows[:, c0] * (1 - ct)[extra] + rows[:, c1] * ct[extra]).astype(np.float32)
+def _log_probabilities(probs: np.ndarray) -> Callable[[slice], np.ndarray]:
+    """Rows of blended probabilities as log-probabilities (``segment``'s tiled upsampling)."""
+    return lambda rows: np.log(np.maximum(np.asarray(probs[rows]), np.float32(1e-30)))
 
 
 def _row_chunk(width: int, depth: int, scale: float) -> int:
@@ -297,10 +260,7 @@ def _pixel_size(path: Path, pixel_size_nm: float | None, force: bool,
 
 def _model_shape(shape: tuple[int, int], pixel_size_nm: float, model: SegmentationModel) -> tuple[int, int]:
     """The montage's shape at the model's pixel size (``segment``'s rule and tolerance)."""
-    factor = pixel_size_nm / model.card.pixel_size_nm
-    if abs(factor - 1.0) <= _RESAMPLE_TOLERANCE:
-        return shape
-    return tuple(max(8, round(s * factor)) for s in shape)
+    return model_grid_shape(shape, pixel_size_nm / model.card.pixel_size_nm)
 
 
 def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
@@ -319,8 +279,8 @@ def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, 
             _scratch(scratch, name, mshape + (model.n_classes,)) as probs:
         step = _row_chunk(shape[1], 1, shape[0] / mshape[0])
         for o0 in range(0, mshape[0], step):
-            scaled[o0:o0 + step] = _resize_rows(lambda r: prep(np.asarray(src[r])), shape,
-                                                mshape, o0, min(o0 + step, mshape[0]))
+            scaled[o0:o0 + step] = resample_rows(lambda r: prep(np.asarray(src[r])), shape,
+                                                 mshape, o0, min(o0 + step, mshape[0]))
 
         def normalised(lo, hi, scores, weights):
             probs[lo:hi] = scores / weights[..., None]
@@ -329,8 +289,8 @@ def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, 
                                lambda piece: np.asarray(piece, np.float32))
         step = _row_chunk(shape[1], model.n_classes, mshape[0] / shape[0])
         for o0 in range(0, shape[0], step):
-            back = _resize_rows(lambda r: np.asarray(probs[r]), mshape, shape, o0, min(o0 + step, shape[0]))
-            dst[o0:o0 + step] = reduce_scores(back)[0]
+            dst[o0:o0 + step] = upsample_argmax_rows(_log_probabilities(probs), mshape, shape, o0,
+                                                     min(o0 + step, shape[0]))
 
 
 def _create_label_map(tmp: Path, shape: tuple[int, int], pixel_size_nm: float) -> np.memmap:

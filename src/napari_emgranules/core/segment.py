@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
+from .calibration import softmax_max
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
+from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample, upsample_argmax
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ SEED_TILE = 1024
 # (Locations) and 108 B/px (Granules) with `python benchmarks/bench_segment.py --memory`
 # (docs/benchmarks.md); 200 leaves a margin.
 _BYTES_PER_PIXEL = 200
-_RESAMPLE_TOLERANCE = 0.01
+_RESAMPLE_TOLERANCE = RESAMPLE_TOLERANCE  # kept for older imports
 
 
 @dataclass(frozen=True)
@@ -193,12 +195,12 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 STRETCH_PERCENTILES = (1.0, 99.0)
 STRETCH_GREYS = (0.15, 0.75)
 _LEVEL_BLOCK = 4  # block means: the noise of one pixel does not widen the percentiles
-_LEVEL_MAX_BLOCKS = 1 << 20
+_LEVEL_MAX_BLOCKS = 1 << 18
 
 
 def input_levels(image) -> tuple[float, float]:
     """The 1st and 99th percentiles (in :func:`to_unit_float` units) of an image's 4 x 4 px block
-    means, on a regular subsample of at most about a million blocks.
+    means, on a regular subsample of at most about 260,000 blocks.
 
     Reads the image by rows, so a memory-mapped, Zarr or Dask array of any size works; the same
     image gives the same levels whether it is segmented in memory, as a montage, or trained on.
@@ -216,8 +218,8 @@ def block_means(image) -> np.ndarray:
     stride = max(1, int(np.ceil(np.sqrt(nby * nbx / _LEVEL_MAX_BLOCKS))))
     rows = []
     for by in range(0, nby, stride):
-        band = to_unit_float(np.asarray(image[by * b:(by + 1) * b, :nbx * b]))
-        rows.append(band.reshape(b, nbx, b).mean(axis=(0, 2))[::stride])
+        band = np.asarray(image[by * b:(by + 1) * b, :nbx * b]).reshape(b, nbx, b)[:, ::stride]
+        rows.append(to_unit_float(band).mean(axis=(0, 2)))
     return np.concatenate(rows) if rows else np.zeros(0, np.float32)
 
 
@@ -258,19 +260,11 @@ def input_scaler(image, scaling: str = "dtype-range"):
     return lambda piece: stretch(to_unit_float(piece), levels)
 
 
-def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from skimage.transform import resize
-
-    shrinking = shape[0] < image.shape[0]
-    return resize(image, shape + image.shape[2:], order=1, mode="reflect",
-                  anti_aliasing=shrinking, preserve_range=True).astype(np.float32)
-
-
 def _nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a 2-D array to ``shape`` (pixel centres aligned)."""
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0]).astype(np.intp), a.shape[0] - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1]).astype(np.intp), a.shape[1] - 1)
-    return a[rows[:, None], cols[None, :]]
+    return a[rows][:, cols]
 
 
 def estimate_memory_bytes(shape: tuple[int, int], batch: int = 1) -> int:
@@ -292,20 +286,20 @@ def _resolve_model(model: SegmentationModel | str | os.PathLike | None, kind: st
 # -------------------------------------------------------------------------------------------------
 # Per-model prediction generators
 # -------------------------------------------------------------------------------------------------
-def _predict_whole(model: SegmentationModel, x: np.ndarray, want_probs: bool,
+def _predict_whole(model: SegmentationModel, x: np.ndarray, want_scores: bool,
                    confidence: bool = True):
     padded, crop = pad_to_multiple(x, MULTIPLE)
-    if want_probs:
-        probs = model.predict_probabilities(padded[None])[0]
+    if want_scores:  # logits (and confidence) on the model's grid, for upsample_argmax
+        logits = model.predict_logits(padded[None])[0][crop]
         yield 1
-        return probs[crop]
+        return logits, softmax_max(logits, model.card.temperature) if confidence else None
     labels, conf = model.predict_labels(padded[None], confidence)
     yield 1
     return labels[0][crop], None if conf is None else conf[0][crop]
 
 
 def _predict_tiled(model: SegmentationModel, x: np.ndarray, plan: TilePlan, batch_size: int,
-                   want_probs: bool):
+                   want_scores: bool):
     padded = plan.pad(x)
     weights = plan.weights()
     wy, wx = plan.window
@@ -322,8 +316,9 @@ def _predict_tiled(model: SegmentationModel, x: np.ndarray, plan: TilePlan, batc
             wsum[y:y + wy, xx:xx + wx] += weights
         yield len(chunk)
     scores, norm = plan.crop(acc), plan.crop(wsum)
-    if want_probs:
-        return scores / norm[..., None]
+    if want_scores:  # log-probabilities: their arg-max after upsampling is the blended one's
+        probs = scores / norm[..., None]
+        return np.log(np.maximum(probs, np.float32(1e-30))), probs.max(axis=-1)
     # argmax is unchanged by the per-pixel normalisation; only the maximum needs dividing
     labels, best = reduce_scores(scores)
     return labels, best / norm
@@ -385,7 +380,11 @@ def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_
     from scipy import ndimage as ndi
 
     min_px = math.pi / 4 * (float(min_diameter_nm) / float(pixel_size_nm)) ** 2
-    for code in np.unique(labels):
+    if labels.dtype == np.uint8:  # a histogram is much faster than np.unique's sort
+        codes = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
+    else:
+        codes = np.unique(labels)
+    for code in codes:
         if code == background:
             continue
         comp, n = ndi.label(labels == code, structure=np.ones((3, 3), bool))
@@ -393,7 +392,8 @@ def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_
             continue
         small = np.bincount(comp.ravel()) < min_px
         small[0] = False
-        labels[small[comp]] = background
+        if small.any():
+            labels[small[comp]] = background
     return labels
 
 
@@ -503,17 +503,13 @@ def segment_micrograph_iter(
     inputs = {scaling: input_scaler(micrograph.data, scaling)(micrograph.data)
               for scaling in {m.card.input_scaling for m in models.values()}}
     notes: list[str] = []
-    plans: dict[str, tuple[tuple[int, int], float, TilePlan | None, int]] = {}
+    plans: dict[str, tuple[tuple[int, int], TilePlan | None, int]] = {}
     for kind, model in models.items():
-        factor = micrograph.pixel_size_nm / model.card.pixel_size_nm
-        resample = abs(factor - 1.0) > _RESAMPLE_TOLERANCE
-        if resolved == "seed" and resample:
+        shape = model_grid_shape(micrograph.shape, micrograph.pixel_size_nm / model.card.pixel_size_nm)
+        if resolved == "seed" and shape != micrograph.shape:
             logger.info("seed mode: the image (%g nm/px) is resampled to the %s model's %g nm/px "
                         "before it is cut into %d px tiles", micrograph.pixel_size_nm, kind,
                         model.card.pixel_size_nm, SEED_TILE)
-        shape = micrograph.shape
-        if resample:
-            shape = tuple(max(8, round(s * factor)) for s in micrograph.shape)
         plan = None
         if resolved == "tiled":
             plan = TilePlan.for_image(shape, window, halo, MULTIPLE)
@@ -522,26 +518,24 @@ def segment_micrograph_iter(
             steps = -(-len(seed_tile_origins(shape, SEED_TILE)) // batch_size)
         else:
             steps = 1
-        plans[kind] = (shape, factor if resample else 1.0, plan, steps)
-    for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
-    total = sum(p[3] for p in plans.values())
+        plans[kind] = (shape, plan, steps)
+    total = sum(p[2] for p in plans.values())
     done = 0
     labels: dict[str, np.ndarray] = {}
     confs: dict[str, np.ndarray] = {}
     resampled: dict[tuple, np.ndarray] = {}  # both models usually share a pixel size
     for kind, model in models.items():
-        shape, factor, plan, steps = plans[kind]
+        shape, plan, steps = plans[kind]
         scaling = model.card.input_scaling
-        x = inputs[scaling]
-        if factor != 1.0 and (shape, scaling) not in resampled:
-            resampled[shape, scaling] = _resample(x, shape)
-        xin = x if factor == 1.0 else resampled[shape, scaling]
-        want_probs = factor != 1.0 and resolved != "seed"
+        other_grid = shape != micrograph.shape
+        if other_grid and (shape, scaling) not in resampled:
+            resampled[shape, scaling] = resample(inputs[scaling], shape)
+        xin = resampled[shape, scaling] if other_grid else inputs[scaling]
+        want_scores = other_grid and resolved != "seed"
         if resolved == "whole":
-            gen = _predict_whole(model, xin, want_probs, confidence)
+            gen = _predict_whole(model, xin, want_scores, confidence)
         elif resolved == "tiled":
-            gen = _predict_tiled(model, xin, plan, batch_size, want_probs)
+            gen = _predict_tiled(model, xin, plan, batch_size, want_scores)
         else:
             gen = _predict_seed(model, xin, batch_size, confidence)
         step = 0
@@ -555,18 +549,18 @@ def segment_micrograph_iter(
             done += 1
             yield SegmentProgress(kind, step, steps, done, total,
                                   f"{kind}: pass {step}/{steps} ({resolved})")
-        if want_probs:
-            lab, cf = reduce_scores(_resample(out, micrograph.shape))
-        elif factor != 1.0:  # seed mode at another pixel size: labels back by nearest neighbour
-            lab, cf = (None if a is None else _nearest(a, micrograph.shape) for a in out)
-        else:
-            lab, cf = out
+        lab, cf = out
+        del out
+        if want_scores:  # class scores on the model's grid: exact arg-max of their upsampling
+            lab = upsample_argmax(lab, micrograph.shape)
+            cf = None if cf is None else resample(cf, micrograph.shape)
+        elif other_grid:  # seed mode at another pixel size: labels back by nearest neighbour
+            lab, cf = (None if a is None else _nearest(a, micrograph.shape) for a in (lab, cf))
         if min_granule_nm and model.card.kind == "granules":
             lab = remove_small_objects(lab, min_granule_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
         if confidence:
             confs[kind] = cf.astype(np.float32, copy=False)
-        del out
     return SegmentationResult(
         labels=labels,
         confidence=confs,

@@ -50,10 +50,10 @@ from .models import (
     load_model,
     save_model,
 )
+from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample
 from .schema import UNLABELLED, ClassSchema, default_schema
 from .segment import (
     _nearest,
-    _resample,
     block_means,
     levels_of,
     run_to_completion,
@@ -75,7 +75,6 @@ __all__ = [
     "augment_pair",
 ]
 
-_RESAMPLE_TOLERANCE = 0.01
 _MAX_ANCHORS = 200_000  # labelled pixels kept per image to place crops around
 #: With data from fewer micrographs than this, validation holds out a block of each micrograph.
 BLOCK_VALIDATION_BELOW = 5
@@ -337,9 +336,10 @@ class _Sample:
 
 
 def _resample_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Image (area-averaged, as inference does) and labels (nearest) resampled by ``factor``."""
-    shape = tuple(max(8, round(s * factor)) for s in image.shape)
-    return _resample(image, shape), _nearest(labels, shape)
+    """Image (as inference resamples it: :func:`~.resample.resample`) and labels (nearest)
+    brought to ``factor`` times their pixel density."""
+    shape = model_grid_shape(image.shape, factor)
+    return resample(image, shape), _nearest(labels, shape)
 
 
 def _group_pairs(data: TrainingSet) -> list[list[TrainingPair]]:
@@ -409,7 +409,7 @@ def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float,
     for pairs in _group_pairs(data):
         x, labels = _assemble(pairs, schema, scaling)
         factor = float(pairs[0].pixel_size_nm) / pixel_size_nm
-        if abs(factor - 1.0) > _RESAMPLE_TOLERANCE:
+        if abs(factor - 1.0) > RESAMPLE_TOLERANCE:
             x, labels = _resample_pair(x, labels, factor)
         name = pairs[0].source if len(pairs) > 1 else pairs[0].name
         samples.append(_Sample(name, x, labels))
