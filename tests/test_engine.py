@@ -120,3 +120,103 @@ def test_a_script_without_a_main_guard_is_not_run_again_in_the_model_process(tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kind: granules" in proc.stdout
     assert (proc.stdout + proc.stderr).count("SCRIPT BODY RAN") == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped) counts as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def test_stop_does_not_wait_for_a_job_whose_thread_was_abandoned():
+    """napari closing mid-job: the worker thread is left suspended inside the job, and stop() (at
+    exit) used to wait forever for the job's lock. Now it ends the process at once."""
+    e = Engine("abandoned", grace=1.0)
+    big = synthetic_micrograph((1024, 1024), 0.8, seed=1).image
+    gen = e.run("segment", image=big, pixel_size_nm=0.8, weights={"granules": None},
+                mode="tiled", max_window=384, halo=128)
+    next(gen)  # the job runs; this thread now walks away without closing the generator
+    pid = e._proc.pid
+    t0 = time.perf_counter()
+    stopper = threading.Thread(target=e.stop, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() hung on the abandoned job"
+    assert time.perf_counter() - t0 < 6
+    assert not _alive(pid)
+    with pytest.raises(Cancelled):  # the abandoned job, if anyone looks again, was cancelled
+        _drain(gen)
+
+
+def test_a_script_that_exits_mid_job_ends_the_model_process(tmp_path):
+    """Python exits (napari's window closed) while a job runs in a worker thread: the process
+    exits within seconds and leaves no model process behind."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "closes_mid_job.py"
+    script.write_text(
+        "import threading, time\n"
+        "from napari_emgranules._engine import get_engine\n"
+        "from napari_emgranules.core.synthetic import synthetic_micrograph\n"
+        "engine = get_engine('segmentation')\n"
+        "image = synthetic_micrograph((2048, 2048), 0.8, seed=1).image\n"
+        "started = threading.Event()\n"
+        "def work():\n"
+        "    for _ in engine.run('segment', image=image, pixel_size_nm=0.8, weights={'granules': None},\n"
+        "                        mode='tiled', max_window=384, halo=128):\n"
+        "        started.set()\n"
+        "threading.Thread(target=work, daemon=True).start()\n"
+        "assert started.wait(60), 'the job did not start'\n"
+        "print('CHILD', engine._proc.pid, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # the job is running (for half a minute more)
+        t0 = time.perf_counter()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert time.perf_counter() - t0 < 10, "the script waited for the job instead of ending it"
+    child = int(line.split("CHILD")[1].split()[0])
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def test_the_model_process_ends_when_its_parent_dies(tmp_path):
+    """napari killed (no atexit) during one long forward pass (no event to notice the closed pipe
+    at): the model process ends within a second or two instead of finishing the job."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "import numpy as np\n"
+        "from napari_emgranules._engine import get_engine\n"
+        "engine = get_engine('segmentation')\n"
+        "engine.call('describe_model', path=None, kind='granules')\n"
+        "print('CHILD', engine._proc.pid, flush=True)\n"
+        "image = np.random.default_rng(0).integers(0, 255, (4096, 4096), dtype=np.uint8)\n"
+        "gen = engine.run('segment', image=image, pixel_size_nm=0.8, weights={'granules': None},\n"
+        "                 mode='whole')\n"
+        "import threading\n"
+        "threading.Thread(target=lambda: list(gen), daemon=True).start()\n"
+        "time.sleep(1.5)  # the pass is under way (one event at its end only)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    child = int(proc.stdout.split("CHILD")[1].split()[0])
+    deadline = time.monotonic() + 2
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)

@@ -228,3 +228,27 @@ def test_event_loop_never_stalls_while_segmenting(qtbot, viewer_with_image, note
         assert gaps.max() < 0.350, f"{name}: longest stall {gaps.max() * 1000:.0f} ms over {len(run)} ticks"
         assert (gaps > 0.100).sum() <= 2, f"{name}: {(gaps > 0.100).sum()} stalls over 100 ms"
     assert "cell granules" in viewer.layers
+
+
+def test_closing_napari_mid_job_ends_the_model_process_at_once(qtbot, make_napari_viewer, notes):
+    """The last window closing while Segment runs: the model process ends within seconds and the
+    job finishes as cancelled (napari then waits for no worker)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
+    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
+    viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    widget.mode.value = "seed"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
+                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    proc = widget.engine._proc
+    t0 = time.perf_counter()
+    QApplication.instance().lastWindowClosed.emit()  # what closing napari's window sends
+    qtbot.waitUntil(lambda: proc.poll() is not None, timeout=5_000)
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=10_000)
+    assert time.perf_counter() - t0 < 5
+    assert not widget.engine.running
+    assert [layer.name for layer in viewer.layers] == ["big"]

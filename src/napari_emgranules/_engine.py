@@ -65,6 +65,7 @@ def _serve(conn) -> None:
     logging.basicConfig(level=logging.WARNING)
     from . import _engine_tasks
 
+    _exit_with_parent()
     while True:
         try:
             message = conn.recv()
@@ -79,6 +80,20 @@ def _serve(conn) -> None:
             _run_job(conn, getattr(_engine_tasks, task), kwargs)
         except (EOFError, OSError, BrokenPipeError):
             return
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this process as soon as its parent is gone (napari killed, or closed mid-job), instead of
+    finishing a job nobody waits for: a watchdog thread checks the parent's pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _run_job(conn, func, kwargs: dict[str, Any]) -> None:
@@ -138,7 +153,9 @@ class Engine:
         self.grace = grace
         self._proc: Any = None
         self._conn: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one job at a time (held while a job runs)
+        self._state = threading.Lock()  # the process and connection, swapped atomically
+        self._send_lock = threading.Lock()  # a connection is not safe for two senders at once
         self._cancel = threading.Event()
         self.notes: list[str] = []  # warnings of the last job (e.g. an untrained model)
 
@@ -163,11 +180,17 @@ class Engine:
             proc.wait()
             raise EngineError(f"the {self.name} process did not start (exit code {proc.returncode}; "
                               f"{type(exc).__name__}); see the terminal for its error") from None
-        self._proc, self._conn = proc, conn
+        with self._state:
+            self._proc, self._conn = proc, conn
+
+    def _send(self, conn, message: tuple) -> None:
+        with self._send_lock:
+            conn.send(message)
 
     def _end(self) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+        with self._state:
+            proc, conn = self._proc, self._conn
+            self._proc = self._conn = None
         if conn is not None:
             conn.close()
         if proc is not None:
@@ -205,7 +228,7 @@ class Engine:
                 self._start()
             conn, proc = self._conn, self._proc
             try:
-                conn.send(("run", task, kwargs))
+                self._send(conn, ("run", task, kwargs))
             except (OSError, ValueError) as exc:
                 self._end()
                 raise EngineError(f"could not send the {self.name} job to its process ({exc})") from None
@@ -221,8 +244,8 @@ class Engine:
             if self._cancel.is_set() and deadline is None:
                 deadline = time.monotonic() + self.grace
                 try:
-                    conn.send(("cancel",))
-                except OSError:
+                    self._send(conn, ("cancel",))
+                except (OSError, ValueError):
                     pass
             if deadline is not None and time.monotonic() > deadline:
                 self._end()  # it did not stop at an event in time: end the process
@@ -263,15 +286,20 @@ class Engine:
                 return result
 
     def stop(self) -> None:
-        """End the child process (its models are forgotten; the next job starts a new one)."""
+        """End the child process (its models are forgotten; the next job starts a new one).
+
+        Never waits for a running job: its process is ended (the job's :meth:`run` raises
+        :class:`Cancelled` in its own thread). Safe from any thread, at exit too, even when the
+        thread that ran the job was abandoned mid-job (napari closed while segmenting).
+        """
         self._cancel.set()
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.send(("stop",))
-                except OSError:
-                    pass
-            self._end()
+        conn = self._conn
+        if conn is not None:
+            try:
+                self._send(conn, ("stop",))
+            except (OSError, ValueError):
+                pass
+        self._end()
 
 
 _ENGINES: dict[str, Engine] = {}

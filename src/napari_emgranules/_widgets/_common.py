@@ -35,7 +35,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
-from .._engine import Cancelled, EngineError
+from .._engine import Cancelled, EngineError, shutdown_engines
 from .._layers import known_pixel_size, labels_layer_data
 from ..core import USER_ERRORS
 from ..core.schema import ClassSchema
@@ -349,6 +349,30 @@ def _guard_function(func: Callable, *args: Any, **kwargs: Any) -> Any:
         return _Failed(exc)
 
 
+_QUIT_HOOKED = False
+
+
+def stop_engines_on_quit() -> None:
+    """End the model processes as soon as napari's last window closes (once per application).
+
+    napari waits at quit for every thread worker to reach its next yield; a job in the middle of a
+    long forward pass or a training epoch would hold the exit for that long, and a job abandoned
+    while suspended used to hold it for ever. Ending the processes first makes every running job
+    raise :class:`Cancelled` at once, so napari exits within seconds and nothing keeps running.
+    """
+    global _QUIT_HOOKED
+    if _QUIT_HOOKED:
+        return
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        return
+    app.lastWindowClosed.connect(shutdown_engines)
+    app.aboutToQuit.connect(shutdown_engines)
+    _QUIT_HOOKED = True
+
+
 def start_worker(func: Callable, *args: Any, on_yield: Callable | None = None,
                  on_return: Callable | None = None, on_error: Callable | None = None,
                  on_finish: Callable | None = None, **kwargs: Any) -> Any:
@@ -360,6 +384,7 @@ def start_worker(func: Callable, *args: Any, on_yield: Callable | None = None,
     """
     from napari.qt.threading import create_worker
 
+    stop_engines_on_quit()
     guard = _guard_generator if inspect.isgeneratorfunction(func) else _guard_function
     worker = create_worker(guard, func, *args, _start_thread=False, **kwargs)
     on_error = on_error or (lambda exc: notify_error(exc, getattr(func, "__name__", "job")))
