@@ -112,11 +112,11 @@ def run_inprocess(sizes: list[int], pixel_sizes: list[float], repeat: int, max_m
             inputs = [np.zeros((1, round_up(g[0], MULTIPLE), round_up(g[1], MULTIPLE), 1), np.float32)
                       for g in grids]
 
-            def bare():
+            def bare(inputs=inputs):
                 for m, x in zip(models, inputs, strict=True):
                     m.keras_model.predict_on_batch(x)
 
-            def e2e():
+            def e2e(image=image, px=px):
                 segment_micrograph(image, px, mode="whole")
 
             jobs = {"bare": bare, "end_to_end": e2e}
@@ -165,7 +165,8 @@ def run_memory(sizes: list[int]) -> dict:
     return out
 
 
-def _markdown(t: dict | None, mem: dict | None, argv: list[str], inproc: dict | None = None) -> tuple[str, str]:
+def _markdown(t: dict | None, mem: dict | None, argv: list[str],
+              inproc: dict | None = None) -> tuple[str, str]:
     cmd = "python benchmarks/bench_segment.py " + " ".join(argv)
     key = "inprocess" if inproc else "timings" if t else "memory"
     begin, end = _markers(key)
@@ -181,8 +182,9 @@ def _markdown(t: dict | None, mem: dict | None, argv: list[str], inproc: dict | 
             "|---|---:|---|---:|---:|---:|"]
         for r in inproc["rows"]:
             g = ", ".join(f"{a}x{b}" for a, b in r["grids"])
+            sec = r["seconds"]
             lines.append(f"| {r['size']}x{r['size']} | {r['pixel_size_nm']:g} | {g} | "
-                         f"{r['seconds']['bare']:.2f} | {r['seconds']['end_to_end']:.2f} | {r['ratio']:.2f} |")
+                         f"{sec['bare']:.2f} | {sec['end_to_end']:.2f} | {r['ratio']:.2f} |")
         lines.append("")
     if t:
         s, r = t["seconds"], t["ratio_to_bare"]

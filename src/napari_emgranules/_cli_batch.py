@@ -11,6 +11,7 @@ import math
 import sys
 
 from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder, add_precision_arguments
+from .core.segment import MODES
 
 
 def _measure_kwargs(args: argparse.Namespace) -> dict:
@@ -79,7 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bat.add_argument("--scheduler", metavar="SPEC",
                      help="'processes:N' (a local Dask cluster of N worker processes) or "
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
-    bat.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"),
+    bat.add_argument("--mode", default="auto", choices=MODES,
                      help="whole image, tiles with halo, or the original 1024 tiles (default auto; "
                           "TIFFs too large for memory are segmented by tiles from a memory map)")
     bat.add_argument("--pixel-size", type=float, metavar="NM",

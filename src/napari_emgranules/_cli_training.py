@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli import EXIT_OK, CliError, _fail
+from .core.segment import MODES
 
 
 # -------------------------------------------------------------------------------------------------
@@ -318,12 +319,13 @@ def add_parsers(sub) -> None:
                                          "per class, objects)")
     ev.add_argument("weights", metavar="WEIGHTS")
     ev.add_argument("data", nargs="+", metavar="DATA", help="pair folders (images/, labels/)")
-    ev.add_argument("--kind", choices=("locations", "granules"),
-                    help="what the weights are, when they have no sidecar")
+    ev.add_argument("--model", "--kind", dest="kind", choices=("locations", "granules"),
+                    help="what the weights are, when they have no sidecar (the same --model as "
+                         "train and export-model; --kind is the old spelling)")
     ev.add_argument("--out", metavar="DIR", help="write per_image.csv, summary.csv, confusion "
                                                  "matrices and accuracies.txt here")
     ev.add_argument("--predictions", metavar="DIR", help="also write the predicted label maps")
-    ev.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"))
+    ev.add_argument("--mode", default="auto", choices=MODES)
     ev.add_argument("--iou-threshold", type=float, default=0.5,
                     help="IoU for an object (granule) match (default 0.5)")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .core.segment import MODES
 
 logger = logging.getLogger("napari_emgranules")
 
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output folder (created if missing)")
     seg.add_argument("--sample", action="store_true",
                      help="also segment the bundled synthetic sample micrograph")
-    seg.add_argument("--mode", default="auto", choices=("auto", "whole", "tiled", "seed"),
+    seg.add_argument("--mode", default="auto", choices=MODES,
                      help="whole image, tiles with halo, or the original 1024 tiles (default auto)")
     seg.add_argument("--pixel-size", type=float, metavar="NM",
                      help="pixel size in nm, used when the file's metadata has none")

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .calibration import softmax_max
+from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample, upsample_argmax
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
