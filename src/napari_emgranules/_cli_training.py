@@ -101,7 +101,8 @@ def _train_options(args: argparse.Namespace) -> dict:
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
             "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
-            "input_scaling": args.input_scaling}
+            "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
+            "rehearsal_look": args.rehearsal_look}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
         try:
@@ -301,6 +302,13 @@ def add_parsers(sub) -> None:
     tr.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
     tr.add_argument("--rotate90", action="store_true", help="also augment by quarter turns")
     tr.add_argument("--scale-jitter", type=float, metavar="S", help="random zoom in [1-S, 1+S]")
+    tr.add_argument("--rehearsal", type=float, metavar="F",
+                    help="when fine-tuning Locations or Granules: share of the crops taken from "
+                         "synthetic micrographs, so a few micrographs do not make the model forget "
+                         "(default 0)")
+    tr.add_argument("--rehearsal-look", choices=("matched", "random"),
+                    help="rehearsal micrographs in the training data's grey levels per class "
+                         "(matched, default) or in the generator's random looks")
     tr.add_argument("--no-augment", action="store_true",
                     help="no flips, contrast or brightness changes")
     tr.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -50,6 +50,7 @@ from .models import (
     load_model,
     save_model,
 )
+from .rehearsal import REHEARSAL_LOOKS, class_quantiles, rehearsal_images, rehearsal_kind
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample
 from .schema import UNLABELLED, ClassSchema, default_schema
 from .segment import (
@@ -145,6 +146,14 @@ class TrainConfig:
         shift in ``[-b, b]`` (0.4 and 0.25 in the original recipe); results are clipped to [0, 1].
     freeze_encoder : bool
         Train only the decoder (the contracting path keeps its weights).
+    rehearsal : float
+        When fine-tuning a Locations or Granules model: the share of crops taken from synthetic
+        micrographs of the package's generator at the model's pixel size (with exact truth), so
+        that a model fine-tuned on a few micrographs keeps what it knew about the regions' layout
+        (:mod:`~napari_emgranules.core.rehearsal`). 0 = the user's data only.
+    rehearsal_look : {"matched", "random"}
+        ``"matched"``: each rehearsal micrograph's class grey levels are mapped onto those of the
+        same class in the training data; ``"random"``: the generator's randomised looks as drawn.
     seed : int
         Seeds the data order, augmentation, validation split and Keras' random state.
     max_minutes : float, optional
@@ -178,6 +187,8 @@ class TrainConfig:
     contrast: float = 0.4
     brightness: float = 0.25
     freeze_encoder: bool = False
+    rehearsal: float = 0.0
+    rehearsal_look: str = "matched"
     seed: int = 0
     max_minutes: float | None = None
     input_scaling: str | None = None
@@ -223,6 +234,11 @@ class TrainConfig:
         if not 0 <= self.contrast < 1 or not 0 <= self.brightness <= 1:
             problems.append(f"contrast must be in [0, 1) and brightness in [0, 1], got "
                             f"{self.contrast} and {self.brightness}")
+        if not 0 <= self.rehearsal < 1:
+            problems.append(f"rehearsal must be in [0, 1), got {self.rehearsal}")
+        if self.rehearsal_look not in REHEARSAL_LOOKS:
+            problems.append(f"rehearsal_look must be one of {', '.join(REHEARSAL_LOOKS)}, got "
+                            f"{self.rehearsal_look!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.input_scaling not in (None, *INPUT_SCALINGS):
@@ -878,6 +894,7 @@ class _Run:
     diverged: bool = False  # the loss became NaN or infinite (the epoch is dropped)
     cm_start: list | None = None  # validation confusion matrix of the starting weights
     cm_best: list | None = None  # ... and of the kept (best) weights
+    rehearsal: list[_Sample] = field(default_factory=list)  # synthetic micrographs (not saved)
 
     @property
     def ckpt(self) -> Path:
@@ -1043,9 +1060,37 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
         rng=np.random.default_rng(config.seed), notes=notes,
     )
+    if config.rehearsal > 0:
+        run.rehearsal = _rehearsal_samples(run, fine_tuning)
     lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
     _compile(run, lr)
     return run, state
+
+
+#: Rehearsal micrographs made per run, and their side at the model's pixel size (px).
+REHEARSAL_IMAGES, REHEARSAL_SIDE = 6, 1024
+
+
+def _rehearsal_samples(run: _Run, fine_tuning: bool) -> list[_Sample]:
+    """The synthetic micrographs a fine-tuning run rehearses on (none where it cannot)."""
+    kind = rehearsal_kind(run.card.schema)
+    if not fine_tuning or kind is None:
+        why = "a new model" if not fine_tuning else "classes the generator does not make"
+        run.notes.append(f"rehearsal is off: it is for fine-tuning the Locations or Granules "
+                         f"model, not for {why}")
+        return []
+    cfg = run.config
+    look = None
+    if cfg.rehearsal_look == "matched":
+        look = class_quantiles([s.image for s in run.samples], [s.labels for s in run.samples],
+                               run.card.schema.n_classes)
+    side = max(REHEARSAL_SIDE, cfg.crop)
+    made = rehearsal_images(kind, run.card.pixel_size_nm, REHEARSAL_IMAGES, side, cfg.seed,
+                            run.card.input_scaling, look)
+    run.notes.append(f"rehearsal: {cfg.rehearsal:.0%} of the crops from {len(made)} synthetic "
+                     f"micrographs ({side} px at {run.card.pixel_size_nm:g} nm/px, "
+                     f"{'grey levels matched to the training data' if look else 'random looks'})")
+    return [_Sample(f"rehearsal-{i}", x, y) for i, (x, y) in enumerate(made)]
 
 
 def _compile(run: _Run, lr: float) -> None:
@@ -1091,9 +1136,12 @@ def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
     net.reset_metrics()
     logs: dict[str, float] = {}
     for step in range(1, run.steps + 1):
-        idx = run.rng.choice(len(run.samples), size=cfg.batch_size, p=p)
-        crops = [augment_pair(run.samples[i].image, run.samples[i].labels, cfg.crop, run.rng, cfg,
-                              anchor=run.samples[i].anchor(run.rng)) for i in idx]
+        chosen = [run.samples[i] for i in run.rng.choice(len(run.samples), size=cfg.batch_size, p=p)]
+        if run.rehearsal:  # replace each crop by a synthetic one with probability cfg.rehearsal
+            chosen = [run.rehearsal[int(run.rng.integers(len(run.rehearsal)))]
+                      if run.rng.random() < cfg.rehearsal else s for s in chosen]
+        crops = [augment_pair(s.image, s.labels, cfg.crop, run.rng, cfg, anchor=s.anchor(run.rng))
+                 for s in chosen]
         x = np.stack([c[0] for c in crops])[..., None]
         y = np.stack([c[1] for c in crops]).astype(np.int32)
         logs = {k: float(v) for k, v in net.train_on_batch(x, y, return_dict=True).items()}
