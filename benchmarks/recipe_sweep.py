@@ -33,6 +33,9 @@ VARIANTS = {
     "balanced-lr1e-3": "--class-weights balanced --lr 1e-3",
     "rot-zoom": "--rotate90 --scale-jitter 0.2",
     "frozen-lr1e-3": "--freeze-encoder --lr 1e-3",
+    "rehearsal": "--rehearsal 0.5",  # generator micrographs in the user's grey levels per class
+    "rehearsal-random": "--rehearsal 0.5 --rehearsal-look random",
+    "rehearsal-rot": "--rehearsal 0.5 --rotate90",
 }
 
 
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         write_labels(work / "labels.tif", train.locations if args.kind == "locations" else train.granules)
         print("| variant | options | minutes | Locations mIoU | IoU A / I / Z / S / N | granule F1 | "
               "max abs pf error |\n|---|---|---|---|---|---|---|", flush=True)
+        start = score(test, default_model("locations"), default_model("granules"))
+        ious = " / ".join(f"{v:.2f}" for v in start["iou"].values())
+        print(f"| start (bundled) | | - | {start['locations_miou']:.3f} | {ious} "
+              f"| {start['granule_f1']:.3f} | {start['max_pf_error']:.3f} |", flush=True)
         for name, options in variants.items():
             run = cli_train([(work / "m.tif", work / "labels.tif")], args.kind, work / name,
                             ["--max-minutes", args.max_minutes, *shlex.split(options)])
