@@ -86,5 +86,7 @@ def test_a_region_is_refilled_as_far_as_it_looks_like_the_click():
     looks = region_at(labels, (60, 60), image)
     iou = (looks & mito).sum() / (looks | mito).sum()
     assert iou > 0.9, iou
+    corner = region_at(labels, (119, 119), image)  # a click at the edge of the image
+    assert corner[119, 119] and corner[mito].mean() < 0.01  # the space, without the mitochondrion
     with pytest.raises(ValueError, match="differ in size"):
         region_at(labels, (60, 60), image[:50])

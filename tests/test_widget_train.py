@@ -17,6 +17,7 @@ from napari_emgranules._widgets.train import KEPT_START, MISSING, REPORT_COLUMNS
 from napari_emgranules.core.dataset import export_training_pairs
 from napari_emgranules.core.schema import GRANULES_SCHEMA
 from napari_emgranules.core.synthetic import synthetic_micrograph
+from napari_emgranules.core.train import run_state
 
 TIMEOUT_MS = 180_000
 
@@ -118,7 +119,25 @@ def test_one_epoch_plot_table_and_use_in_segment(qtbot, widget, pairs, notes):
     assert session_for(widget.viewer).weights["granules"] == str(weights)
     assert str(weights) in widget.start_info.value  # "current model" is now the new one
     assert any(str(weights) in text for lv, text in notes if lv == "info")
-    assert widget.output.value != out  # the next run gets a new folder
+    # the finished run can go on (more epochs); Train itself would start a new folder
+    assert not widget.resume_button.native.isHidden()
+    assert "stopped after epoch 1 of 1" in widget.resume_info.value
+
+
+def test_the_run_folder_is_derived_from_the_data_never_the_working_directory(widget, pairs, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    widget.kind.value = "locations"  # the model chosen before the data
+    widget.kind.value = "granules"
+    widget.data.value = str(pairs)
+    out = widget.output.value
+    assert out.parent == pairs.parent / "runs" and out.name.startswith("granules-")
+    widget.output.value = ""  # cleared by the user: reads as the working directory, not a choice
+    assert widget.output.value.parent == pairs.parent / "runs"
+    mine = tmp_path / "my-run"
+    widget.output.value = mine  # a folder the user chose stays, whatever else changes
+    widget.kind.value = "locations"
+    assert widget.output.value == mine and widget.resume_button.native.isHidden()
 
 
 def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
@@ -137,12 +156,24 @@ def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
     assert widget.use_button.enabled and widget.weights_path == weights
     assert widget.summary is None and widget.settings.enabled
     assert len(widget.history) < 50
+    # the cancelled run resumes in its folder, from its last epoch, when the user asks
+    assert not widget.resume_button.native.isHidden()
+    last = run_state(out)["epoch"]
+    widget.epochs.value = last + 1
+    widget.resume_button.native.click()
+    assert widget.job.busy
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
+    assert widget.summary is not None and widget.run_folder == out
+    assert run_state(out)["epoch"] == last + 1 and widget.history[-1]["epoch"] == last + 1
+    assert any(f"resumed after epoch {last}" in text for _, text in notes), notes
     # cancelled before any epoch ended (from scratch: no epoch 0 scoring a starting model):
     # nothing saved, said so, and no empty run folder left
     _tiny(widget, pairs, epochs=2, steps=500)
     widget.start_from.value = "fresh"
-    out = widget.output.value
+    first = out
     assert widget.run() is not None
+    out = widget.run_folder
+    assert out != first and out.parent == first.parent  # a new folder for the new run
     qtbot.waitUntil(lambda: widget.job.bars["batches"].value >= 1, timeout=TIMEOUT_MS)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
@@ -182,9 +213,9 @@ def test_bad_input_is_refused_and_nothing_is_written(qtbot, widget, pairs, tmp_p
     (taken / "granules.weights.h5").write_bytes(b"")
     widget.data.value = str(pairs)
     widget.output.value = taken
-    assert widget.run() is not None
-    qtbot.waitUntil(lambda: not widget.job.busy, timeout=TIMEOUT_MS)
-    assert "holds another training run" in notes[-1][1] and notes[-1][0] == "error"
+    assert widget.run() is None
+    assert "holds another training run; choose a new run folder" in notes[-1][1]
+    assert notes[-1][0] == "error" and widget.resume_button.native.isHidden()
     assert sorted(p.name for p in taken.iterdir()) == ["granules.weights.h5"]
 
 

@@ -113,6 +113,47 @@ def result_layers(viewer: Any, kind: str | None = None) -> list[Labels]:
             and (kind is None or layer.metadata[META].get("kind") == kind)]
 
 
+def unusable_images(viewer: Any) -> list[tuple[Image, str]]:
+    """Image layers that are no micrographs the models can take, with the reason (for the user)."""
+    out = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Image) or layer.metadata.get(META, {}).get("confidence_of"):
+            continue
+        if layer.rgb:
+            out.append((layer, "colour (RGB): convert it to grey first"))
+        elif layer.ndim != 2:
+            out.append((layer, f"{layer.ndim}-D stack: the models take one 2-D micrograph"))
+    return out
+
+
+def add_grey_copy(viewer: Any, layer: Image) -> Image:
+    """A grey copy of a colour image layer (luminance, same dtype, scale and metadata) added to the
+    viewer; the colour layer stays as it is."""
+    from ..core.io import to_gray
+
+    grey, _ = to_gray(np.asarray(layer.data))
+    name = f"{layer.name} grey"
+    meta = {**layer.metadata, "converted_from": "rgb"}
+    return viewer.add_image(grey, name=name, scale=tuple(layer.scale)[-2:],
+                            translate=tuple(layer.translate)[-2:], units=tuple(layer.units)[-2:],
+                            metadata=meta, colormap="gray")
+
+
+def active_micrograph(viewer: Any) -> Image | None:
+    """The micrograph the user works on: the selected layer, or the one it was made from."""
+    layer = viewer.layers.selection.active
+    image = image_layer_of(viewer, layer) if layer is not None else None
+    return image if image is not None and any(image is m for m in micrograph_layers(viewer)) else None
+
+
+def choose(combo: Any, value: Any) -> bool:
+    """Set ``combo`` to ``value`` when it is one of its choices and not chosen yet."""
+    if value is None or combo.value is value or not any(c is value for c in combo.choices):
+        return False
+    combo.value = value
+    return True
+
+
 def get_layer(viewer: Any, name: str) -> Any | None:
     return viewer.layers[name] if name in viewer.layers else None
 
@@ -416,6 +457,9 @@ class JobControls(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.bars = {s: ProgressBar(value=0, min=0, max=1, label=s, visible=False) for s in stages}
+        for stage, bar in self.bars.items():  # the container shows no labels: the bar says it
+            bar.native.setFormat(f"{stage}: %v / %m")
+            bar.native.setTextVisible(True)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                             labels=False)
         super().__init__(widgets=[buttons, *self.bars.values(), self.status], labels=False)

@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 from ..core.measure import Measurement, ParticleFilter, measure_labels, write_csv, write_seed_tables
 from ..core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, ClassSchema
 from ._common import (
+    KINDS,
     META,
     REVIEWED,
     STROKES,
@@ -47,7 +48,9 @@ from ._common import (
     JobControls,
     describe_source,
     enter_pixel_size,
+    get_layer,
     image_layer_of,
+    labels_name,
     layer_pixel_size,
     layer_schema,
     notify_error,
@@ -333,6 +336,7 @@ class DensityWidget(QWidget):
         self.save_seed_button.clicked.connect(lambda: self.save_seed_tables())
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         session_for(self.viewer).pixel_size_changed.connect(self._on_session_pixel_size)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layer_renamed)
@@ -463,12 +467,49 @@ class DensityWidget(QWidget):
             loc = old_loc if any(old_loc is layer for layer in layers) else None
             gra = old_gra if any(old_gra is layer for layer in layers) else None
             if loc is None:
-                loc, partner = default_pair(layers)
+                loc, partner = self._active_pair()
+                if loc is None:
+                    loc, partner = default_pair(layers)
                 gra = gra if gra is not None and partner is None else partner
             if gra is None and loc is not None:
                 gra = partner_layer(loc, layers) or default_pair(layers)[1]
             self.locations_combo.value = loc
             self.granules_combo.value = gra if gra is not loc else None
+        finally:
+            self._setting = False
+        self._on_pair_changed()
+
+    def _micrograph_path(self, loc: Labels) -> str:
+        """The file of the micrograph ``loc`` was made from (or of ``loc`` itself), "" if none."""
+        for layer in (image_layer_of(self.viewer, loc), loc):
+            if layer is not None:
+                path = layer.metadata.get("path") or getattr(layer.source, "path", None)
+                if path:
+                    return str(path)
+        return ""
+
+    def _active_pair(self) -> tuple[Labels | None, Labels | None]:
+        """The result layers of the micrograph the user works on (selected, or made from it)."""
+        active = self.viewer.layers.selection.active
+        image = image_layer_of(self.viewer, active) if active is not None else None
+        if image is None:
+            return None, None
+        choices = [layer for _, layer in self._labels_choices()]
+        pair = [get_layer(self.viewer, labels_name(image.name, kind)) for kind in KINDS]
+        loc, gra = (layer if any(layer is c for c in choices) else None for layer in pair)
+        return loc, gra
+
+    def _on_active_layer(self, _event: Any = None) -> None:
+        """Follow the user: selecting a micrograph or one of its layers measures its results."""
+        if self.job.busy:
+            return
+        loc, gra = self._active_pair()
+        if loc is None or loc is self._current(self.locations_combo):
+            return
+        self._setting = True
+        try:
+            self.locations_combo.value = loc
+            self.granules_combo.value = gra
         finally:
             self._setting = False
         self._on_pair_changed()
@@ -655,7 +696,7 @@ class DensityWidget(QWidget):
         h, w = loc_data.shape
         kwargs = dict(
             pixel_size_nm=px, pixel_size_source=self._pixel_size_from if px else "unknown",
-            schema=schema, image=_image_name(loc), path=str(getattr(loc.source, "path", "") or ""),
+            schema=schema, image=_image_name(loc), path=self._micrograph_path(loc),
             tile=SEED_TILE if h % SEED_TILE == 0 and w % SEED_TILE == 0 else None, filters=filters,
             section_nm=None if vf == "none" else float(self.section_nm.value),
             vf_method="baskets" if vf == "none" else vf,

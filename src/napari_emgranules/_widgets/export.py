@@ -46,7 +46,9 @@ from ..core.dataset import MIN_TILE_SIDE_PX, TrainingPair, check_export_folder, 
 from ..core.schema import ClassSchema
 from ._common import (
     META,
+    active_micrograph,
     changed_tiles,
+    choose,
     describe_source,
     enter_pixel_size,
     has_corrections,
@@ -256,7 +258,14 @@ class ExportWidget(Container):
         self._export_button.clicked.connect(self.export)
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
-        self._on_image()
+        napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
+        if not choose(self._image, active_micrograph(napari_viewer)):
+            self._on_image()
+
+    def _on_active_layer(self, _event: Any = None) -> None:
+        """Follow the user: selecting a micrograph (or a layer made from one) chooses it here."""
+        if not self.busy:
+            choose(self._image, active_micrograph(self._viewer))
 
     @property
     def busy(self) -> bool:

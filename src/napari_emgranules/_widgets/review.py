@@ -1,6 +1,7 @@
 """Review and correct: follow the user's corrections of a result layer, tile by tile.
 
-napari's own paint, fill and erase tools do the painting. This widget shows which tiles differ from
+napari's own paint, fill and erase tools do the painting, and click tools (:mod:`.clicks`) add or
+remove granules and refill regions in one click each. This widget shows which tiles differ from
 the model's output, ranks the tiles by the model's confidence (least sure first) and moves the view
 from one to the next, and offers helpers that go through napari's undo history
 (``Labels.data_setitem``), so Ctrl+Z reverts them like a brush stroke.
@@ -24,6 +25,9 @@ from ._common import (
     REVIEWED,
     STROKES,
     changed_tiles,
+    choose,
+    get_layer,
+    image_layer_of,
     layer_schema,
     model_output,
     result_layers,
@@ -35,6 +39,7 @@ from ._common import (
     tile_origins,
     tile_slices,
 )
+from .clicks import ClickTools
 
 if TYPE_CHECKING:
     import napari
@@ -118,6 +123,7 @@ class ReviewWidget(Container):
         self._fill_only = ComboBox(label="Only where", choices=self._only_choices,
                                    tooltip="Replace only this class in the tile (class A by class B)")
         self._fill_button = PushButton(text="Fill tile")
+        self.clicks = ClickTools(napari_viewer, lambda: self.layer, lambda: self._fill_class.value)
         self._reset_layer_button = PushButton(text="Reset whole layer...")
         self._mark_tile_button = PushButton(text="Mark tile as reviewed")
         self._mark_tile_button.tooltip = ("The tile is right as it is: Export takes all of it as "
@@ -136,7 +142,7 @@ class ReviewWidget(Container):
             self._changed_label, row(self._prev_changed, self._next_changed),
             self._uncertain_label, row(self._prev_uncertain, self._next_uncertain),
             self._tile, self._go, self._tile_info,
-            self._reset_tile_button, self._fill_class, self._fill_only, self._fill_button,
+            self._reset_tile_button, self._fill_class, self._fill_only, self._fill_button, self.clicks,
             self._reset_layer_button,
             row(self._mark_tile_button, self._mark_view_button), self._reviewed_label,
             self._strokes_button,
@@ -164,7 +170,32 @@ class ReviewWidget(Container):
         self._strokes_button.clicked.connect(lambda: self.new_strokes_layer())
         for event in ("inserted", "removed", "reordered"):
             getattr(napari_viewer.layers.events, event).connect(self._on_layers_changed)
-        self._on_layer_changed()
+        napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
+        if not self._on_active_layer():
+            self._on_layer_changed()
+
+    def _on_active_layer(self, _event: Any = None) -> bool:
+        """Follow the user: selecting a result layer, its strokes or reviewed layer, or its
+        micrograph chooses it here (a micrograph: its result layer of the kind under review)."""
+        active = self._viewer.layers.selection.active
+        if active is None:
+            return False
+        results = result_layers(self._viewer)
+        of = (active.metadata.get(STROKES, {}).get("of")
+              or active.metadata.get(REVIEWED, {}).get("of"))
+        if any(active is r for r in results):
+            target = active
+        elif of:
+            target = get_layer(self._viewer, of)
+        else:
+            image = image_layer_of(self._viewer, active)
+            mine = [r for r in results if image is not None and r.metadata[META].get("image") == image.name]
+            current = self.layer
+            if image is None or not mine or any(current is r for r in mine):
+                return False
+            kind = current.metadata[META].get("kind") if current is not None else "locations"
+            target = next((r for r in mine if r.metadata[META].get("kind") == kind), mine[0])
+        return choose(self._layer_box, target)
 
     # ---------------------------------------------------------------------------------------------
     # what the widget shows
@@ -419,7 +450,8 @@ class ReviewWidget(Container):
         answer = QMessageBox.question(
             self.native, "Reset whole layer",
             f"Put the model's output back into all of {layer.name!r} ({n} changed tiles)? "
-            "Edit > Undo (Ctrl+Z on the layer) brings your corrections back.")
+            "Ctrl+Z with the layer selected (napari's undo of labels edits) brings your "
+            "corrections back.")
         if answer == QMessageBox.StandardButton.Yes:
             self.reset_layer()
 
@@ -603,6 +635,7 @@ class ReviewWidget(Container):
             self._fill_class.reset_choices()
             self._fill_only.reset_choices()
             self._fill_only.value = _ANY_CLASS[1]
+            self.clicks.follow()
         if confidence is not self._watched_confidence:
             if self._watched_confidence is not None:
                 self._watched_confidence.events.data.disconnect(self._on_confidence_data)

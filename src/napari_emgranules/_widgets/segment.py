@@ -15,6 +15,9 @@ from ..core.segment import MODES
 from ._common import (
     KINDS,
     JobControls,
+    active_micrograph,
+    add_grey_copy,
+    choose,
     describe_source,
     enter_pixel_size,
     get_layer,
@@ -29,6 +32,7 @@ from ._common import (
     show_info,
     show_labels,
     start_worker,
+    unusable_images,
 )
 
 if TYPE_CHECKING:
@@ -93,12 +97,16 @@ class SegmentWidget(Container):
                                    "layer and every layer made from it (scale in nm), and Export "
                                    "writes it into the training pairs")
         self.pixel_source = Label(value="")
+        self.unusable = Label(value="")  # image layers that are not listed, and why
+        self.grey_button = PushButton(text="Convert colour image to grey")
+        self.grey_button.visible = False
         self.models = {kind: _ModelChooser(kind) for kind in KINDS}
         self.mode = ComboBox(label="mode", choices=list(MODES), value="auto")
         self.mode_help = Label(value=MODE_HELP["auto"])
         self.confidence = CheckBox(value=True, text="confidence layers (for Review)")
         self.job = JobControls("Run", stages=KINDS)
-        super().__init__(widgets=[self.image, self.pixel_size, self.pixel_source,
+        super().__init__(widgets=[self.image, self.unusable, self.grey_button, self.pixel_size,
+                                  self.pixel_source,
                                   *self.models.values(), self.mode, self.mode_help,
                                   self.confidence, self.job])
         self._worker: Any = None
@@ -106,6 +114,8 @@ class SegmentWidget(Container):
         self._paths: dict[str, str | None] = dict.fromkeys(KINDS)
 
         self.image.changed.connect(self._on_image)
+        self.grey_button.changed.connect(self.convert_to_grey)
+        napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.pixel_size.changed.connect(self._on_pixel_size_entered)
         self.session.pixel_size_changed.connect(self._on_session_pixel_size)
         self.mode.changed.connect(lambda v: setattr(self.mode_help, "value", MODE_HELP[v]))
@@ -128,7 +138,30 @@ class SegmentWidget(Container):
         self.image.reset_choices()
         layers = [c for c in self.image.choices if c is not None]
         if self.image.value is None and layers:
-            self.image.value = layers[0]
+            active = active_micrograph(self.viewer)
+            self.image.value = active if any(active is m for m in layers) else layers[0]
+        bad = unusable_images(self.viewer)
+        self.unusable.value = "\n".join(f"not listed: {layer.name} ({why})" for layer, why in bad)
+        self.unusable.visible = bool(bad)
+        self.grey_button.visible = any(layer.rgb for layer, _ in bad)
+
+    def _on_active_layer(self, _event=None) -> None:
+        """Follow the user: selecting a micrograph (or a layer made from one) chooses it here."""
+        if not self.job.busy:
+            choose(self.image, active_micrograph(self.viewer))
+
+    def convert_to_grey(self, _=None) -> Any:
+        """Add a grey copy of the selected (or first) colour image layer and choose it."""
+        colour = [layer for layer, _ in unusable_images(self.viewer) if layer.rgb]
+        active = self.viewer.layers.selection.active
+        layer = active if any(active is c for c in colour) else (colour[0] if colour else None)
+        if layer is None:
+            return None
+        grey = add_grey_copy(self.viewer, layer)
+        self.image.value = grey
+        show_info(f"{grey.name}: a grey copy of the colour image {layer.name} (luminance); "
+                  "the models take grey micrographs")
+        return grey
 
     def _on_image(self, layer: Any) -> None:
         if layer is None:
@@ -210,8 +243,10 @@ class SegmentWidget(Container):
             return None
         layer = self.image.value
         if layer is None or layer not in self.viewer.layers:
-            notify_error(ValueError("no micrograph layer: open one (File > Open) or the sample "
-                                    "(File > Open Sample > EM Granules)"), "Segment")
+            bad = unusable_images(self.viewer)
+            why = ("; ".join(f"{lay.name} is {reason}" for lay, reason in bad) if bad else
+                   "open one (File > Open) or the sample (File > Open Sample > EM Granules)")
+            notify_error(ValueError(f"no micrograph layer: {why}"), "Segment")
             return None
         if layer.multiscale or layer.ndim != 2 or layer.rgb:
             notify_error(ValueError(f"{layer.name!r} is not a single 2-D gray micrograph"), "Segment")

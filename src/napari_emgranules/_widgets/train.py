@@ -34,7 +34,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._engine import Cancelled, get_engine
-from ..core.train import TrainConfig, TrainProgress
+from ..core.train import TrainConfig, TrainingError, TrainProgress, run_state
 from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker
 from ._plot import BackgroundFigure
 
@@ -175,8 +175,11 @@ class TrainWidget(Container):
         self.start_file = FileEdit(mode="r", filter=WEIGHTS_FILTER, label="weights file", visible=False)
         self.start_info = Label(value="")
         self.output = FileEdit(mode="d", label="run folder")
-        self.output.tooltip = ("A new folder for this run's weights, history and checkpoint "
-                               "(a folder holding another run is refused)")
+        self.output.tooltip = ("A new folder for this run's weights, history and checkpoint; "
+                               "proposed next to the training data for every run until you choose "
+                               "one (a folder holding another run can be resumed, not overwritten)")
+        self.resume_button = PushButton(text="Resume the run in this folder", visible=False)
+        self.resume_info = Label(value="", visible=False)
         # -- the recipe
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=TrainConfig.epochs)
         self.learning_rate = LineEdit(label="learning rate", value="")
@@ -202,6 +205,7 @@ class TrainWidget(Container):
         self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps], visible=False)
         self.settings = Container(widgets=[
             self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
+            self.resume_info, self.resume_button,
             self.epochs, self.learning_rate, flips_row, self.contrast, self.brightness,
             self.class_weights, self.val_fraction, self.show_advanced, self.advanced,
         ])
@@ -226,7 +230,8 @@ class TrainWidget(Container):
         self.weights_path: Path | None = None  # what "Use in Segment" hands over
         self.run_folder: Path | None = None
         self._run_kind = self.kind.value
-        self._auto_output = ""  # the run folder we proposed (replaced while the user keeps it)
+        self._user_output = False  # the user chose the run folder (else it is derived every run)
+        self._proposing = False
         self._folder_existed = False
         self._first_event = False
         self._started = 0.0
@@ -235,6 +240,8 @@ class TrainWidget(Container):
 
         self.add_data_button.changed.connect(self._add_folder)
         self.data.changed.connect(self._propose_output)
+        self.output.changed.connect(self._on_output_edited)
+        self.resume_button.changed.connect(lambda _=None: self.run(resume=True))
         self.kind.changed.connect(self._on_kind)
         self.start_from.changed.connect(self._update_start_info)
         self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
@@ -266,6 +273,7 @@ class TrainWidget(Container):
         self.plot_box.native.layout().addWidget(self.plot)
 
     def _redraw(self) -> None:
+        self.plot_box.visible = bool(self.history)  # no empty frame before the first epoch
         self.plot.redraw(self._update_plot)
 
     def _update_plot(self, _figure: Any) -> None:
@@ -286,13 +294,43 @@ class TrainWidget(Container):
             self.data.value = "; ".join(split_folders(f"{self.data.value};{folder}"))
 
     def _propose_output(self, _=None) -> None:
-        """Fill in a new run folder next to the data, unless the user typed one."""
-        current = "" if str(self.output.value) in ("", ".") else str(self.output.value)
-        if current and current != self._auto_output:
-            return
+        """Fill in a new run folder next to the data (never the working directory), unless the
+        user chose one."""
         data = split_folders(self.data.value)
-        self._auto_output = str(default_run_folder(data, self.kind.value)) if data else ""
-        self.output.value = self._auto_output
+        if not self._user_output and data:
+            self._proposing = True
+            try:
+                self.output.value = str(default_run_folder(data, self.kind.value))
+            finally:
+                self._proposing = False
+        self._show_resumable()
+
+    def _on_output_edited(self, _=None) -> None:
+        if not self._proposing:  # an empty field reads as the working directory: not a choice
+            self._user_output = str(self.output.value) not in ("", ".", str(Path.cwd()))
+            if not self._user_output:
+                self._propose_output()
+        self._show_resumable()
+
+    def _resumable(self) -> dict[str, Any] | None:
+        """The state of a run in the chosen folder that can go on (None when there is none)."""
+        if not self._user_output and self.run_folder is None:
+            return None
+        folder = Path(self.output.value).expanduser()
+        try:
+            return run_state(folder)
+        except (OSError, TrainingError):
+            return None
+
+    def _show_resumable(self) -> None:
+        state = None if self.job.busy else self._resumable()
+        if state is not None:
+            cfg = state.get("config", {})
+            self.resume_info.value = (f"This folder holds a {state.get('card', {}).get('kind', '')} "
+                                      f"run stopped after epoch {state.get('epoch')} of "
+                                      f"{cfg.get('epochs')}: resume it (more epochs: raise 'epochs'), "
+                                      "or choose a new folder")
+        self.resume_info.visible = self.resume_button.visible = state is not None
 
     def _on_kind(self, _=None) -> None:
         self._update_start_info()
@@ -352,8 +390,9 @@ class TrainWidget(Container):
             return str(value), False
         return self.session.weights.get(kind), False
 
-    def run(self, _=None) -> Any:
-        """Start training with the form's settings; returns the worker (None when refused)."""
+    def run(self, _=None, resume: bool = False) -> Any:
+        """Start training with the form's settings (``resume``: go on with the run in the chosen
+        folder); returns the worker (None when refused)."""
         if self.job.busy:
             return None
         kind = self.kind.value
@@ -364,10 +403,19 @@ class TrainWidget(Container):
                                  "(Export widget, or `emgranules export`)")
             options = self._options()
             model, fresh = self._start_weights(kind)
-            if str(self.output.value) in ("", "."):
-                self._propose_output()
+            if not self._user_output and not resume:
+                self._propose_output()  # a new folder for every run
             out = Path(self.output.value).expanduser()
-        except ValueError as exc:
+            state = run_state(out)
+            if resume and state is None:
+                raise ValueError(f"{out}: there is no training run to resume here")
+            if not resume and (state is not None or weights_files(out)):
+                how = "resume it (Resume button) or " if state is not None else ""
+                raise ValueError(f"{out}: holds another training run; {how}choose a new run folder")
+            if resume:
+                kind = state.get("card", {}).get("kind", kind)
+                options = {"epochs": options["epochs"], "resume": True}
+        except (ValueError, TrainingError) as exc:
             notify_error(exc, "Train")
             return None
         self._reset_results()
@@ -509,9 +557,7 @@ class TrainWidget(Container):
             text = "stopped" if self._first_event else ""
         self.job.finish(text)
         self._worker = None
-        if self.run_folder is not None and self.run_folder.exists() \
-                and str(self.output.value) == self._auto_output:
-            self._propose_output()  # the next run gets a new folder
+        self._show_resumable()  # a stopped run can go on; Train starts a new folder
 
     # -- results -----------------------------------------------------------------------------------
     def use_in_segment(self, _=None) -> None:

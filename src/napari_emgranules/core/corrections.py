@@ -87,65 +87,94 @@ def granule_at(image: np.ndarray, point, pixel_size_nm: float, *,
     return mask, (int(round(gy)), int(round(gx))), diameter
 
 
-def granules_at(granules: np.ndarray, point, *, reach_px: int = 3) -> np.ndarray:
+def _window(shape, y0: float, y1: float, x0: float, x1: float, margin: int) -> tuple[slice, slice]:
+    return (slice(max(0, int(math.floor(y0)) - margin), min(shape[0], int(math.ceil(y1)) + margin + 1)),
+            slice(max(0, int(math.floor(x0)) - margin), min(shape[1], int(math.ceil(x1)) + margin + 1)))
+
+
+def granules_at(granules: np.ndarray, point, *, reach_px: int = 3, window_px: int = 256) -> np.ndarray:
     """The connected granule(s) (label 1) at ``point`` or within ``reach_px`` of it (a mask; empty
-    when there is none)."""
+    when there is none). Only a ``window_px`` neighbourhood is searched (granules are small)."""
     lab = np.asarray(granules)
     y, x = _check_point(lab.shape, point)
-    y0, y1 = max(0, y - reach_px), min(lab.shape[0], y + reach_px + 1)
-    x0, x1 = max(0, x - reach_px), min(lab.shape[1], x + reach_px + 1)
-    if not (lab[y0:y1, x0:x1] == 1).any():
-        return np.zeros(lab.shape, bool)
-    components, _ = ndi.label(lab == 1)
-    ids = np.unique(components[y0:y1, x0:x1])
-    return np.isin(components, ids[ids > 0])
+    near = _window(lab.shape, y, y, x, x, reach_px)
+    out = np.zeros(lab.shape, bool)
+    if not (lab[near] == 1).any():
+        return out
+    win = _window(lab.shape, y, y, x, x, window_px // 2)
+    components, _ = ndi.label(lab[win] == 1)
+    oy, ox = win[0].start, win[1].start
+    ids = np.unique(components[near[0].start - oy:near[0].stop - oy, near[1].start - ox:near[1].stop - ox])
+    out[win] = np.isin(components, ids[ids > 0])
+    return out
 
 
-def granules_in_box(granules: np.ndarray, corner0, corner1) -> np.ndarray:
+def granules_in_box(granules: np.ndarray, corner0, corner1, *, margin_px: int = 64) -> np.ndarray:
     """Every connected granule (label 1) whose centre lies in the box between two corners."""
     lab = np.asarray(granules)
     (ya, xa), (yb, xb) = (tuple(float(v) for v in c) for c in (corner0, corner1))
     top, bottom, left, right = min(ya, yb), max(ya, yb), min(xa, xb), max(xa, xb)
-    components, n = ndi.label(lab == 1)
+    out = np.zeros(lab.shape, bool)
+    win = _window(lab.shape, top, bottom, left, right, margin_px)
+    components, n = ndi.label(lab[win] == 1)
     if n == 0:
-        return np.zeros(lab.shape, bool)
-    centres = np.asarray(ndi.center_of_mass(np.ones(lab.shape), components, range(1, n + 1)))
+        return out
+    centres = np.asarray(ndi.center_of_mass(np.ones(components.shape), components, range(1, n + 1)))
+    centres += (win[0].start, win[1].start)
     inside = ((centres[:, 0] >= top) & (centres[:, 0] <= bottom)
               & (centres[:, 1] >= left) & (centres[:, 1] <= right))
-    return np.isin(components, np.flatnonzero(inside) + 1)
+    out[win] = np.isin(components, np.flatnonzero(inside) + 1)
+    return out
 
 
 def region_at(labels: np.ndarray, point, image: np.ndarray | None = None, *,
-              tolerance: float = 5.0, smooth_px: float = 1.0, sample_px: int = 5) -> np.ndarray:
+              smooth_px: float = 2.0, sample_px: int = 5) -> np.ndarray:
     """The connected area of the class under ``point`` that one click gives another class.
 
     Without ``image``: the whole connected area (4-connected) of that class, as the model drew it.
-    With ``image``: only the part of it that looks like the pixels around the click (smoothed grey
-    within ``tolerance`` standard deviations of those within ``sample_px`` of the click), with its
-    holes filled: a mitochondrion the model called intermyofibrillar space is refilled without the
-    rest of the space it touches.
+    With ``image``: only the part of that area that looks like the pixels around the click. The
+    area's smoothed grey levels are split in two (two-means, started from the mean within
+    ``sample_px`` of the click and the area's mean): the pixels on the click's side, connected to
+    it, with small holes filled. A mitochondrion or Z line the model gave the class of its
+    surroundings is refilled without the rest of the area it touches.
     """
     lab = np.asarray(labels)
     y, x = _check_point(lab.shape, point)
-    same = lab == lab[y, x]
-    if image is not None:
-        img = np.asarray(image)
-        if img.shape != lab.shape:
-            raise ValueError(f"the micrograph ({img.shape[0]} x {img.shape[1]} px) and the labels "
-                             f"({lab.shape[0]} x {lab.shape[1]} px) differ in size")
-        smooth = ndi.gaussian_filter(img.astype(np.float32), smooth_px)
-        yy, xx = np.ogrid[max(0, y - sample_px):y + sample_px + 1, max(0, x - sample_px):x + sample_px + 1]
-        disc = (yy - y) ** 2 + (xx - x) ** 2 <= sample_px ** 2
-        sample = smooth[max(0, y - sample_px):y + sample_px + 1,
-                        max(0, x - sample_px):x + sample_px + 1][disc]
-        mean = float(sample.mean())
-        spread = max(float(sample.std()), 0.02 * (float(smooth.max()) - float(smooth.min())), 1e-6)
-        same &= np.abs(smooth - mean) <= tolerance * spread
-        same[y, x] = True
-    components, _ = ndi.label(same)
+    components, _ = ndi.label(lab == lab[y, x])
     area = components == components[y, x]
     if image is None:
         return area
-    # the smoothing blurred the area's edge inwards: grow it back, within the clicked class
-    grown = ndi.binary_dilation(area, iterations=max(1, int(round(smooth_px))))
-    return ndi.binary_fill_holes(grown & (lab == lab[y, x]))
+    img = np.asarray(image)
+    if img.shape != lab.shape:
+        raise ValueError(f"the micrograph ({img.shape[0]} x {img.shape[1]} px) and the labels "
+                         f"({lab.shape[0]} x {lab.shape[1]} px) differ in size")
+    ys, xs = np.nonzero(area)
+    margin = int(math.ceil(3 * smooth_px)) + 1
+    box = _window(lab.shape, ys.min(), ys.max(), xs.min(), xs.max(), margin)
+    smooth = ndi.gaussian_filter(img[box].astype(np.float32), smooth_px)
+    inside = area[box]
+    cy, cx = y - box[0].start, x - box[1].start
+    win = _window(smooth.shape, cy, cy, cx, cx, sample_px)
+    yy, xx = np.ogrid[win[0], win[1]]
+    near = ((yy - cy) ** 2 + (xx - cx) ** 2 <= sample_px ** 2) & inside[win]
+    values = smooth[inside]
+    m_click, m_rest = float(smooth[win][near].mean()), float(values.mean())
+    for _ in range(10):  # two-means on the area's grey levels, the click's cluster kept apart
+        like = np.abs(values - m_click) <= np.abs(values - m_rest)
+        if like.all() or not like.any():
+            break
+        m_click, m_rest = float(values[like].mean()), float(values[~like].mean())
+    similar = np.zeros(inside.shape, bool)
+    similar[inside] = np.abs(values - m_click) <= np.abs(values - m_rest)
+    similar[cy, cx] = True
+    parts, _ = ndi.label(similar)
+    found = parts == parts[cy, cx]
+    holes, n = ndi.label(ndi.binary_fill_holes(found) & ~found)
+    if n:  # specks of noise inside are filled, not whole structures it surrounds
+        sizes = np.bincount(holes.ravel())
+        small = np.flatnonzero(sizes <= max(64, 0.02 * found.sum()))
+        found |= np.isin(holes, small[small > 0])
+    found &= inside
+    out = np.zeros(lab.shape, bool)
+    out[box] = found
+    return out

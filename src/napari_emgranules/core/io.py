@@ -813,7 +813,7 @@ def _stack_error(what: str, shape: tuple[int, ...]) -> MicrographError:
     )
 
 
-def _to_gray(a: np.ndarray) -> tuple[np.ndarray, bool]:
+def to_gray(a: np.ndarray) -> tuple[np.ndarray, bool]:
     """Luminance of an (..., 3|4) array in its own dtype; True if the channels were identical."""
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     if np.array_equal(r, g) and np.array_equal(r, b):
@@ -891,7 +891,7 @@ def _normalise_image(
         info.setdefault("converted_from", colour)
         logger.info("%s: dropped the alpha channel of a gray+alpha image", what)
     elif colour is not None:
-        a, identical = _to_gray(a)
+        a, identical = to_gray(a)
         info["converted_from"] = info.get("converted_from") or colour
         if identical:
             logger.info("%s: %s image with identical channels taken as gray", what, colour)

@@ -734,6 +734,13 @@ def _save_checkpoint(ckpt: Path, net, optimizer, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpointed state of the training run in ``out_dir`` (epoch, settings, history), or
+    None when the folder holds no run that can resume. Raises :class:`TrainingError` for a damaged
+    checkpoint."""
+    return _read_state(Path(out_dir) / "checkpoint")
+
+
 def _read_state(ckpt: Path) -> dict[str, Any] | None:
     state_file = ckpt / "state.json"
     if not state_file.is_file():
