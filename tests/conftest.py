@@ -28,6 +28,9 @@ import pytest
 from napari_emgranules.core.io import write_image
 from napari_emgranules.core.synthetic import synthetic_micrograph
 
+# the Segment panel does not load models on its own in tests (the test that checks it turns it on)
+os.environ.setdefault("EMGRANULES_PRESTART", "0")
+
 # -------------------------------------------------------------------------------------------------
 # fixtures
 # -------------------------------------------------------------------------------------------------

@@ -220,3 +220,24 @@ def test_the_model_process_ends_when_its_parent_dies(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+def test_a_prestarted_process_serves_at_once_and_is_released_when_idle():
+    e = Engine("idle", idle_s=2.0)
+    try:
+        e.prestart("load_models", weights={"granules": None}).join(120)  # what the Segment panel does
+        assert e.running and e.memory_mb() > 50  # its models loaded and reported
+        t0 = time.perf_counter()
+        assert e.call("describe_model", path=None, kind="granules").kind == "granules"
+        assert time.perf_counter() - t0 < 5  # no process start, no model load
+        deadline = time.monotonic() + 15
+        while e.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not e.running and e.memory_mb() is None  # released after 2 s without a job
+    finally:
+        e.stop()
+    once = Engine("once", idle_s=0)  # as training: the process ends with its job
+    try:
+        assert once.call("load_models", weights={}) == [] and not once.running
+    finally:
+        once.stop()

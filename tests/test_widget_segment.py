@@ -53,10 +53,15 @@ def _run(qtbot, widget, timeout=TIMEOUT_MS):
     return worker
 
 
-def test_segment_adds_named_coloured_layers_with_progress(qtbot, viewer_with_image, micrograph, notes):
+def test_segment_adds_named_coloured_layers_with_progress(qtbot, viewer_with_image, micrograph, notes,
+                                                          monkeypatch):
     viewer = viewer_with_image
+    _engine.shutdown_engines()
+    monkeypatch.setenv("EMGRANULES_PRESTART", "1")  # the panel loads the models as it opens
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    assert widget.prestart.value
+    qtbot.waitUntil(lambda: widget.engine.running, timeout=TIMEOUT_MS)
     assert widget.image.value is viewer.layers["cell"]
     assert widget.pixel_size.value == pytest.approx(0.8)
     assert "metadata:test" in widget.pixel_source.value
@@ -70,6 +75,7 @@ def test_segment_adds_named_coloured_layers_with_progress(qtbot, viewer_with_ima
     assert not [n for n in notes if n[0] == "error"], notes
     assert steps and steps[-1][1] == steps[-1][2], steps  # the granules bar reached its end
     assert "done in" in widget.job.status.value
+    assert "the model process holds" in widget.job.status.value  # its memory, until released
 
     loc, gra = viewer.layers["cell locations"], viewer.layers["cell granules"]
     for layer in (loc, gra):

@@ -146,11 +146,17 @@ class Engine:
         For messages ("segmentation", "training").
     grace : float
         Seconds a cancelled job has to stop at its next event before its process is ended.
+    idle_s : float, optional
+        Release the process (and the memory of its loaded models) after this many seconds without
+        a job; 0 ends it right after each job; None keeps it until :meth:`stop`.
     """
 
-    def __init__(self, name: str = "models", grace: float = 3.0) -> None:
+    def __init__(self, name: str = "models", grace: float = 3.0, idle_s: float | None = None) -> None:
         self.name = name
         self.grace = grace
+        self.idle_s = idle_s
+        self._idle_timer: threading.Timer | None = None
+        self._last_job = time.monotonic()
         self._proc: Any = None
         self._conn: Any = None
         self._lock = threading.Lock()  # one job at a time (held while a job runs)
@@ -201,6 +207,71 @@ class Engine:
                 proc.kill()
                 proc.wait(5)
 
+    def memory_mb(self) -> float | None:
+        """Resident memory of the model process in MB (None when it does not run or the system
+        does not say)."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            with open(f"/proc/{proc.pid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            import psutil
+
+            return psutil.Process(proc.pid).memory_info().rss / 2**20
+        except Exception:  # noqa: BLE001 - psutil missing or the process just ended
+            return None
+
+    def prestart(self, task: str | None = None, **kwargs: Any) -> threading.Thread:
+        """Start the process in the background (and run ``task`` there, e.g. loading the models),
+        so that the first real job does not wait for it. Errors are left for that job to report."""
+
+        def warm() -> None:
+            try:
+                if task is None:
+                    with self._lock:
+                        if not self.running:
+                            self._end()
+                            self._start()
+                        self._job_done()
+                else:
+                    self.call(task, **kwargs)
+            except Exception:  # noqa: BLE001 - the next job starts it again and says why
+                pass
+
+        thread = threading.Thread(target=warm, name=f"{self.name}-prestart", daemon=True)
+        thread.start()
+        return thread
+
+    def _job_done(self) -> None:
+        """A job ended: release the process now or after :attr:`idle_s` without another job."""
+        self._last_job = time.monotonic()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.idle_s is None:
+            return
+        if self.idle_s <= 0:
+            self._end()
+            return
+        self._idle_timer = threading.Timer(self.idle_s, self._release_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _release_if_idle(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a job runs: it arms the timer again when it ends
+        try:
+            if time.monotonic() - self._last_job >= self.idle_s * 0.99:
+                self._end()
+        finally:
+            self._lock.release()
+
     def cancel(self) -> None:
         """Ask the running job to stop (thread-safe; nothing happens when none runs)."""
         self._cancel.set()
@@ -237,6 +308,8 @@ class Engine:
             except GeneratorExit:  # the caller walked away mid-job: do not leave it running
                 self._end()
                 raise
+            finally:
+                self._job_done()
 
     def _receive(self, conn, proc) -> Generator[Any, None, Any]:
         deadline = None
@@ -293,6 +366,8 @@ class Engine:
         thread that ran the job was abandoned mid-job (napari closed while segmenting).
         """
         self._cancel.set()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         conn = self._conn
         if conn is not None:
             try:
@@ -304,16 +379,33 @@ class Engine:
 
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+#: Seconds without a job before an engine's process (and its models' memory) is released:
+#: segmentation keeps its models loaded for 10 minutes, a training process ends with its run.
+#: ``EMGRANULES_ENGINE_IDLE_S`` overrides the segmentation value.
+IDLE_S = {"segmentation": 600.0, "training": 0.0}
+
+
+def _idle_s(name: str) -> float | None:
+    default = IDLE_S.get(name)
+    text = os.environ.get("EMGRANULES_ENGINE_IDLE_S", "")
+    if name != "training" and text.strip():
+        try:
+            return max(0.0, float(text))
+        except ValueError:
+            warnings.warn(f"EMGRANULES_ENGINE_IDLE_S={text!r} is not a number of seconds; "
+                          f"keeping {default}", stacklevel=2)
+    return default
 
 
 def get_engine(name: str) -> Engine:
     """The shared engine called ``name`` ("segmentation", "training", ...): one process each, so
-    training and segmenting can run at the same time."""
+    training and segmenting can run at the same time (a training process ends with its run; the
+    segmentation one after :data:`IDLE_S` idle seconds)."""
     with _ENGINES_LOCK:
         if not _ENGINES:
             atexit.register(shutdown_engines)
         if name not in _ENGINES:
-            _ENGINES[name] = Engine(name)
+            _ENGINES[name] = Engine(name, idle_s=_idle_s(name))
         return _ENGINES[name]
 
 

@@ -28,6 +28,16 @@ def segment(image: np.ndarray, pixel_size_nm: float | None, *, weights: dict[str
     return (yield from segment_micrograph_iter(image, pixel_size_nm, models=models, **options))
 
 
+def load_models(weights: dict[str, str | None]) -> list[str]:
+    """Load the models (cached in this process) so that the first Segment run does not wait for
+    them; returns the kinds loaded."""
+    from .core.models import load_model
+
+    for kind, path in weights.items():
+        load_model(path, kind)
+    return list(weights)
+
+
 def describe_model(path: str | None, kind: str) -> Any:
     """Load ``path`` as ``kind`` weights (checking it fits) and return its :class:`ModelCard`."""
     from .core.models import load_model

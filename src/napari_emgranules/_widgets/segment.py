@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
-from .._engine import get_engine
+from .._engine import IDLE_S, get_engine
 from ..core.models import ModelCard, read_model_card
 from ..core.segment import MODES
 from ._common import (
@@ -78,6 +79,26 @@ class _ModelChooser(Container):
         return None if value in (None, "", Path(), Path(".")) else str(value)
 
 
+_SETTINGS = ("napari-emgranules", "napari-emgranules")
+
+
+def prestart_enabled() -> bool:
+    """Whether the Segment panel loads the models when it opens (a setting kept between sessions;
+    ``EMGRANULES_PRESTART=0`` turns it off too)."""
+    if os.environ.get("EMGRANULES_PRESTART", "").strip() == "0":
+        return False
+    from qtpy.QtCore import QSettings
+
+    value = QSettings(*_SETTINGS).value("segment/prestart", True)
+    return str(value).lower() not in ("false", "0")
+
+
+def set_prestart(on: bool) -> None:
+    from qtpy.QtCore import QSettings
+
+    QSettings(*_SETTINGS).setValue("segment/prestart", bool(on))
+
+
 class SegmentWidget(Container):
     """Pick a micrograph layer, its pixel size and the models; Run shows two label layers.
 
@@ -104,11 +125,14 @@ class SegmentWidget(Container):
         self.mode = ComboBox(label="mode", choices=list(MODES), value="auto")
         self.mode_help = Label(value=MODE_HELP["auto"])
         self.confidence = CheckBox(value=True, text="confidence layers (for Review)")
+        self.prestart = CheckBox(value=prestart_enabled(), text="load the models when this panel opens")
+        self.prestart.tooltip = ("Starts the model process and loads the models in the background, so "
+                                 "the first Run does not wait for them (kept for the next sessions)")
         self.job = JobControls("Run", stages=KINDS)
         super().__init__(widgets=[self.image, self.unusable, self.grey_button, self.pixel_size,
                                   self.pixel_source,
                                   *self.models.values(), self.mode, self.mode_help,
-                                  self.confidence, self.job])
+                                  self.confidence, self.prestart, self.job])
         self._worker: Any = None
         self._started = 0.0
         self._paths: dict[str, str | None] = dict.fromkeys(KINDS)
@@ -120,6 +144,7 @@ class SegmentWidget(Container):
         self.session.pixel_size_changed.connect(self._on_session_pixel_size)
         self.mode.changed.connect(lambda v: setattr(self.mode_help, "value", MODE_HELP[v]))
         self.job.run_button.changed.connect(self.run)
+        self.prestart.changed.connect(set_prestart)
         self.job.cancel_button.changed.connect(self.cancel)
         for kind, chooser in self.models.items():
             chooser.file.changed.connect(lambda _=None, k=kind: self._on_file(k))
@@ -129,6 +154,8 @@ class SegmentWidget(Container):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_images)
         self._refresh_images()
+        if self.prestart.value and not self.engine.running:
+            self.engine.prestart("load_models", weights=dict(self._paths))
 
     # -- choices and fields ------------------------------------------------------------------------
     def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
@@ -311,6 +338,9 @@ class SegmentWidget(Container):
         seconds = time.perf_counter() - self._started
         where = ("assumed: the models' own; enter the real one before exporting"
                  if source == "model" else describe_source(source))
+        memory = self.engine.memory_mb()
+        held = (f"; the model process holds {memory / 1024:.1f} GB until {IDLE_S['segmentation'] / 60:g} "
+                "min without a run" if memory else "")
         self.job.finish(f"done in {seconds:.1f} s ({result.mode} mode, "
-                        f"{result.pixel_size_nm:g} nm/px, {where})")
+                        f"{result.pixel_size_nm:g} nm/px, {where}){held}")
         notify_notes([*result.notes, *self.engine.notes])
