@@ -272,3 +272,20 @@ def test_kept_starting_model_is_said_and_the_table_shown(widget, tmp_path, notes
     assert [float(v) for v in report["IoU after"]] == [0.9, 0.5]
     assert list(report["change"]) == ["+0.0000", "+0.0000"]
     assert any("starting weights, kept" in text for lv, text in notes if lv == "info")
+
+
+def test_closing_napari_mid_training_ends_the_training_process_at_once(qtbot, widget, pairs, notes):
+    """The last window closing while Train runs: the training process ends within seconds (it does
+    not go on training after the window is gone) and the job finishes as cancelled."""
+    from qtpy.QtWidgets import QApplication
+
+    _tiny(widget, pairs, epochs=50, steps=50)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.job.bars["batches"].value >= 1, timeout=TIMEOUT_MS)
+    proc = widget.engine._proc
+    t0 = time.perf_counter()
+    QApplication.instance().lastWindowClosed.emit()  # what closing napari's window sends
+    qtbot.waitUntil(lambda: proc.poll() is not None, timeout=5_000)
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=10_000)
+    assert time.perf_counter() - t0 < 5 and not widget.engine.running
+    assert not [n for n in notes if n[0] == "error"], notes

@@ -336,7 +336,7 @@ class Engine:
                 if proc.poll() is not None:
                     code = proc.returncode
                     self._end()
-                    if deadline is not None:
+                    if deadline is not None or self._cancel.is_set():  # ended by cancel or stop()
                         raise Cancelled(f"{self.name} cancelled")
                     raise EngineError(
                         f"the {self.name} process stopped unexpectedly (exit code {code}); "
