@@ -117,6 +117,17 @@ def run_training(data: list[str], out_dir: str, kind: str, model: str | None, fr
     return summary, list(engine.notes)
 
 
+def _share(text: str) -> float | None:
+    """A rehearsal share typed by the user (blank = automatic; 0 = off)."""
+    if not str(text).strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"rehearsal share must be a number like 0.75 (blank = automatic, 0 = off), "
+                         f"got {text!r}") from None
+
+
 def _metric(value: Any) -> float | str:
     value = float(value)
     return round(value, 4) if math.isfinite(value) else MISSING
@@ -202,7 +213,12 @@ class TrainWidget(Container):
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=TrainConfig.batch_size)
         self.steps = LineEdit(label="steps per epoch", value="")
         self.steps.tooltip = "Blank: enough crops to cover the training pixels once (at least 8)"
-        self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps], visible=False)
+        self.rehearsal = LineEdit(label="rehearsal share", value="")
+        self.rehearsal.tooltip = ("Share of crops from synthetic micrographs in your data's grey levels "
+                                  "while fine-tuning, so a few micrographs do not make the model "
+                                  "forget; blank: the measured default (0.75 Locations, 0 Granules)")
+        self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps, self.rehearsal],
+                                  visible=False)
         self.settings = Container(widgets=[
             self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
             self.resume_info, self.resume_button,
@@ -373,6 +389,7 @@ class TrainWidget(Container):
             "crop": int(self.crop.value),
             "batch_size": int(self.batch_size.value),
             "steps_per_epoch": parse_optional(self.steps.value, int, "steps per epoch"),
+            "rehearsal": _share(self.rehearsal.value),
         }
         TrainConfig(**options)  # checks every number before anything starts
         return options

@@ -146,11 +146,12 @@ class TrainConfig:
         shift in ``[-b, b]`` (0.4 and 0.25 in the original recipe); results are clipped to [0, 1].
     freeze_encoder : bool
         Train only the decoder (the contracting path keeps its weights).
-    rehearsal : float
+    rehearsal : float, optional
         When fine-tuning a Locations or Granules model: the share of crops taken from synthetic
         micrographs of the package's generator at the model's pixel size (with exact truth), so
         that a model fine-tuned on a few micrographs keeps what it knew about the regions' layout
-        (:mod:`~napari_emgranules.core.rehearsal`). 0 = the user's data only.
+        (:mod:`~napari_emgranules.core.rehearsal`). 0 = the user's data only. Default (None):
+        :data:`REHEARSAL_DEFAULT` of the model's kind when fine-tuning, else 0.
     rehearsal_look : {"matched", "random"}
         ``"matched"``: each rehearsal micrograph's class grey levels are mapped onto those of the
         same class in the training data; ``"random"``: the generator's randomised looks as drawn.
@@ -187,7 +188,7 @@ class TrainConfig:
     contrast: float = 0.4
     brightness: float = 0.25
     freeze_encoder: bool = False
-    rehearsal: float = 0.0
+    rehearsal: float | None = None
     rehearsal_look: str = "matched"
     seed: int = 0
     max_minutes: float | None = None
@@ -234,7 +235,7 @@ class TrainConfig:
         if not 0 <= self.contrast < 1 or not 0 <= self.brightness <= 1:
             problems.append(f"contrast must be in [0, 1) and brightness in [0, 1], got "
                             f"{self.contrast} and {self.brightness}")
-        if not 0 <= self.rehearsal < 1:
+        if self.rehearsal is not None and not 0 <= self.rehearsal < 1:
             problems.append(f"rehearsal must be in [0, 1), got {self.rehearsal}")
         if self.rehearsal_look not in REHEARSAL_LOOKS:
             problems.append(f"rehearsal_look must be one of {', '.join(REHEARSAL_LOOKS)}, got "
@@ -902,6 +903,7 @@ class _Run:
     cm_start: list | None = None  # validation confusion matrix of the starting weights
     cm_best: list | None = None  # ... and of the kept (best) weights
     rehearsal: list[_Sample] = field(default_factory=list)  # synthetic micrographs (not saved)
+    rehearsal_share: float = 0.0  # of the crops, from ``rehearsal``
 
     @property
     def ckpt(self) -> Path:
@@ -1067,8 +1069,12 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
         rng=np.random.default_rng(config.seed), notes=notes,
     )
-    if config.rehearsal > 0:
-        run.rehearsal = _rehearsal_samples(run, fine_tuning)
+    share = config.rehearsal
+    if share is None:  # the measured default (docs/correction_loop.md) when fine-tuning
+        share = REHEARSAL_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0) if fine_tuning else 0.0
+    if share > 0:
+        run.rehearsal = _rehearsal_samples(run, fine_tuning, share)
+        run.rehearsal_share = share if run.rehearsal else 0.0
     lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
     _compile(run, lr)
     return run, state
@@ -1076,9 +1082,12 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
 
 #: Rehearsal micrographs made per run, and their side at the model's pixel size (px).
 REHEARSAL_IMAGES, REHEARSAL_SIDE = 6, 1024
+#: Share of rehearsal crops when fine-tuning and :attr:`TrainConfig.rehearsal` is not given, by
+#: kind (``python benchmarks/recipe_sweep.py``: docs/correction_loop.md).
+REHEARSAL_DEFAULT = {"locations": 0.75, "granules": 0.0}
 
 
-def _rehearsal_samples(run: _Run, fine_tuning: bool) -> list[_Sample]:
+def _rehearsal_samples(run: _Run, fine_tuning: bool, share: float) -> list[_Sample]:
     """The synthetic micrographs a fine-tuning run rehearses on (none where it cannot)."""
     kind = rehearsal_kind(run.card.schema)
     if not fine_tuning or kind is None:
@@ -1094,7 +1103,7 @@ def _rehearsal_samples(run: _Run, fine_tuning: bool) -> list[_Sample]:
     side = max(REHEARSAL_SIDE, cfg.crop)
     made = rehearsal_images(kind, run.card.pixel_size_nm, REHEARSAL_IMAGES, side, cfg.seed,
                             run.card.input_scaling, look)
-    run.notes.append(f"rehearsal: {cfg.rehearsal:.0%} of the crops from {len(made)} synthetic "
+    run.notes.append(f"rehearsal: {share:.0%} of the crops from {len(made)} synthetic "
                      f"micrographs ({side} px at {run.card.pixel_size_nm:g} nm/px, "
                      f"{'grey levels matched to the training data' if look else 'random looks'})")
     return [_Sample(f"rehearsal-{i}", x, y) for i, (x, y) in enumerate(made)]
@@ -1146,7 +1155,7 @@ def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
         chosen = [run.samples[i] for i in run.rng.choice(len(run.samples), size=cfg.batch_size, p=p)]
         if run.rehearsal:  # replace each crop by a synthetic one with probability cfg.rehearsal
             chosen = [run.rehearsal[int(run.rng.integers(len(run.rehearsal)))]
-                      if run.rng.random() < cfg.rehearsal else s for s in chosen]
+                      if run.rng.random() < run.rehearsal_share else s for s in chosen]
         crops = [augment_pair(s.image, s.labels, cfg.crop, run.rng, cfg, anchor=s.anchor(run.rng))
                  for s in chosen]
         x = np.stack([c[0] for c in crops])[..., None]
