@@ -52,7 +52,7 @@ def bare_rate(arch: str, n_classes: int, crop: int, batch: int, steps: int) -> f
 
 
 def loop_rate(pairs: Path, kind: str, crop: int, batch: int, steps: int) -> float:
-    from napari_emgranules.core.segment import run_to_completion
+    from napari_emgranules.core.progress import run_to_completion
     from napari_emgranules.core.train import train_iter
 
     out = Path(tempfile.mkdtemp(prefix="bench-train-run-"))

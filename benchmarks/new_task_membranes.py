@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     from napari_emgranules.core._backend import backend_name
     from napari_emgranules.core.dataset import export_training_pairs
     from napari_emgranules.core.metrics import evaluate
+    from napari_emgranules.core.progress import run_to_completion
     from napari_emgranules.core.schema import ClassSchema
     from napari_emgranules.core.train import TrainConfig, train_iter
 
@@ -259,17 +260,16 @@ def run(args: argparse.Namespace) -> dict:
     print(f"training a fresh {TASK} model with the package defaults"
           + (f" except {json.dumps(options)}" if options else ""), flush=True)
     t0 = time.perf_counter()
-    gen = train_iter(train_dir, run_dir, kind=TASK, schema=schema, **options)
-    steps = 0
-    try:
-        while True:
-            ev = next(gen)
-            steps = ev.steps
-            if ev.end_of_epoch:
-                print(f"  [{time.perf_counter() - t0:5.0f} s] {ev.message}"
-                      + ("  (best so far)" if ev.improved else ""), flush=True)
-    except StopIteration as stop:
-        result = stop.value
+    seen = {"steps": 0}
+
+    def show(ev) -> None:
+        seen["steps"] = ev.steps
+        if ev.end_of_epoch:
+            print(f"  [{time.perf_counter() - t0:5.0f} s] {ev.message}"
+                  + ("  (best so far)" if ev.improved else ""), flush=True)
+
+    result = run_to_completion(train_iter(train_dir, run_dir, kind=TASK, schema=schema, **options), show)
+    steps = seen["steps"]
     train_s = time.perf_counter() - t0
     hist = result.history
     last = hist.iloc[-1].to_dict()

@@ -12,8 +12,8 @@ from scipy.ndimage import gaussian_filter
 from napari_emgranules.core._backend import get_keras
 from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
 from napari_emgranules.core.models import WeightsError, load_model, save_model
+from napari_emgranules.core.progress import run_to_completion
 from napari_emgranules.core.schema import GRANULES_SCHEMA, ClassSchema
-from napari_emgranules.core.segment import run_to_completion
 from napari_emgranules.core.train import (
     TrainConfig,
     TrainingError,

@@ -258,3 +258,22 @@ def test_closing_napari_mid_job_ends_the_model_process_at_once(qtbot, make_napar
     assert time.perf_counter() - t0 < 5
     assert not widget.engine.running
     assert [layer.name for layer in viewer.layers] == ["big"]
+
+
+def test_closing_the_segment_panel_mid_job_cancels_it(qtbot, make_napari_viewer, notes):
+    """The Segment dock closed while it runs: the job stops (no layers appear later)."""
+    viewer = make_napari_viewer()
+    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
+    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
+    viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget)
+    widget.mode.value = "seed"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
+                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    viewer.window.remove_dock_widget(dock)
+    qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert not [n for n in notes if n[0] == "error"], notes
+    _engine.shutdown_engines()

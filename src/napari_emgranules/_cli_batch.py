@@ -38,7 +38,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.batch import batch_iter, parse_scheduler
-    from .core.segment import run_to_completion
+    from .core.progress import run_to_completion
 
     parse_scheduler(args.scheduler)  # a bad --scheduler is refused before anything starts
     out = _output_folder(args.out)

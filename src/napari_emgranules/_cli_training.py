@@ -119,7 +119,7 @@ def _train_options(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.segment import run_to_completion
+    from .core.progress import run_to_completion
     from .core.train import format_report, train_iter
 
     data = list(args.data) + [tuple(p) for p in args.pair or ()]
@@ -184,7 +184,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .core.metrics import evaluate_iter
     from .core.models import load_model
-    from .core.segment import run_to_completion
+    from .core.progress import run_to_completion
 
     model = load_model(args.weights, args.kind)
     if args.out:

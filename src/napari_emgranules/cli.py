@@ -80,7 +80,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.io import read_micrograph, write_image, write_labels
-    from .core.segment import run_to_completion, segment_micrograph_iter
+    from .core.progress import run_to_completion
+    from .core.segment import segment_micrograph_iter
 
     out = _output_folder(args.out)
     if not args.images and not args.sample:

@@ -445,6 +445,22 @@ def start_worker(func: Callable, *args: Any, on_yield: Callable | None = None,
     return worker
 
 
+def was_closed(widget: Any) -> bool:
+    """True when a dock widget's panel was closed (removed from napari's window): its top-level
+    window is then neither napari's main window nor a floating dock."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    try:
+        top = widget.native.window()
+    except RuntimeError:  # the Qt object is gone
+        return True
+    ever_docked = getattr(widget, "_was_docked", False)
+    docked = isinstance(top, (QMainWindow, QDockWidget))
+    if docked:
+        widget._was_docked = True
+    return ever_docked and not docked
+
+
 class JobControls(Container):
     """Run and Cancel buttons, one progress bar per stage and a status line.
 

@@ -34,6 +34,7 @@ from ._common import (
     show_labels,
     start_worker,
     unusable_images,
+    was_closed,
 )
 
 if TYPE_CHECKING:
@@ -301,6 +302,7 @@ class SegmentWidget(Container):
         for kind, bar in self.job.bars.items():
             bar.visible = kind in kinds
         self._started = time.perf_counter()
+        was_closed(self)  # notes whether the panel is docked now (closing it later stops the run)
         self._worker = start_worker(
             self.engine.run, "segment", image=image, pixel_size_nm=px, weights=weights, **options,
             on_yield=self._on_progress,
@@ -315,6 +317,9 @@ class SegmentWidget(Container):
             self.engine.cancel()
 
     def _on_progress(self, event: Any) -> None:
+        if was_closed(self):  # the panel was closed mid-run: nobody waits for the result
+            self.cancel()
+            return
         self.job.step(event.stage, event.step, event.steps, event.message)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -322,6 +327,9 @@ class SegmentWidget(Container):
         notify_error(exc, "Segment")
 
     def _show(self, image_layer: Any, result: Any, source: str | None = None) -> None:
+        if was_closed(self):
+            self.job.finish("the panel was closed; result dropped")
+            return
         if image_layer not in self.viewer.layers:
             self.job.finish("the micrograph layer was closed; result dropped")
             return

@@ -35,7 +35,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._engine import Cancelled, get_engine
 from ..core.train import TrainConfig, TrainingError, TrainProgress, run_state
-from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker
+from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker, was_closed
 from ._plot import BackgroundFigure
 
 if TYPE_CHECKING:
@@ -436,6 +436,7 @@ class TrainWidget(Container):
             notify_error(exc, "Train")
             return None
         self._reset_results()
+        was_closed(self)  # notes whether the panel is docked now (closing it later stops the run)
         self._run_kind, self.run_folder = kind, out
         self._folder_existed = out.exists()
         self._first_event = False
@@ -473,6 +474,9 @@ class TrainWidget(Container):
     # -- events ------------------------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
         self._first_event = True
+        if was_closed(self):  # the panel was closed mid-run: stop (the best weights stay)
+            self.cancel()
+            return
         if isinstance(event, TrainProgress):
             self.job.step("epochs", event.epoch - (0 if event.end_of_epoch else 1), event.epochs)
             self.job.step("batches", event.step, event.steps)

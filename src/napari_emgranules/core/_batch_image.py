@@ -24,11 +24,11 @@ from .io import Micrograph, available_memory_bytes, file_sha256, read_micrograph
 from .measure import measure_segmentation, write_csv
 from .models import SegmentationModel
 from .montage import segment_large, tiled_bytes_per_pixel
+from .progress import run_to_completion
 from .segment import (
     MIN_GRANULE_NM,
     SegmentationResult,
     _resolve_model,
-    run_to_completion,
     segment_micrograph_iter,
 )
 

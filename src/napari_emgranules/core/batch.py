@@ -82,7 +82,8 @@ from .measure import (
     measure_labels,
 )
 from .models import PRECISIONS, SegmentationModel, WeightsError
-from .segment import MIN_GRANULE_NM, MODES, run_to_completion
+from .progress import run_to_completion
+from .segment import MIN_GRANULE_NM, MODES
 
 logger = logging.getLogger(__name__)
 

@@ -878,7 +878,8 @@ def evaluate_iter(
     from .dataset import TrainingSet, load_training_pairs
     from .io import write_labels
     from .models import SegmentationModel, load_model
-    from .segment import run_to_completion, segment_micrograph_iter
+    from .progress import run_to_completion
+    from .segment import segment_micrograph_iter
 
     net = model if isinstance(model, SegmentationModel) else load_model(model, kind)
     if not isinstance(data, TrainingSet):
@@ -915,6 +916,6 @@ def evaluate(model: Any, data: Any, **kwargs: Any) -> EvaluationReport:
     >>> report = evaluate("runs/granules/granules.weights.h5", "validation_pairs")  # doctest: +SKIP
     >>> report.summary["object_f1_G"], report.table["pixel_accuracy"].mean()        # doctest: +SKIP
     """
-    from .segment import run_to_completion
+    from .progress import run_to_completion
 
     return run_to_completion(evaluate_iter(model, data, **kwargs))

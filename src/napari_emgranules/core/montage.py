@@ -42,6 +42,7 @@ from .io import (  # _resolve_pixel_size: the same pixel-size rules as read_micr
     metadata_pixel_size_nm,
 )
 from .models import MULTIPLE, SegmentationModel, reduce_scores
+from .progress import run_to_completion
 from .resample import model_grid_shape, resample_rows, upsample_argmax_rows
 from .segment import (
     _BYTES_PER_PIXEL,
@@ -51,7 +52,6 @@ from .segment import (
     _resolve_model,
     input_scaler,
     remove_small_objects,
-    run_to_completion,
 )
 from .tiling import TilePlan
 

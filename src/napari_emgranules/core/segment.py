@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ import numpy as np
 from .calibration import softmax_max
 from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
+from .progress import run_to_completion  # noqa: F401 - re-exported (older imports)
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample, upsample_argmax
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
 
@@ -138,21 +139,6 @@ class SegmentationResult:
     def untrained(self) -> list[str]:
         """Kinds of the models that had random (untrained) weights."""
         return [k for k, card in self.models.items() if not card.trained]
-
-
-def run_to_completion(gen: Generator[Any, None, Any],
-                      on_event: Callable[[Any], None] | None = None) -> Any:
-    """Drive a progress generator to its end and return its result.
-
-    ``on_event`` is called with every yielded event (e.g. to move a progress bar).
-    """
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(event)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from .models import (
     load_model,
     save_model,
 )
+from .progress import run_to_completion
 from .rehearsal import REHEARSAL_LOOKS, class_quantiles, rehearsal_images, rehearsal_kind
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample
 from .schema import UNLABELLED, ClassSchema, default_schema
@@ -57,7 +58,6 @@ from .segment import (
     _nearest,
     block_means,
     levels_of,
-    run_to_completion,
     stretch,
     to_unit_float,
 )
