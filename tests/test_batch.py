@@ -162,10 +162,12 @@ def test_corrupt_and_empty_files_are_reported_and_the_rest_done(tmp_path, capsys
     (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
     (tmp_path / "in" / "empty.tif").write_bytes(b"")
     out = tmp_path / "out"
-    code = cli(["batch", str(tmp_path / "in"), "--out", str(out), "--quiet"])
+    code = cli(["batch", str(tmp_path / "in"), "--out", str(out), "--quiet",
+                "--seed-tables", str(tmp_path / "seed"), "--tile-size", "128"])
     captured = capsys.readouterr()
     assert code == 2
     assert "2 done, 0 skipped, 2 failed" in captured.out
+    assert len([p for p in (tmp_path / "seed").iterdir() if p.suffix == ".txt"]) == 2  # into DIR
     failures = pd.read_csv(out / "failures.csv")
     assert sorted(Path(p).name for p in failures["path"]) == ["broken.tif", "empty.tif"]
     assert failures["error"].str.contains("corrupt|empty").all()

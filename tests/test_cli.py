@@ -400,7 +400,7 @@ def test_split_uint16_column_major_numbering(tmp_path):
 def test_split_uint8_gives_8_bit_pngs(tmp_path):
     image = write_image(tmp_path / "small.png", _encoded_image(256, 2, np.uint8))
     out = tmp_path / "tiles"
-    code, _, stderr = run_cli("split", image, "--out", out, "--tiles", "2")
+    code, _, stderr = run_cli("split", image, "--out", out, "--per-side", "2")
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == [f"small_{i}.png" for i in range(4)]
     for index in range(4):

@@ -322,7 +322,7 @@ def test_cli_measure_folders_with_pixel_size_from_metadata_and_seed_tables(tmp_p
     out = tmp_path / "density.csv"
     rc = main(["measure", str(tmp_path / "locations"), str(tmp_path / "granules"), "--out", str(out),
                "--particles", str(tmp_path / "particles.csv"), "--seed-tables", str(tmp_path / "seed"),
-               "--tile", "128", "--quiet"])
+               "--tile-size", "128", "--quiet"])
     assert rc == 0
     table = pd.read_csv(out, dtype={"tile": str}, keep_default_na=False, na_values=[""])
     whole = table[table["tile"].isna()].set_index(["image", "region"])

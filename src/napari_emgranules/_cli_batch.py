@@ -96,11 +96,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bat.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
                      help="granule objects smaller than a disc this wide become background "
                           "(default 8 nm; 0 keeps the raw model output)")
-    bat.add_argument("--tile", type=int, default=0, metavar="PX",
+    bat.add_argument("--tile-size", "--tile", dest="tile", type=int, default=0, metavar="PX",
                      help="also measure each seed tile of this side, e.g. 1024 (rows in the tables; "
                           "the seed tables then list tiles)")
-    bat.add_argument("--seed-tables", action="store_true",
-                     help="also write the original tool's two text tables into --out")
+    bat.add_argument("--seed-tables", nargs="?", const=True, default=False, metavar="DIR",
+                     help="also write the original tool's two text tables into DIR (default: --out)")
     bat.add_argument("--section", type=float, default=70.0, metavar="NM",
                      help="section thickness for vf (default 70 nm)")
     bat.add_argument("--vf", default="baskets", choices=("baskets", "analytical", "none"),

@@ -83,7 +83,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     exm.add_argument("--out", required=True, metavar="FILE", help="file to write")
     exm.add_argument("--opset", type=int, metavar="N",
                      help="ONNX opset (default 17 for onnx, 18 inside .czann/.czmodel)")
-    exm.add_argument("--tile", type=int, default=1024, metavar="PX",
+    exm.add_argument("--tile-size", "--tile", dest="tile", type=int, default=1024, metavar="PX",
                      help="czann/czmodel: tile side ZEN feeds the network (default 1024)")
     exm.add_argument("--border", type=int, default=128, metavar="PX",
                      help="czann/czmodel: context around each tile (default 128; MinOverlap = 2x)")

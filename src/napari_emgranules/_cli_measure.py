@@ -164,7 +164,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mea.add_argument("--seed-tables", metavar="DIR",
                      help="also write the original tool's two text tables into DIR "
                           "(per tile with --tile, else per label map)")
-    mea.add_argument("--tile", type=int, default=0, metavar="PX",
+    mea.add_argument("--tile-size", "--tile", dest="tile", type=int, default=0, metavar="PX",
                      help="also measure each seed tile of this side, e.g. 1024 (default: whole only)")
     mea.add_argument("--section", type=float, default=70.0, metavar="NM",
                      help="section thickness for vf (default 70 nm)")

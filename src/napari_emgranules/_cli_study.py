@@ -84,6 +84,7 @@ def add_parsers(sub) -> None:
                     help="group the others are compared with (default: first in sorted order)")
     st.add_argument("--boot", type=int, default=10000, metavar="N",
                     help="bootstrap replicates (default 10000)")
-    st.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    st.add_argument("--random-seed", "--seed", dest="seed", type=int, default=0,
+                    help="random seed (default 0)")
     st.add_argument("--overwrite", action="store_true", help="replace existing output files")
     st.set_defaults(func=_cmd_study)

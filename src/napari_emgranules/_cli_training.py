@@ -311,7 +311,7 @@ def add_parsers(sub) -> None:
                          "(matched, default) or in the generator's random looks")
     tr.add_argument("--no-augment", action="store_true",
                     help="no flips, contrast or brightness changes")
-    tr.add_argument("--seed", type=int, help="random seed (default 0)")
+    tr.add_argument("--random-seed", "--seed", dest="seed", type=int, help="random seed (default 0)")
     tr.add_argument("--max-minutes", type=float, metavar="MIN",
                     help="time budget: start no epoch after MIN minutes (the best weights are kept)")
     tr.add_argument("--input-scaling", choices=INPUT_SCALINGS,

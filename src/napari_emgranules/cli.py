@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     spl = sub.add_parser("split", help="cut micrographs into tiles named as the original tool")
     spl.add_argument("images", nargs="+", metavar="IMAGE")
     spl.add_argument("--out", required=True, help="output folder")
-    spl.add_argument("--tiles", type=int, default=4, metavar="N",
+    spl.add_argument("--per-side", "--tiles", dest="tiles", type=int, default=4, metavar="N",
                      help="tiles per side (default 4: a 4096 image -> 16 tiles of 1024)")
     spl.add_argument("--order", default="column", choices=("column", "row"),
                      help="tile numbering: column-major as the original utility (default) or row")

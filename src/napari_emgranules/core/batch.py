@@ -691,7 +691,7 @@ class _Run:
         return self._event(name, path, "done", message)
 
     # -- end of run ----------------------------------------------------------------------------
-    def finish(self, seed_tables: bool) -> BatchResult:
+    def finish(self, seed_tables: bool | str | os.PathLike) -> BatchResult:
         """Save the manifest, rebuild the combined tables and ``failures.csv``."""
         self.manifest.save()
         ok = set(self.result.done) | set(self.result.skipped)
@@ -703,12 +703,14 @@ class _Run:
         if self.settings.measure.get("z_disks"):
             paths["z_disks"] = _concat_csv([tables / f"{n}.zdisks.csv" for n in names],
                                            self.out / COMBINED["z_disks"], Z_COLUMNS)
-        if seed_tables:
+        if seed_tables is not False and seed_tables is not None:
+            folder = self.out if seed_tables is True else Path(seed_tables)
+            folder.mkdir(parents=True, exist_ok=True)
             rows = _seed_rows([tables / f"{n}.regions.csv" for n in names])
             for key, name, fmt in (("seed_areas", SEED_AREAS_FILE, format_seed_areas),
                                    ("seed_densities", SEED_DENSITIES_FILE, format_seed_densities)):
                 text = fmt(rows).encode("ascii", errors="replace")
-                paths[key] = _publish(self.out / name, lambda tmp, text=text: tmp.write_bytes(text))
+                paths[key] = _publish(folder / name, lambda tmp, text=text: tmp.write_bytes(text))
         failures = pd.DataFrame(self.result.failures, columns=["path", "error"])
         paths["failures"] = _publish(self.out / FAILURES, lambda tmp: failures.to_csv(tmp, index=False))
         paths["manifest"] = self.manifest.path
@@ -751,7 +753,7 @@ def batch_iter(
     pixel_size_nm: float | None = None,
     force_pixel_size: bool = False,
     measure_kwargs: Mapping[str, Any] | None = None,
-    seed_tables: bool = False,
+    seed_tables: bool | str | os.PathLike = False,
     scheduler: str | Any | None = None,
     overwrite: bool = False,
     max_window: int | None = None,
@@ -780,8 +782,9 @@ def batch_iter(
     measure_kwargs : mapping, optional
         Options of :func:`~.measure.measure_labels` (``tile``, ``filters``, ``section_nm``,
         ``vf_method``, ``z_disks``, ...).
-    seed_tables : bool
-        Also write the original tool's two text tables (per seed tile with ``tile``).
+    seed_tables : bool or path
+        Also write the original tool's two text tables (per seed tile with ``tile``), into
+        ``out_dir`` (True) or the folder given.
     scheduler : None, "processes:N", "tcp://host:port" or distributed.Client
         Where to run (see the module docstring).
     overwrite : bool
