@@ -63,13 +63,33 @@ def _parse_tiles(value: str):
 # -------------------------------------------------------------------------------------------------
 # export
 # -------------------------------------------------------------------------------------------------
+def _read_truth(path: str, schema, segment_map: str | None):
+    """The label map to export: a TIFF/PNG, or a 3D Slicer .seg.nrrd mapped onto ``schema``."""
+    from .core.io import MicrographError, read_labels
+    from .core.slicer import SegmentationFileError, is_seg_nrrd, parse_segment_map, read_seg_nrrd
+
+    if not is_seg_nrrd(path):
+        if segment_map:
+            raise CliError("--segment-map is for 3D Slicer .seg.nrrd labels")
+        return read_labels(path)
+    try:
+        labels, info = read_seg_nrrd(path, schema, segment_map=parse_segment_map(segment_map or ""))
+    except (SegmentationFileError, ValueError) as exc:
+        raise MicrographError(str(exc)) from None
+    mapped = ", ".join(f"{name} -> {code}" for name, code in info["segments"].items())
+    print(f"{path}: segments {mapped}" + (f"; left out: {', '.join(info['left_out'])}"
+                                           if info["left_out"] else "")
+          + f"; {info['unlabelled_fraction']:.0%} of the pixels in no segment (not labelled)")
+    return labels
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .core.dataset import export_training_pairs
     from .core.io import read_labels, read_micrograph
 
     kind, schema = _kind_schema(args)
     micrograph = read_micrograph(args.image, args.pixel_size)
-    labels = read_labels(args.labels)
+    labels = _read_truth(args.labels, schema, args.segment_map)
     before = read_labels(args.only_changed_from) if args.only_changed_from else None
     reviewed = read_labels(args.reviewed) > 0 if args.reviewed else None
     if reviewed is not None and args.labelled != "changed":
@@ -256,6 +276,10 @@ def add_parsers(sub) -> None:
     exp.add_argument("--pixel-size", type=float, metavar="NM",
                      help="pixel size when the image's metadata has none")
     exp.add_argument("--format", default="png", choices=("png", "tif"), help="file format")
+    exp.add_argument("--segment-map", metavar="NAME=CODE,...",
+                     help="3D Slicer .seg.nrrd labels: segment names to class codes, over the "
+                          "default names (A-band, I-band, Z-disc, mitochondria, intermyofibrillar, "
+                          "subsarcolemmal, glycogen, ...)")
     exp.set_defaults(func=_cmd_export)
 
     tr = sub.add_parser("train", help="train or fine-tune a model on training pairs")

@@ -549,7 +549,7 @@ def pairs_from_files(items: Iterable[tuple[PathLike, PathLike]], *, schema: Clas
         n_before = len(problems)
         try:
             micrograph = read_micrograph(image_path, pixel_size_nm)
-            labels = read_labels(labels_path)
+            labels = read_labels(labels_path, schema)
         except MicrographError as exc:
             problems.append(str(exc))
             continue

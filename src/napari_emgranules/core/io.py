@@ -1105,13 +1105,17 @@ def as_micrograph(
     return Micrograph(data, value, source, path=None, metadata=metadata)
 
 
-def read_labels(path: PathLike) -> np.ndarray:
-    """Read a label map (class codes) from a TIFF or PNG file.
+def read_labels(path: PathLike, schema: Any = None) -> np.ndarray:
+    """Read a label map (class codes) from a TIFF or PNG file, or a 3D Slicer ``.seg.nrrd``.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Single-channel ``.tif``/``.tiff``/``.png`` file. Palette PNGs give their indices.
+        Single-channel ``.tif``/``.tiff``/``.png`` file. Palette PNGs give their indices. A
+        ``.seg.nrrd`` segmentation is mapped onto ``schema`` by its segment names
+        (:func:`~.slicer.read_seg_nrrd`; pixels in no known segment are ``UNLABELLED``).
+    schema : ClassSchema, optional
+        For ``.seg.nrrd`` only: the classes to map onto (default: guessed from the names).
 
     Returns
     -------
@@ -1125,6 +1129,13 @@ def read_labels(path: PathLike) -> np.ndarray:
         If the file is missing, unreadable, truncated, colour (labels must be single-channel),
         a stack, or holds negative, non-integral, non-finite or >= 65536 values.
     """
+    from .slicer import SegmentationFileError, is_seg_nrrd, read_seg_nrrd
+
+    if is_seg_nrrd(path):
+        try:
+            return read_seg_nrrd(path, schema)[0]
+        except SegmentationFileError as exc:
+            raise MicrographError(str(exc)) from None
     p, fmt = _check_path(path, LABEL_SUFFIXES, "label map")
     what = str(p)
     decoded = _decode(p, fmt, what, for_labels=True)
