@@ -101,12 +101,17 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
     pairs = _pairs(args.locations, args.granules)
     _outputs(args)
+    objects = [Path(args.objects) / f"{name}.geojson" for name, _, _ in pairs] if args.objects else []
+    taken = [p for p in objects if p.exists()]
+    if taken and not args.overwrite:
+        raise CliError(f"{taken[0]}: exists already; use --overwrite to replace it")
     filters = ParticleFilter(args.min_diameter, args.max_diameter, args.min_circularity)
     if args.concentration_factor is not None and args.vf == "none":
         raise CliError("--concentration-factor needs vf (drop --vf none)")
     if args.section <= 0 or not math.isfinite(args.section):
         raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
     regions, tiles, particles, zdisks, failures = [], [], [], [], 0
+    written_objects: list[Path] = []
     for name, loc_path, gra_path in tqdm(pairs, desc="measure", unit="map", file=sys.stderr,
                                          disable=args.quiet or len(pairs) < 2, leave=False):
         try:
@@ -118,6 +123,16 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         regions.append(result.regions)
         tiles += [result.tiles] if result.tiles is not None else []
         particles.append(result.particles)
+        if args.objects and result.particle_map is not None:
+            from .core.objects import particles_geojson, write_geojson
+
+            px = float(result.regions["pixel_size_nm"].iloc[0])
+            collection = particles_geojson(result.particle_map, result.particles, pixel_size_nm=px,
+                                           image=name)
+            written_objects.append(write_geojson(collection, Path(args.objects) / f"{name}.geojson",
+                                                 overwrite=args.overwrite))
+        elif args.objects:
+            tqdm.write(f"{name}: no pixel size: no particle objects written", file=sys.stderr)
         zdisks += [result.z_disks] if result.z_disks is not None else []
         for note in result.notes:
             tqdm.write(f"{name}: {note}", file=sys.stderr)
@@ -135,6 +150,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     if args.seed_tables:
         seed_rows = pd.concat(tiles, ignore_index=True) if tiles else table
         written += write_seed_tables(seed_rows, args.seed_tables, overwrite=args.overwrite)
+    written += written_objects
     print("written: " + ", ".join(str(p) for p in written))
     return EXIT_BAD_INPUT if failures else EXIT_OK
 
@@ -161,6 +177,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="pixel size in nm (default: from the label files' metadata)")
     mea.add_argument("--particles", metavar="CSV", help="also write one row per granule particle")
     mea.add_argument("--z-disks", metavar="CSV", help="also write Z-disk widths")
+    mea.add_argument("--objects", metavar="DIR",
+                     help="also write each label map's granule particles as GeoJSON objects for "
+                          "QuPath (DIR/<name>.geojson: outlines in pixels, sizes in nm)")
     mea.add_argument("--seed-tables", metavar="DIR",
                      help="also write the original tool's two text tables into DIR "
                           "(per tile with --tile, else per label map)")

@@ -380,6 +380,16 @@ def granule_particles(granules: np.ndarray, locations: np.ndarray | None = None,
         Columns :data:`PARTICLE_COLUMNS`; ``row``/``col`` are the centroid in pixels, ``kept``
         says whether the particle passed ``filters``.
     """
+    return granule_objects(granules, locations, pixel_size_nm=pixel_size_nm, schema=schema,
+                           filters=filters, split_touching=split_touching, image=image, tile=tile)[1]
+
+
+def granule_objects(granules: np.ndarray, locations: np.ndarray | None = None, *,
+                    pixel_size_nm: float, schema: ClassSchema | None = None,
+                    filters: ParticleFilter | None = None, split_touching: bool = False,
+                    image: str = "image", tile: str = "") -> tuple[np.ndarray, pd.DataFrame]:
+    """:func:`granule_particles`, and the particles' label image (particle ``k`` of the table is
+    the pixels labelled ``k``), e.g. for their outlines (:mod:`.objects`)."""
     schema = schema or LOCATIONS_SCHEMA
     filters = filters or ParticleFilter()
     px = _check_pixel_size(pixel_size_nm)
@@ -392,10 +402,11 @@ def granule_particles(granules: np.ndarray, locations: np.ndarray | None = None,
 
 
 def _particles(loc: np.ndarray, mask: np.ndarray, schema: ClassSchema, px: float,
-               filters: ParticleFilter, split_touching: bool, image: str, tile: str) -> pd.DataFrame:
+               filters: ParticleFilter, split_touching: bool, image: str,
+               tile: str) -> tuple[np.ndarray, pd.DataFrame]:
     labels, n = ndi.label(mask, structure=_EIGHT)
     if n == 0:
-        return _empty_particles()
+        return labels, _empty_particles()
     feats = _shape_features(labels, n)
     if split_touching:
         bad = ~filters.keep(_eq_diameter(feats["area"]) * px, _circularity(feats))
@@ -407,7 +418,7 @@ def _particles(loc: np.ndarray, mask: np.ndarray, schema: ClassSchema, px: float
     diameter = _eq_diameter(feats["area"]) * px
     circ = _circularity(feats)
     letters = schema.letters
-    return pd.DataFrame({
+    return labels, pd.DataFrame({
         "image": image, "tile": tile, "particle": np.arange(1, n + 1), "region_code": codes,
         "region": [letters.get(int(c), str(int(c))) for c in codes],
         "row": feats["row"], "col": feats["col"], "area_px": feats["area"].astype(np.int64),
@@ -549,6 +560,9 @@ class Measurement:
         Z-component widths, when asked for.
     notes : list of str
         What was assumed (e.g. the diameter distribution used for ``vf``).
+    particle_map : numpy.ndarray or None
+        The particles' label image (particle ``k`` = pixels labelled ``k``), for their outlines
+        (:func:`~.objects.particles_geojson`); None without a pixel size.
     """
 
     regions: pd.DataFrame
@@ -556,6 +570,7 @@ class Measurement:
     tiles: pd.DataFrame | None = None
     z_disks: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    particle_map: np.ndarray | None = field(default=None, repr=False)
 
     def tables(self) -> pd.DataFrame:
         """Whole-image rows followed by tile rows (the layout of the ``measure`` CSV)."""
@@ -638,7 +653,7 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
         notes.append("no pixel size: areas in pixels only; no particle sizes or vf")
         return Measurement(regions, _empty_particles(), tiles, None, notes)
     filters = filters or ParticleFilter()
-    particles = _particles(loc, mask, schema, px, filters, split_touching, image, "")
+    particle_map, particles = _particles(loc, mask, schema, px, filters, split_touching, image, "")
     regions = summarise_particles(regions, particles)
     if tiles is not None:
         tiles = summarise_particles(tiles, _tile_of(particles, loc.shape, tile))
@@ -657,7 +672,7 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
                 table["concentration"] = vf_to_concentration(table["vf"].to_numpy(float),
                                                              concentration_factor)
     zd = z_disk_widths(loc, pixel_size_nm=px, schema=schema, image=image) if z_disks else None
-    return Measurement(regions, particles, tiles, zd, notes)
+    return Measurement(regions, particles, tiles, zd, notes, particle_map)
 
 
 def measure_segmentation(result: Any, **kwargs: Any) -> Measurement:

@@ -1,0 +1,86 @@
+"""Granule particles as objects other tools read: GeoJSON for QuPath (and any GIS-style reader).
+
+Each particle of the measurement becomes a GeoJSON ``Feature``: its outline as a ``Polygon`` in
+pixel coordinates of the micrograph (x = column, y = row, pixel centres at integer + 0.5 as
+QuPath draws them), ``objectType`` ``"detection"``, a ``classification`` (name and colour of the
+granule class) and ``measurements`` in physical units (area nm², equivalent and Feret diameter
+nm, circularity, region). The collection records the image, the pixel size and the tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from .schema import GRANULES_SCHEMA
+
+_MEASUREMENTS = (("area_nm2", "Area nm^2"), ("equivalent_diameter_nm", "Equivalent diameter nm"),
+                 ("feret_diameter_nm", "Feret diameter nm"), ("circularity", "Circularity"))
+
+
+def _rgb(color: str) -> list[int]:
+    c = color.lstrip("#")
+    return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
+
+
+def _outline(mask: np.ndarray, top: int, left: int) -> list[list[float]]:
+    """The outer boundary of a particle (a closed ring of [x, y] pixel-corner coordinates)."""
+    from skimage.measure import find_contours
+
+    padded = np.pad(mask, 1)
+    contours = find_contours(padded.astype(np.float32), 0.5)
+    ring = max(contours, key=len)  # the outer boundary (holes are shorter)
+    coords = [[float(c) - 1 + left + 0.5, float(r) - 1 + top + 0.5] for r, c in ring]
+    if coords[0] != coords[-1]:
+        coords.append(coords[0])
+    return coords
+
+
+def particles_geojson(particle_map: np.ndarray, particles: pd.DataFrame, *, pixel_size_nm: float,
+                      image: str = "image", kept_only: bool = False) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of the particles (rows of ``particles``, labelled in
+    ``particle_map`` by their ``particle`` number)."""
+    granule = GRANULES_SCHEMA.classes[1]
+    rows = particles[particles["kept"]] if kept_only and len(particles) else particles
+    boxes = ndi.find_objects(np.asarray(particle_map))
+    features = []
+    for _, row in rows.iterrows():
+        k = int(row["particle"])
+        box = boxes[k - 1] if k - 1 < len(boxes) else None
+        if box is None:
+            continue
+        mask = np.asarray(particle_map[box]) == k
+        measurements = {name: float(row[col]) for col, name in _MEASUREMENTS}
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [_outline(mask, box[0].start, box[1].start)]},
+            "properties": {
+                "objectType": "detection", "name": f"granule {k}",
+                "classification": {"name": "Glycogen granule", "color": _rgb(granule.color)},
+                "measurements": measurements, "region": str(row["region"]), "kept": bool(row["kept"]),
+                "particle": k,
+            },
+        })
+    return {"type": "FeatureCollection", "features": features,
+            "napari-emgranules": {"image": image, "pixel_size_nm": float(pixel_size_nm),
+                                  "coordinates": "pixels (x = column, y = row)"}}
+
+
+def write_geojson(collection: dict[str, Any], path: str | os.PathLike, *,
+                  overwrite: bool = False) -> Path:
+    """Write a FeatureCollection atomically (never over an existing file unless ``overwrite``)."""
+    from .io import atomic_output
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p}: exists already; nothing was written (--overwrite replaces it)")
+    text = json.dumps(collection, separators=(",", ":"))
+    with atomic_output(p) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return p
