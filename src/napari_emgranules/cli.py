@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_measure import add_parsers as add_measure_parsers
 
     add_measure_parsers(sub)
+    from ._cli_grid import add_parsers as add_grid_parsers
+
+    add_grid_parsers(sub)
     from ._cli_batch import add_parsers as add_batch_parsers
 
     add_batch_parsers(sub)

@@ -1,0 +1,124 @@
+"""Point counting against the pixels: grids, scores, exact intervals, manual score sheets and
+their agreement with the automated counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_emgranules.cli import main
+from napari_emgranules.core.io import write_labels
+from napari_emgranules.core.pointgrid import (
+    PointGridError,
+    agreement,
+    binomial_interval,
+    grid_table,
+    lins_ccc,
+    make_grid,
+    read_manual_scores,
+    score_points,
+)
+from napari_emgranules.core.synthetic import synthetic_micrograph
+
+PX = 0.8
+
+
+@pytest.fixture(scope="module")
+def cell():
+    return synthetic_micrograph((1024, 1024), PX, seed=310_002)
+
+
+def test_a_grid_has_its_spacing_and_a_recorded_random_offset():
+    g = make_grid((1000, 800), PX, spacing_nm=80.0, seed=3)
+    pts = g.points()
+    assert g.spacing_px == pytest.approx(100.0) and 0 <= g.offset_px[0] < 100
+    assert len(pts) == 10 * 8 and np.allclose(np.diff(np.unique(pts[:, 0])), 100.0)
+    again = make_grid((1000, 800), PX, spacing_nm=80.0, seed=3)
+    assert again.offset_px == g.offset_px  # the seed is the grid
+    for spacing, words in ((0.5, "below one pixel"), (900.0, "larger than the image")):
+        with pytest.raises(PointGridError, match=words):
+            make_grid((1000, 800), PX, spacing_nm=spacing)
+
+
+def test_point_counts_agree_with_the_pixels_within_their_interval(cell):
+    """Over 200 random grids, the pixel pf lies in the grid's 95% interval in >= 95% of regions."""
+    inside = total = 0
+    for seed in range(200):
+        g = make_grid(cell.locations.shape, PX, spacing_nm=24.0, seed=seed)
+        table = grid_table(score_points(g, cell.locations, cell.granules), cell.locations,
+                           cell.granules, grid=g)
+        ok = table[table["points"] > 0]
+        inside += int(((ok["pf_low"] <= ok["pf_pixels"]) & (ok["pf_pixels"] <= ok["pf_high"])).sum())
+        total += len(ok)
+    assert total >= 200 and inside / total >= 0.95, inside / total
+
+
+def test_exact_interval():
+    low, high = binomial_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    assert low[0] == 0 and high[2] == 1
+    assert low[1] == pytest.approx(0.187, abs=1e-3) and high[1] == pytest.approx(0.813, abs=1e-3)
+    assert np.isnan(binomial_interval(np.array([0]), np.array([0]))[0][0])
+
+
+def test_manual_scores_equal_to_the_truth_agree_perfectly(cell, tmp_path):
+    tables = []
+    sheets = []
+    for i, seed in enumerate((1, 2, 3)):
+        g = make_grid(cell.locations.shape, PX, spacing_nm=40.0, seed=seed)
+        pts = score_points(g, cell.locations, cell.granules, image=f"img{i}")
+        tables.append(grid_table(pts, grid=g))
+        sheets.append(pd.DataFrame({"image": pts["image"], "row": pts["row"], "col": pts["col"],
+                                    "region": pts["region"], "hit": np.where(pts["hit"], "yes", "no")}))
+    automated = pd.concat(tables, ignore_index=True)
+    pd.concat(sheets).to_csv(tmp_path / "manual.csv", index=False)
+    manual_points = read_manual_scores(tmp_path / "manual.csv",
+                                       shapes={f"img{i}": cell.locations.shape for i in range(3)})
+    manual = grid_table(manual_points)
+    per_image, summary = agreement(automated, manual)
+    assert (per_image["difference"].fillna(0) == 0).all()
+    assert (summary["bias"] == 0).all() and np.allclose(summary["ccc"], 1.0)
+    assert lins_ccc([0.1, 0.2, 0.3], [0.2, 0.3, 0.4]) < 1  # a bias lowers concordance
+
+
+def test_bad_manual_sheets_are_named(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,row,col,region,hit\nimg,5,5,Q,1\n")
+    with pytest.raises(PointGridError, match="unknown region.*'Q'"):
+        read_manual_scores(bad)
+    bad.write_text("image,row,col,region,hit\nimg,5,5000,A,1\n")
+    with pytest.raises(PointGridError, match="line 2: point .5, 5000. lies outside img"):
+        read_manual_scores(bad, shapes={"img": (100, 100)})
+    bad.write_text("image,row,col,region\nimg,5,5,A\n")
+    with pytest.raises(PointGridError, match="lacks the column.s. hit"):
+        read_manual_scores(bad)
+    bad.write_text("image,row,col,region,hit\nimg,5,5,A,maybe\n")
+    with pytest.raises(PointGridError, match="not 1/0"):
+        read_manual_scores(bad)
+
+
+def test_grid_command_writes_points_table_and_agreement(cell, tmp_path, capsys):
+    write_labels(tmp_path / "loc.png", cell.locations, pixel_size_nm=PX)
+    write_labels(tmp_path / "gra.png", cell.granules, pixel_size_nm=PX)
+    rc = main(["grid", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--spacing", "40",
+               "--random-seed", "5", "--out", str(tmp_path / "grid.csv"), "--points",
+               str(tmp_path / "points.csv")])
+    assert rc == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "grid.csv")
+    points = pd.read_csv(tmp_path / "points.csv")
+    assert set(table.columns) >= {"pf_points", "pf_low", "pf_high", "pf_pixels"}
+    assert table["points"].sum() == ((points["region_code"] >= 1) & (points["region_code"] <= 5)).sum()
+    assert (table["seed"] == 5).all()
+    # the points as a lab's sheet: full agreement, and existing outputs are kept
+    sheet = points[["image", "row", "col", "region", "hit"]].copy()
+    sheet["hit"] = sheet["hit"].astype(int)
+    sheet.to_csv(tmp_path / "manual.csv", index=False)
+    rc = main(["grid", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--spacing", "40",
+               "--random-seed", "5", "--out", str(tmp_path / "grid2.csv"), "--manual",
+               str(tmp_path / "manual.csv"), "--agreement", str(tmp_path / "agree.csv")])
+    assert rc == 0
+    agree = pd.read_csv(tmp_path / "agree.csv")
+    assert len(agree) and (agree["difference"].fillna(0) == 0).all()
+    assert "bias +0.0000" in capsys.readouterr().out
+    assert main(["grid", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--spacing", "40",
+                 "--out", str(tmp_path / "grid.csv")]) == 2
