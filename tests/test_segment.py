@@ -19,7 +19,7 @@ from napari_emgranules.core.segment import (
     to_unit_float,
 )
 from napari_emgranules.core.synthetic import synthetic_micrograph
-from napari_emgranules.core.tiling import TilePlan
+from napari_emgranules.core.tiling import TilePlan, pad_to_multiple
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -229,3 +229,23 @@ def test_mixed_precision_segmentation_agrees_with_float32(small):
         assert differ.mean() < 0.15
     with pytest.raises(ValueError, match="precision"):
         segment_micrograph(small.image, precision="half")
+
+
+@pytest.mark.parametrize("mode", ["whole", "tiled", "seed"])
+def test_granule_threshold_labels_where_the_calibrated_probability_reaches_it(small, mode):
+    model = default_model("granules")
+    opts = dict(kinds=("granules",), mode=mode, max_window=384, halo=128, min_granule_nm=None)
+    counts = [int(segment_micrograph(small.image, 0.8, granule_threshold=t, **opts).granules.sum())
+              for t in (0.3, 0.5, 0.85)]
+    assert counts[0] > counts[1] > counts[2] > 0  # a higher threshold, fewer granule pixels
+    default = segment_micrograph(small.image, 0.8, **opts).granules
+    assert int(default.sum()) == counts[1]  # 0.5 is the arg-max
+    if mode == "whole":  # exactly the calibrated probability against the threshold
+        x = input_scaler(small.image, model.card.input_scaling)(small.image)
+        padded, crop = pad_to_multiple(x, 128)
+        logits = model.predict_logits(padded[None])[0][crop]
+        p = 1 / (1 + np.exp(-(logits[..., 1] - logits[..., 0]) / model.card.temperature))
+        got = segment_micrograph(small.image, 0.8, granule_threshold=0.85, **opts).granules
+        assert np.mean((got == 1) == (p >= 0.85)) > 0.9999
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        segment_micrograph(small.image, 0.8, granule_threshold=1.5, **opts)

@@ -49,6 +49,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
         max_window=args.max_window, batch_size=args.batch_size,
         min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
+        granule_threshold=args.granule_threshold,
     )
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:

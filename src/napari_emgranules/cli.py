@@ -56,7 +56,10 @@ def _output_folder(value: str) -> Path:
 
 
 def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--jit`` (segment, batch)."""
+    """``--precision``, ``--jit`` and ``--granule-threshold`` (segment, batch)."""
+    parser.add_argument("--granule-threshold", type=float, metavar="P",
+                        help="granule where the Granules model's calibrated probability is at least "
+                             "P (default: the arg-max, i.e. 0.5; the other muscle-TEM tool used 0.85)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="compute precision of the networks (default float32; the lower ones "
                              "are for GPUs with tensor cores)")
@@ -133,6 +136,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence,
                 max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
                 min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
+                granule_threshold=args.granule_threshold,
             )
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
                       disable=args.quiet) as bar:

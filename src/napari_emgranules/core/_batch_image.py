@@ -72,11 +72,14 @@ class ImageSettings:
     memory_budget_bytes: int | None = None
     precision: str = "float32"
     jit: bool = False
+    granule_threshold: float | None = None
 
     def model(self, kind: str) -> SegmentationModel:
-        """The loaded model of ``kind`` in the run's precision (cached per process)."""
+        """The loaded model of ``kind`` in the run's precision and granule threshold (cached per
+        process)."""
         model = _resolve_model(self.locations_model if kind == "locations" else self.granules_model, kind)
-        return model.for_inference(self.precision, self.jit)
+        model = model.for_inference(self.precision, self.jit)
+        return model.with_threshold(self.granule_threshold) if kind == "granules" else model
 
 
 # -------------------------------------------------------------------------------------------------

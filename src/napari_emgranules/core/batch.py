@@ -617,6 +617,8 @@ class _Run:
                        "halo": s.halo, "min_granule_nm": s.min_granule_nm,
                        "precision": s.precision, "jit": s.jit,
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
+        if s.granule_threshold is not None:  # (absent otherwise: earlier runs' hashes stay valid)
+            self.common["granule_threshold"] = s.granule_threshold
         self.manifest.settings = self.common
         for kind, digest in hashes.items():
             self.result.models.setdefault(kind, {})["weights_sha256"] = digest
@@ -763,6 +765,7 @@ def batch_iter(
     memory_budget_bytes: int | None = None,
     precision: str = "float32",
     jit: bool = False,
+    granule_threshold: float | None = None,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
 
@@ -795,6 +798,9 @@ def batch_iter(
     precision, jit
         Compute precision and compilation of the networks (see
         :meth:`~.models.SegmentationModel.for_inference`); recorded in the settings hash.
+    granule_threshold : float, optional
+        Granule where its calibrated probability is at least this (default: the arg-max, 0.5);
+        see :meth:`~.models.SegmentationModel.with_threshold`.
 
     Yields
     ------
@@ -817,9 +823,12 @@ def batch_iter(
     if not jobs:
         raise BatchError("no micrographs given")
     out = _output_folder(out_dir)
+    if granule_threshold is not None and not 0 < granule_threshold < 1:
+        raise BatchError(f"the granule threshold must lie between 0 and 1, got {granule_threshold}")
     settings = ImageSettings(str(out.resolve()), mode, locations_model, granules_model, pixel_size_nm,
                              force_pixel_size, max_window, halo, batch_size, min_granule_nm,
-                             _check_measure(measure_kwargs), memory_budget_bytes, precision, bool(jit))
+                             _check_measure(measure_kwargs), memory_budget_bytes, precision, bool(jit),
+                             granule_threshold)
     if precision not in PRECISIONS:
         raise BatchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if spec is not None:

@@ -555,6 +555,13 @@ class OnnxSegmentationModel(SegmentationModel):
                              f"precision {precision!r} applies to Keras weights only")
         return self
 
+    def with_threshold(self, threshold: float | None) -> OnnxSegmentationModel:
+        """Itself for the arg-max; a probability threshold needs the Keras weights."""
+        if threshold is None or threshold == 0.5:
+            return self
+        raise ValueError(f"{self.path}: a granule probability threshold applies to Keras weights "
+                         "only (the ONNX graph ends in its own arg-max)")
+
     def count_params(self) -> int:
         return self._n_params
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -329,13 +330,40 @@ class SegmentationModel:
         Its metadata.
     """
 
-    def __init__(self, keras_model, card: ModelCard, *, jit: bool = False):
+    def __init__(self, keras_model, card: ModelCard, *, jit: bool = False,
+                 logit_offset: Sequence[float] | None = None):
         self.keras_model = keras_model
         self.card = card
         self.jit = jit
-        self._fns: dict[tuple[str, float], Callable] = {}
-        self._variants: dict[tuple[str, bool], SegmentationModel] = {}
+        self.logit_offset = None if logit_offset is None else tuple(float(v) for v in logit_offset)
+        self._fns: dict[tuple, Callable] = {}
+        self._variants: dict[tuple, SegmentationModel] = {}
         self._lock = threading.Lock()
+
+    def with_threshold(self, threshold: float | None) -> SegmentationModel:
+        """This two-class model, labelling class 1 (a granule) where its calibrated probability
+        is at least ``threshold`` instead of where it wins the arg-max (None or 0.5: unchanged).
+
+        Thresholding a two-class softmax at ``p`` equals shifting the class-1 logit by
+        ``-T * log(p / (1 - p))`` (``T`` the card's temperature) before the arg-max, so every mode
+        (whole, tiled, seed, another pixel size) applies it in the same graph. Confidence is then
+        that of the thresholded decision.
+        """
+        if threshold is None or threshold == 0.5:
+            return self
+        t = float(threshold)
+        if not 0 < t < 1:
+            raise ValueError(f"the granule threshold must lie between 0 and 1, got {threshold!r}")
+        if self.n_classes != 2:
+            raise ValueError(f"a probability threshold needs a two-class model; {self.card.kind} has "
+                             f"{self.n_classes} classes")
+        key = ("threshold", round(t, 6))
+        with self._lock:
+            if key not in self._variants:
+                shift = -float(self.card.temperature) * math.log(t / (1 - t))
+                self._variants[key] = SegmentationModel(self.keras_model, self.card, jit=self.jit,
+                                                        logit_offset=(0.0, shift))
+            return self._variants[key]
 
     def for_inference(self, precision: str = "float32", jit: bool = False) -> SegmentationModel:
         """This model, or a cached copy that computes in ``precision`` and/or is compiled (XLA).
@@ -359,7 +387,8 @@ class SegmentationModel:
         with self._lock:
             if key not in self._variants:
                 net = self.keras_model if precision == "float32" else self._rebuilt(precision)
-                self._variants[key] = SegmentationModel(net, self.card, jit=bool(jit))
+                self._variants[key] = SegmentationModel(net, self.card, jit=bool(jit),
+                                                        logit_offset=self.logit_offset)
             return self._variants[key]
 
     def _rebuilt(self, precision: str):
@@ -406,6 +435,8 @@ class SegmentationModel:
                 keras = get_keras()
                 ops = keras.ops
                 logits = ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
+                if self.logit_offset is not None:  # a probability threshold (with_threshold)
+                    logits = logits + np.asarray(self.logit_offset, np.float32)
                 labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
                 if what == "logits":
                     outs = logits

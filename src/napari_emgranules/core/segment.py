@@ -400,6 +400,7 @@ def segment_micrograph_iter(
     min_granule_nm: float | None = MIN_GRANULE_NM,
     precision: str = "float32",
     jit: bool = False,
+    granule_threshold: float | None = None,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a micrograph with the Locations and Granules models, yielding progress.
 
@@ -444,6 +445,9 @@ def segment_micrograph_iter(
         with tensor cores; labels agree with float32 but for near-tie pixels.
     jit : bool
         Compile the networks (XLA / ``jax.jit``); pays off over many images of one size.
+    granule_threshold : float, optional
+        Label a granule where the Granules model's calibrated probability is at least this
+        (default: the arg-max, i.e. 0.5); :meth:`SegmentationModel.with_threshold`.
 
     Returns
     -------
@@ -476,6 +480,8 @@ def segment_micrograph_iter(
             for k in kinds
         }
     models = {k: m.for_inference(precision, jit) for k, m in models.items()}
+    models = {k: m.with_threshold(granule_threshold) if m.card.kind == "granules" else m
+              for k, m in models.items()}
     if micrograph.pixel_size_source == "model":
         # "the model's pixel size": an image of unknown scale is taken to be at the finest pixel
         # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
