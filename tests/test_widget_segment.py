@@ -117,6 +117,11 @@ def test_rerun_replaces_corrections_only_after_confirmation(qtbot, viewer_with_i
     assert viewer.layers["cell granules"] is layer  # updated in place
     np.testing.assert_array_equal(layer.data, layer.metadata["emgranules"]["model_output"])
     assert not np.array_equal(layer.data, corrected)
+    # a stricter granule threshold: fewer granule pixels
+    before = int(np.asarray(layer.data).sum())
+    widget.threshold.value = 0.85
+    _run(qtbot, widget)
+    assert 0 < int(np.asarray(layer.data).sum()) < before
 
 
 def test_cancel_stops_and_leaves_no_layers(qtbot, make_napari_viewer, notes):

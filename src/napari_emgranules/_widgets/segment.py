@@ -125,6 +125,10 @@ class SegmentWidget(Container):
         self.models = {kind: _ModelChooser(kind) for kind in KINDS}
         self.mode = ComboBox(label="mode", choices=list(MODES), value="auto")
         self.mode_help = Label(value=MODE_HELP["auto"])
+        self.threshold = FloatSpinBox(label="granule threshold", min=0.05, max=0.95, step=0.05,
+                                      value=0.5)
+        self.threshold.tooltip = ("A granule where the model's calibrated probability is at least "
+                                  "this (0.5 = the model's own choice; higher: fewer, surer granules)")
         self.confidence = CheckBox(value=True, text="confidence layers (for Review)")
         self.prestart = CheckBox(value=prestart_enabled(), text="load the models when this panel opens")
         self.prestart.tooltip = ("Starts the model process and loads the models in the background, so "
@@ -132,7 +136,7 @@ class SegmentWidget(Container):
         self.job = JobControls("Run", stages=KINDS)
         super().__init__(widgets=[self.image, self.unusable, self.grey_button, self.pixel_size,
                                   self.pixel_source,
-                                  *self.models.values(), self.mode, self.mode_help,
+                                  *self.models.values(), self.mode, self.mode_help, self.threshold,
                                   self.confidence, self.prestart, self.job])
         self._worker: Any = None
         self._started = 0.0
@@ -298,6 +302,8 @@ class SegmentWidget(Container):
         source = layer_pixel_size(layer)[1] if px is not None else None
         weights = {k: self._paths[k] for k in kinds}
         options = {"mode": self.mode.value, "confidence": bool(self.confidence.value)}
+        if abs(float(self.threshold.value) - 0.5) > 1e-9 and "granules" in kinds:
+            options["granule_threshold"] = float(self.threshold.value)
         self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
         for kind, bar in self.job.bars.items():
             bar.visible = kind in kinds
