@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from napari_emgranules.core.rehearsal import (
     rehearsal_kind,
 )
 from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema
-from napari_emgranules.core.train import REHEARSAL_SIDE, TrainConfig, train
+from napari_emgranules.core.train import TrainConfig, train
 
 train_module = importlib.import_module("napari_emgranules.core.train")
 
@@ -83,13 +84,17 @@ def test_fine_tuning_granules_rehearses_on_synthetic_crops(tmp_path, monkeypatch
         return real(image, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "augment_pair", spy)
+    monkeypatch.setattr(train_module, "REHEARSAL_IMAGES", 2)  # small and few: a quick test
+    monkeypatch.setattr(train_module, "REHEARSAL_SIDE", 384)
     r = train(tmp_path / "pairs", tmp_path / "run", model=start, rehearsal=0.5,
               **{**FAST, "epochs": 1})
     notes = " ".join(r.notes)
     assert "rehearsal: 50% of the crops" in notes and "matched" in notes
-    assert REHEARSAL_SIDE in sides and 256 in sides  # both kinds of crop trained
-    # a new task (classes the generator does not make) trains without it, and says so
+    assert 384 in sides and 256 in sides  # both kinds of crop trained
+    # a new task (classes the generator does not make) or a new model trains without it, and says so
     blobs = ClassSchema.from_names("blobs", ["background", "blob"])
-    r2 = train(tmp_path / "pairs", tmp_path / "run2", kind="blobs", schema=blobs, rehearsal=0.5,
-               **{**FAST, "epochs": 1})
-    assert "rehearsal is off" in " ".join(r2.notes)
+    for schema, fine_tuning, why in ((blobs, True, "classes the generator does not make"),
+                                     (GRANULES_SCHEMA, False, "a new model")):
+        run = SimpleNamespace(card=SimpleNamespace(schema=schema), notes=[])
+        assert train_module._rehearsal_samples(run, fine_tuning, 0.5) == []
+        assert "rehearsal is off" in run.notes[0] and why in run.notes[0]
