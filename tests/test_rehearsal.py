@@ -87,8 +87,12 @@ def test_fine_tuning_granules_rehearses_on_synthetic_crops(tmp_path, monkeypatch
     monkeypatch.setattr(train_module, "REHEARSAL_IMAGES", 2)  # small and few: a quick test
     monkeypatch.setattr(train_module, "REHEARSAL_SIDE", 384)
     r = train(tmp_path / "pairs", tmp_path / "run", model=start, rehearsal=0.5,
-              **{**FAST, "epochs": 1})
+              rehearsal_validation=True, **{**FAST, "epochs": 1})
     notes = " ".join(r.notes)
+    # the best epoch by the mean of the held-out strip's and the synthetic images' mean IoU
+    h = r.history
+    assert "also on 2 synthetic micrographs" in notes
+    assert np.allclose(h["val_mean_iou"], (h["val_mean_iou_held_out"] + h["val_mean_iou_synthetic"]) / 2)
     assert "rehearsal: 50% of the crops" in notes and "matched" in notes
     assert 384 in sides and 256 in sides  # both kinds of crop trained
     # a new task (classes the generator does not make) or a new model trains without it, and says so

@@ -122,7 +122,8 @@ def _train_options(args: argparse.Namespace) -> dict:
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
             "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
             "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
-            "rehearsal_look": args.rehearsal_look}
+            "rehearsal_look": args.rehearsal_look,
+            "rehearsal_validation": args.rehearsal_validation or None}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
         try:
@@ -333,6 +334,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--rehearsal-look", choices=("matched", "random"),
                     help="rehearsal micrographs in the training data's grey levels per class "
                          "(matched, default) or in the generator's random looks")
+    tr.add_argument("--rehearsal-validation", action="store_true",
+                    help="with rehearsal: also validate on 2 synthetic micrographs in the data's look "
+                         "(best epoch by the mean of both mean IoUs)")
     tr.add_argument("--no-augment", action="store_true",
                     help="no flips, contrast or brightness changes")
     tr.add_argument("--random-seed", "--seed", dest="seed", type=int, help="random seed (default 0)")

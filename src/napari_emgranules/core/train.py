@@ -81,7 +81,7 @@ _MAX_ANCHORS = 200_000  # labelled pixels kept per image to place crops around
 BLOCK_VALIDATION_BELOW = 5
 _STATE_FORMAT = "napari-emgranules.train-state/1"
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_mean_iou",
-                    "learning_rate", "seconds")
+                    "val_mean_iou_held_out", "val_mean_iou_synthetic", "learning_rate", "seconds")
 
 
 class TrainingError(ValueError):
@@ -155,6 +155,10 @@ class TrainConfig:
     rehearsal_look : {"matched", "random"}
         ``"matched"``: each rehearsal micrograph's class grey levels are mapped onto those of the
         same class in the training data; ``"random"``: the generator's randomised looks as drawn.
+    rehearsal_validation : bool
+        With rehearsal: also validate on two more generator micrographs in the same look, and
+        choose the best epoch by the mean of their mean IoU and the held-out data's (a model that
+        only memorises the user's micrograph is then not "best").
     seed : int
         Seeds the data order, augmentation, validation split and Keras' random state.
     max_minutes : float, optional
@@ -190,6 +194,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     rehearsal: float | None = None
     rehearsal_look: str = "matched"
+    rehearsal_validation: bool = False
     seed: int = 0
     max_minutes: float | None = None
     input_scaling: str | None = None
@@ -904,6 +909,7 @@ class _Run:
     cm_best: list | None = None  # ... and of the kept (best) weights
     rehearsal: list[_Sample] = field(default_factory=list)  # synthetic micrographs (not saved)
     rehearsal_share: float = 0.0  # of the crops, from ``rehearsal``
+    rehearsal_val: list[_Sample] = field(default_factory=list)  # validation in the same look
 
     @property
     def ckpt(self) -> Path:
@@ -1075,6 +1081,8 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     if share > 0:
         run.rehearsal = _rehearsal_samples(run, fine_tuning, share)
         run.rehearsal_share = share if run.rehearsal else 0.0
+        if run.rehearsal and config.rehearsal_validation and run.val_samples:
+            run.rehearsal_val = _rehearsal_samples(run, fine_tuning, share, validation=True)
     lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
     _compile(run, lr)
     return run, state
@@ -1087,8 +1095,10 @@ REHEARSAL_IMAGES, REHEARSAL_SIDE = 6, 1024
 REHEARSAL_DEFAULT = {"locations": 0.75, "granules": 0.0}
 
 
-def _rehearsal_samples(run: _Run, fine_tuning: bool, share: float) -> list[_Sample]:
-    """The synthetic micrographs a fine-tuning run rehearses on (none where it cannot)."""
+def _rehearsal_samples(run: _Run, fine_tuning: bool, share: float,
+                       validation: bool = False) -> list[_Sample]:
+    """The synthetic micrographs a fine-tuning run rehearses on (none where it cannot); with
+    ``validation``, two others in the same look to validate on."""
     kind = rehearsal_kind(run.card.schema)
     if not fine_tuning or kind is None:
         why = "a new model" if not fine_tuning else "classes the generator does not make"
@@ -1101,6 +1111,12 @@ def _rehearsal_samples(run: _Run, fine_tuning: bool, share: float) -> list[_Samp
         look = class_quantiles([s.image for s in run.samples], [s.labels for s in run.samples],
                                run.card.schema.n_classes)
     side = max(REHEARSAL_SIDE, cfg.crop)
+    if validation:
+        made = rehearsal_images(kind, run.card.pixel_size_nm, 2, side, cfg.seed + 500,
+                                run.card.input_scaling, look)
+        run.notes.append("validation: also on 2 synthetic micrographs in the training data's look "
+                         "(the best epoch by the mean of both mean IoUs)")
+        return [_Sample(f"rehearsal-validation-{i}", x, y) for i, (x, y) in enumerate(made)]
     made = rehearsal_images(kind, run.card.pixel_size_nm, REHEARSAL_IMAGES, side, cfg.seed,
                             run.card.input_scaling, look)
     run.notes.append(f"rehearsal: {share:.0%} of the crops from {len(made)} synthetic "
@@ -1174,13 +1190,25 @@ def _train_epoch(run: _Run) -> Generator[TrainProgress, None, dict[str, float]]:
     return logs
 
 
+def _validation_logs(run: _Run) -> tuple[dict[str, float], np.ndarray]:
+    """Validation on the held-out data (its confusion matrix for the report); with rehearsal
+    validation, ``val_mean_iou`` is the mean of the held-out data's and the synthetic images'."""
+    n, cw, dice = run.card.schema.n_classes, run.class_weights, run.config.dice_weight
+    logs, cm = _validate(run.model.keras_model, run.val_samples, n, cw, dice)
+    if run.rehearsal_val:
+        synthetic, _ = _validate(run.model.keras_model, run.rehearsal_val, n, cw, dice)
+        logs["val_mean_iou_held_out"] = logs["val_mean_iou"]
+        logs["val_mean_iou_synthetic"] = synthetic["val_mean_iou"]
+        logs["val_mean_iou"] = 0.5 * (logs["val_mean_iou"] + synthetic["val_mean_iou"])
+    return logs, cm
+
+
 def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     """Validate, keep the best weights, adjust the learning rate, stop early, checkpoint."""
     cfg, w = run.config, run.watch
     cm = None
     if run.val_samples:
-        val_logs, cm = _validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
-                                 run.class_weights, cfg.dice_weight)
+        val_logs, cm = _validation_logs(run)
         logs.update(val_logs)
     lr = float(np.asarray(run.optimizer.learning_rate))
     logs["learning_rate"] = lr
@@ -1218,8 +1246,7 @@ def _save_best(run: _Run, logs: dict[str, float]) -> None:
 
 def _score_start(run: _Run) -> TrainProgress:
     """Epoch 0: the starting weights on the validation data, kept unless an epoch beats them."""
-    logs, cm = _validate(run.model.keras_model, run.val_samples, run.card.schema.n_classes,
-                         run.class_weights, run.config.dice_weight)
+    logs, cm = _validation_logs(run)
     logs.update(epoch=0, loss=math.nan, accuracy=math.nan,
                 learning_rate=float(np.asarray(run.optimizer.learning_rate)))
     run.history.append(logs)
