@@ -46,6 +46,22 @@ def viewer_with_image(make_napari_viewer, micrograph):
     _engine.shutdown_engines()
 
 
+def _long_run(qtbot, make_napari_viewer, docked: bool = False):
+    """A viewer with a 1536 px micrograph and a Segment job in seed mode past its first pass
+    (the Segment panel docked when asked): ``(viewer, widget, dock)``."""
+    viewer = make_napari_viewer()
+    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
+    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
+    viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget) if docked else None
+    widget.mode.value = "seed"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
+                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    return viewer, widget, dock
+
+
 def _run(qtbot, widget, timeout=TIMEOUT_MS):
     worker = widget.run()
     assert worker is not None
@@ -125,15 +141,7 @@ def test_rerun_replaces_corrections_only_after_confirmation(qtbot, viewer_with_i
 
 
 def test_cancel_stops_and_leaves_no_layers(qtbot, make_napari_viewer, notes):
-    viewer = make_napari_viewer()
-    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
-    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
-    viewer.add_image(data, **kwargs)
-    widget = SegmentWidget(viewer)
-    widget.mode.value = "seed"
-    widget.run()
-    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
-                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    viewer, widget, _ = _long_run(qtbot, make_napari_viewer)
     t0 = time.perf_counter()
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=30_000)
@@ -246,15 +254,7 @@ def test_closing_napari_mid_job_ends_the_model_process_at_once(qtbot, make_napar
     job finishes as cancelled (napari then waits for no worker)."""
     from qtpy.QtWidgets import QApplication
 
-    viewer = make_napari_viewer()
-    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
-    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
-    viewer.add_image(data, **kwargs)
-    widget = SegmentWidget(viewer)
-    widget.mode.value = "seed"
-    widget.run()
-    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
-                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    viewer, widget, _ = _long_run(qtbot, make_napari_viewer)
     proc = widget.engine._proc
     t0 = time.perf_counter()
     QApplication.instance().lastWindowClosed.emit()  # what closing napari's window sends
@@ -267,16 +267,7 @@ def test_closing_napari_mid_job_ends_the_model_process_at_once(qtbot, make_napar
 
 def test_closing_the_segment_panel_mid_job_cancels_it(qtbot, make_napari_viewer, notes):
     """The Segment dock closed while it runs: the job stops (no layers appear later)."""
-    viewer = make_napari_viewer()
-    big = synthetic_micrograph((1536, 1536), 0.8, seed=2)
-    data, kwargs, _ = image_layer_data(big.image, "big", 0.8, {"pixel_size_nm": 0.8})
-    viewer.add_image(data, **kwargs)
-    widget = SegmentWidget(viewer)
-    dock = viewer.window.add_dock_widget(widget)
-    widget.mode.value = "seed"
-    widget.run()
-    qtbot.waitUntil(lambda: widget.job.bars["locations"].value >= 1
-                    or widget.job.bars["granules"].value >= 1, timeout=TIMEOUT_MS)
+    viewer, widget, dock = _long_run(qtbot, make_napari_viewer, docked=True)
     viewer.window.remove_dock_widget(dock)
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=15_000)
     assert [layer.name for layer in viewer.layers] == ["big"]
