@@ -100,5 +100,5 @@ def test_fine_tuning_granules_rehearses_on_synthetic_crops(tmp_path, monkeypatch
     for schema, fine_tuning, why in ((blobs, True, "classes the generator does not make"),
                                      (GRANULES_SCHEMA, False, "a new model")):
         run = SimpleNamespace(card=SimpleNamespace(schema=schema), notes=[])
-        assert train_module._rehearsal_samples(run, fine_tuning, 0.5) == []
+        assert train_module._rehearsal_samples(run, fine_tuning, 0.5) == ([], [])
         assert "rehearsal is off" in run.notes[0] and why in run.notes[0]

@@ -94,8 +94,9 @@ def saved_weights(out_dir: str | Path, before: dict[Path, int] | None = None) ->
     return found[0] if found else None
 
 
-def parse_optional(text: str, kind: type, what: str) -> Any:
-    """Blank or 0 -> None (automatic), else ``kind(text)``; ValueError naming ``what`` if not a number."""
+def parse_optional(text: str, kind: type, what: str, zero_is_automatic: bool = True) -> Any:
+    """Blank (and 0, unless ``zero_is_automatic`` is False) -> None (automatic), else
+    ``kind(text)``; ValueError naming ``what`` if not a number."""
     text = str(text).strip()
     if not text:
         return None
@@ -105,7 +106,7 @@ def parse_optional(text: str, kind: type, what: str) -> Any:
         example = "5e-4" if kind is float else "20"
         raise ValueError(f"{what} must be a number like {example} (blank = automatic), "
                          f"got {text!r}") from None
-    return value or None
+    return value if value or not zero_is_automatic else None
 
 
 def run_training(data: list[str], out_dir: str, kind: str, model: str | None, fresh: bool,
@@ -115,17 +116,6 @@ def run_training(data: list[str], out_dir: str, kind: str, model: str | None, fr
     summary = yield from engine.run("train", data=data, out_dir=out_dir, kind=kind, model=model,
                                     fresh=fresh, **options)
     return summary, list(engine.notes)
-
-
-def _share(text: str) -> float | None:
-    """A rehearsal share typed by the user (blank = automatic; 0 = off)."""
-    if not str(text).strip():
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"rehearsal share must be a number like 0.75 (blank = automatic, 0 = off), "
-                         f"got {text!r}") from None
 
 
 def _metric(value: Any) -> float | str:
@@ -389,7 +379,8 @@ class TrainWidget(Container):
             "crop": int(self.crop.value),
             "batch_size": int(self.batch_size.value),
             "steps_per_epoch": parse_optional(self.steps.value, int, "steps per epoch"),
-            "rehearsal": _share(self.rehearsal.value),
+            "rehearsal": parse_optional(self.rehearsal.value, float, "rehearsal share",
+                                        zero_is_automatic=False),  # 0 = off
         }
         TrainConfig(**options)  # checks every number before anything starts
         return options

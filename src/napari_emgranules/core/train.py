@@ -1079,10 +1079,8 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     if share is None:  # the measured default (docs/correction_loop.md) when fine-tuning
         share = REHEARSAL_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0) if fine_tuning else 0.0
     if share > 0:
-        run.rehearsal = _rehearsal_samples(run, fine_tuning, share)
+        run.rehearsal, run.rehearsal_val = _rehearsal_samples(run, fine_tuning, share)
         run.rehearsal_share = share if run.rehearsal else 0.0
-        if run.rehearsal and config.rehearsal_validation and run.val_samples:
-            run.rehearsal_val = _rehearsal_samples(run, fine_tuning, share, validation=True)
     lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
     _compile(run, lr)
     return run, state
@@ -1095,34 +1093,37 @@ REHEARSAL_IMAGES, REHEARSAL_SIDE = 6, 1024
 REHEARSAL_DEFAULT = {"locations": 0.75, "granules": 0.0}
 
 
-def _rehearsal_samples(run: _Run, fine_tuning: bool, share: float,
-                       validation: bool = False) -> list[_Sample]:
-    """The synthetic micrographs a fine-tuning run rehearses on (none where it cannot); with
-    ``validation``, two others in the same look to validate on."""
+def _rehearsal_samples(run: _Run, fine_tuning: bool,
+                       share: float) -> tuple[list[_Sample], list[_Sample]]:
+    """The synthetic micrographs a fine-tuning run rehearses on, and (with
+    ``rehearsal_validation``) two others in the same look to validate on; none where it cannot."""
     kind = rehearsal_kind(run.card.schema)
     if not fine_tuning or kind is None:
         why = "a new model" if not fine_tuning else "classes the generator does not make"
         run.notes.append(f"rehearsal is off: it is for fine-tuning the Locations or Granules "
                          f"model, not for {why}")
-        return []
+        return [], []
     cfg = run.config
     look = None
     if cfg.rehearsal_look == "matched":
         look = class_quantiles([s.image for s in run.samples], [s.labels for s in run.samples],
                                run.card.schema.n_classes)
     side = max(REHEARSAL_SIDE, cfg.crop)
-    if validation:
-        made = rehearsal_images(kind, run.card.pixel_size_nm, 2, side, cfg.seed + 500,
-                                run.card.input_scaling, look)
-        run.notes.append("validation: also on 2 synthetic micrographs in the training data's look "
-                         "(the best epoch by the mean of both mean IoUs)")
-        return [_Sample(f"rehearsal-validation-{i}", x, y) for i, (x, y) in enumerate(made)]
-    made = rehearsal_images(kind, run.card.pixel_size_nm, REHEARSAL_IMAGES, side, cfg.seed,
-                            run.card.input_scaling, look)
-    run.notes.append(f"rehearsal: {share:.0%} of the crops from {len(made)} synthetic "
+
+    def made(n: int, seed: int, name: str) -> list[_Sample]:
+        return [_Sample(f"{name}-{i}", x, y) for i, (x, y) in enumerate(rehearsal_images(
+            kind, run.card.pixel_size_nm, n, side, seed, run.card.input_scaling, look))]
+
+    train = made(REHEARSAL_IMAGES, cfg.seed, "rehearsal")
+    run.notes.append(f"rehearsal: {share:.0%} of the crops from {len(train)} synthetic "
                      f"micrographs ({side} px at {run.card.pixel_size_nm:g} nm/px, "
                      f"{'grey levels matched to the training data' if look else 'random looks'})")
-    return [_Sample(f"rehearsal-{i}", x, y) for i, (x, y) in enumerate(made)]
+    val = []
+    if cfg.rehearsal_validation and run.val_samples:
+        val = made(2, cfg.seed + 500, "rehearsal-validation")
+        run.notes.append("validation: also on 2 synthetic micrographs in the training data's look "
+                         "(the best epoch by the mean of both mean IoUs)")
+    return train, val
 
 
 def _compile(run: _Run, lr: float) -> None:
