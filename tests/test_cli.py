@@ -322,6 +322,20 @@ def test_segment_modes(segmented, tmp_path, options, mode):
     assert read_labels(out / "granules" / "cell_a.tif").shape == SHAPES["cell_a"]
 
 
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_impossible_segmentation_options_are_one_message_and_nothing_is_written(tmp_path,
+                                                                               write_micrograph,
+                                                                               command):
+    image = write_micrograph("cell.tif")
+    out = tmp_path / "out"
+    code, _, err = run_cli(command, image, "--out", out, "--max-window", "512", "--halo", "256",
+                           "--granule-threshold", "2")
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert "max_window 512" in lines[0] and "granule threshold" in lines[0]
+    assert not out.exists() or not any(out.rglob("*.tif"))
+
+
 @pytest.mark.parametrize("name", ["weights.txt", "weights.weights.h5"])
 def test_segment_bad_weights_file(tmp_path, write_micrograph, name):
     image = write_micrograph("cell.tif", shape=(256, 256), seed=10)

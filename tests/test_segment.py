@@ -193,6 +193,37 @@ def test_bad_options_are_refused(small):
         segment_micrograph(small.image, mode="tiled", max_window=1000)
 
 
+def test_segment_options_name_every_impossible_value_in_one_message():
+    from napari_emgranules import SegmentOptions
+
+    with pytest.raises(ValueError) as info:
+        SegmentOptions(mode="fast", batch_size=0, precision="int8", granule_threshold=1.5,
+                       min_granule_nm=-1)
+    text = str(info.value)
+    for word in ("mode", "batch_size", "precision", "granule threshold", "min_granule_nm"):
+        assert word in text
+    with pytest.raises(ValueError, match="too small for a halo of 256 px"):
+        SegmentOptions(max_window=512, halo=200)  # a window that is all halo (rounded up)
+    with pytest.raises(TypeError, match="unknown segmentation option.*tile_size"):
+        SegmentOptions.merged(tile_size=512)
+    base = SegmentOptions(mode="tiled", halo=64)
+    assert SegmentOptions.merged(base, batch_size=4) == SegmentOptions(mode="tiled", halo=64,
+                                                                      batch_size=4)
+    assert SegmentOptions.merged(base) is base
+    assert SegmentOptions(min_granule_nm=0).speck_nm is None
+
+
+def test_options_object_and_keywords_give_the_same_labels(small):
+    from napari_emgranules import SegmentOptions
+
+    opts = SegmentOptions(mode="tiled", max_window=384, halo=64, batch_size=2)
+    a = segment_micrograph(small.image, options=opts, kinds=("granules",))
+    b = segment_micrograph(small.image, mode="tiled", max_window=384, halo=64, batch_size=2,
+                           kinds=("granules",))
+    assert a.mode == b.mode == "tiled"
+    np.testing.assert_array_equal(a.granules, b.granules)
+
+
 @pytest.mark.parametrize("pixel_size_nm", [0.8, 1.6])
 def test_small_granule_specks_are_removed_in_physical_units(pixel_size_nm):
     from napari_emgranules.core.segment import remove_small_objects
@@ -206,6 +237,9 @@ def test_small_granule_specks_are_removed_in_physical_units(pixel_size_nm):
     out = remove_small_objects(lab.copy(), 8.0, pixel_size_nm)
     assert out[50, 50] == 1 and out[150:152, 150:152].sum() == 0 and out[100, 10] == 0
     assert out.sum() == (lab[:120].sum() - 1)
+    strided = np.asfortranarray(lab)  # not C-contiguous: changed in place all the same
+    assert remove_small_objects(strided, 8.0, pixel_size_nm) is strided
+    np.testing.assert_array_equal(strided, out)
 
 
 def test_segment_drops_granule_specks_unless_asked_not_to(small):

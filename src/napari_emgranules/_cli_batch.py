@@ -10,8 +10,7 @@ import argparse
 import math
 import sys
 
-from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder, add_precision_arguments
-from .core.segment import MODES
+from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder, add_segment_arguments, segment_options
 
 
 def _measure_kwargs(args: argparse.Namespace) -> dict:
@@ -43,14 +42,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     parse_scheduler(args.scheduler)  # a bad --scheduler is refused before anything starts
     out = _output_folder(args.out)
     gen = batch_iter(
-        args.inputs, out, mode=args.mode, locations_model=args.locations_weights,
+        args.inputs, out, options=segment_options(args), locations_model=args.locations_weights,
         granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
-        seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
-        max_window=args.max_window, batch_size=args.batch_size,
-        min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
-        granule_threshold=args.granule_threshold,
-    )
+        seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite)
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
             bar.total = event.total
@@ -81,22 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bat.add_argument("--scheduler", metavar="SPEC",
                      help="'processes:N' (a local Dask cluster of N worker processes) or "
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
-    bat.add_argument("--mode", default="auto", choices=MODES,
-                     help="whole image, tiles with halo, or the original 1024 tiles (default auto; "
-                          "TIFFs too large for memory are segmented by tiles from a memory map)")
-    bat.add_argument("--pixel-size", type=float, metavar="NM",
-                     help="pixel size in nm, used when the file's metadata has none")
-    bat.add_argument("--force-pixel-size", action="store_true",
-                     help="use --pixel-size even when the file's metadata has one")
-    bat.add_argument("--locations-weights", metavar="FILE", help="Locations weights")
-    bat.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
-    bat.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
-    bat.add_argument("--batch-size", type=int, default=1, metavar="N",
-                     help="tiles per forward pass (tiled/seed and montages by tiles)")
-    add_precision_arguments(bat)
-    bat.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
-                     help="granule objects smaller than a disc this wide become background "
-                          "(default 8 nm; 0 keeps the raw model output)")
+    add_segment_arguments(bat)
     bat.add_argument("--tile-size", "--tile", dest="tile", type=int, default=0, metavar="PX",
                      help="also measure each seed tile of this side, e.g. 1024 (rows in the tables; "
                           "the seed tables then list tiles)")

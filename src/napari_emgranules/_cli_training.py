@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli import EXIT_OK, CliError, _fail
-from .core.segment import MODES
+from .core.options import MODES
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,17 +15,20 @@ import numpy as np
 
 
 def segment(image: np.ndarray, pixel_size_nm: float | None, *, weights: dict[str, str | None],
-            **options: Any) -> Generator[Any, None, Any]:
+            options: Any = None, confidence: bool = False,
+            **option_fields: Any) -> Generator[Any, None, Any]:
     """:func:`~.core.segment.segment_micrograph_iter` with the models given as weight files.
 
     ``weights`` maps each kind to run ("locations", "granules") to a weights file, or None for
-    the bundled default. ``options`` go to the core function (mode, confidence, precision, ...).
+    the bundled default; ``options`` is a :class:`~.core.options.SegmentOptions` (None: defaults)
+    and ``option_fields`` replace its fields, as in the core function.
     """
     from .core.models import load_model
     from .core.segment import segment_micrograph_iter
 
     models = {kind: load_model(path, kind) for kind, path in weights.items()}
-    return (yield from segment_micrograph_iter(image, pixel_size_nm, models=models, **options))
+    return (yield from segment_micrograph_iter(image, pixel_size_nm, models=models, options=options,
+                                               confidence=confidence, **option_fields))
 
 
 def load_models(weights: dict[str, str | None]) -> list[str]:

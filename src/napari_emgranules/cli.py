@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .core.segment import MODES
 
 logger = logging.getLogger("napari_emgranules")
 
@@ -55,16 +54,52 @@ def _output_folder(value: str) -> Path:
     return out
 
 
-def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, ``--jit`` and ``--granule-threshold`` (segment, batch)."""
-    parser.add_argument("--granule-threshold", type=float, metavar="P",
-                        help="granule where the Granules model's calibrated probability is at least "
-                             "P (default: the arg-max, i.e. 0.5; the other muscle-TEM tool used 0.85)")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="compute precision of the networks (default float32; the lower ones "
-                             "are for GPUs with tensor cores)")
-    parser.add_argument("--jit", action="store_true",
-                        help="compile the networks (XLA / jax.jit): pays off over many images")
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The segmentation options (:class:`~.core.options.SegmentOptions`), the models and the pixel
+    size: one argument group for ``segment`` and ``batch``; :func:`segment_options` reads it."""
+    from .core.options import MIN_GRANULE_NM, MODES, PRECISIONS
+
+    group = parser.add_argument_group("segmentation")
+    group.add_argument("--mode", default="auto", choices=MODES,
+                       help="whole image, tiles with halo, or the original 1024 tiles (default auto: "
+                            "whole when it fits in memory; TIFFs too large for memory are segmented "
+                            "by tiles from a memory map)")
+    group.add_argument("--pixel-size", type=float, metavar="NM",
+                       help="pixel size in nm, used when the file's metadata has none")
+    group.add_argument("--force-pixel-size", action="store_true",
+                       help="use --pixel-size even when the file's metadata has one")
+    group.add_argument("--locations-weights", metavar="FILE",
+                       help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint, .onnx)")
+    group.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
+    group.add_argument("--granule-threshold", type=float, metavar="P",
+                       help="granule where the Granules model's calibrated probability is at least "
+                            "P (default: the arg-max, i.e. 0.5; the other muscle-TEM tool used 0.85)")
+    group.add_argument("--min-granule", type=float, default=MIN_GRANULE_NM, metavar="NM",
+                       help=f"granule objects smaller than a disc this wide become background "
+                            f"(default {MIN_GRANULE_NM:g} nm; 0 keeps the raw model output)")
+    group.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
+    group.add_argument("--halo", type=int, default=128, metavar="PX",
+                       help="context around each tile (tiled, default 128)")
+    group.add_argument("--batch-size", type=int, default=1, metavar="N",
+                       help="tiles per forward pass (tiled/seed and montages by tiles)")
+    group.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="compute precision of the networks (default float32; the lower ones "
+                            "are for GPUs with tensor cores)")
+    group.add_argument("--jit", action="store_true",
+                       help="compile the networks (XLA / jax.jit): pays off over many images")
+
+
+def segment_options(args: argparse.Namespace):
+    """The :class:`~.core.options.SegmentOptions` of :func:`add_segment_arguments`' arguments."""
+    from .core.options import SegmentOptions
+
+    try:
+        return SegmentOptions(mode=args.mode, max_window=args.max_window, halo=args.halo,
+                              batch_size=args.batch_size, min_granule_nm=args.min_granule or None,
+                              precision=args.precision, jit=args.jit,
+                              granule_threshold=args.granule_threshold)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _fail(msg: str) -> None:
@@ -87,6 +122,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .core.segment import segment_micrograph_iter
 
     out = _output_folder(args.out)
+    options = segment_options(args)
     if not args.images and not args.sample:
         raise CliError("give micrographs to segment, or --sample for the bundled sample")
     jobs: list[tuple[str, object]] = []
@@ -132,12 +168,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             micrograph = read_micrograph(path, args.pixel_size,
                                          force_pixel_size=args.force_pixel_size)
             gen = segment_micrograph_iter(
-                micrograph, mode=args.mode, locations_model=weights.get("locations"),
-                granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence,
-                max_window=args.max_window, halo=args.halo, batch_size=args.batch_size,
-                min_granule_nm=args.min_granule or None, precision=args.precision, jit=args.jit,
-                granule_threshold=args.granule_threshold,
-            )
+                micrograph, options=options, locations_model=weights.get("locations"),
+                granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence)
             with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
                       disable=args.quiet) as bar:
                 def advance(ev, bar=bar):
@@ -326,30 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output folder (created if missing)")
     seg.add_argument("--sample", action="store_true",
                      help="also segment the bundled synthetic sample micrograph")
-    seg.add_argument("--mode", default="auto", choices=MODES,
-                     help="whole image, tiles with halo, or the original 1024 tiles (default auto)")
-    seg.add_argument("--pixel-size", type=float, metavar="NM",
-                     help="pixel size in nm, used when the file's metadata has none")
-    seg.add_argument("--force-pixel-size", action="store_true",
-                     help="use --pixel-size even when the file's metadata has one")
-    seg.add_argument("--locations-weights", metavar="FILE",
-                     help="Locations weights (.weights.h5, .keras, .h5, TF checkpoint, .onnx)")
-    seg.add_argument("--granules-weights", metavar="FILE", help="Granules weights")
-    add_precision_arguments(seg)
-    seg.add_argument("--min-granule", type=float, default=8.0, metavar="NM",
-                     help="granule objects smaller than a disc this wide become background "
-                          "(default 8 nm; 0 keeps the raw model output)")
+    add_segment_arguments(seg)
     seg.add_argument("--only", action="append", choices=("locations", "granules"),
                      help="run only this model (repeatable)")
     seg.add_argument("--format", default="tif", choices=("tif", "png"),
                      help="label file format; png writes 16-bit PNGs as the original tool")
     seg.add_argument("--confidence", action="store_true",
                      help="also write per-pixel confidence (16-bit TIFF, 65535 = certain)")
-    seg.add_argument("--max-window", type=int, metavar="PX", help="largest tile side (tiled)")
-    seg.add_argument("--halo", type=int, default=128, metavar="PX",
-                     help="context around each tile (tiled, default 128)")
-    seg.add_argument("--batch-size", type=int, default=1, metavar="N",
-                     help="tiles per forward pass (tiled/seed)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing label files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=_cmd_segment)

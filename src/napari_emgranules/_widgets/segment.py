@@ -12,7 +12,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from .._engine import IDLE_S, get_engine
 from ..core.models import ModelCard, read_model_card
-from ..core.segment import MODES
+from ..core.options import MODES, SegmentOptions
 from ._common import (
     KINDS,
     JobControls,
@@ -301,16 +301,17 @@ class SegmentWidget(Container):
             self._on_pixel_size_entered(px)  # the layer holds what the run uses
         source = layer_pixel_size(layer)[1] if px is not None else None
         weights = {k: self._paths[k] for k in kinds}
-        options = {"mode": self.mode.value, "confidence": bool(self.confidence.value)}
-        if abs(float(self.threshold.value) - 0.5) > 1e-9 and "granules" in kinds:
-            options["granule_threshold"] = float(self.threshold.value)
+        threshold = float(self.threshold.value)
+        options = SegmentOptions(mode=self.mode.value, granule_threshold=threshold
+                                 if abs(threshold - 0.5) > 1e-9 and "granules" in kinds else None)
         self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
         for kind, bar in self.job.bars.items():
             bar.visible = kind in kinds
         self._started = time.perf_counter()
         was_closed(self)  # notes whether the panel is docked now (closing it later stops the run)
         self._worker = start_worker(
-            self.engine.run, "segment", image=image, pixel_size_nm=px, weights=weights, **options,
+            self.engine.run, "segment", image=image, pixel_size_nm=px, weights=weights, options=options,
+            confidence=bool(self.confidence.value),
             on_yield=self._on_progress,
             on_return=lambda result: self._show(layer, result, source),
             on_error=self._on_error,

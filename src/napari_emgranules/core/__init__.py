@@ -53,6 +53,7 @@ from .models import (
     load_model,
     save_model,
 )
+from .options import SegmentOptions
 from .schema import (
     GRANULES_SCHEMA,
     LOCATIONS_SCHEMA,
@@ -102,7 +103,8 @@ __all__ = [
     "ModelCard", "SegmentationModel", "UntrainedModelWarning", "WeightsError",
     "build_granules_unet", "build_locations_unet", "default_model", "load_model", "save_model",
     "GRANULES_SCHEMA", "LOCATIONS_SCHEMA", "UNLABELLED", "ClassInfo", "ClassSchema", "SchemaError",
-    "SegmentationResult", "SegmentProgress", "segment_micrograph", "segment_micrograph_iter",
+    "SegmentOptions", "SegmentationResult", "SegmentProgress", "segment_micrograph",
+    "segment_micrograph_iter",
     "SyntheticMicrograph", "sample_micrograph", "synthetic_micrograph",
     "TilePlan", "split_seed", "USER_ERRORS",
     "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",

@@ -20,17 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import Micrograph, available_memory_bytes, file_sha256, read_micrograph, write_labels
+from .io import Micrograph, file_sha256, read_micrograph, write_labels
 from .measure import measure_segmentation, write_csv
 from .models import SegmentationModel
 from .montage import segment_large, tiled_bytes_per_pixel
+from .options import SegmentOptions
 from .progress import run_to_completion
-from .segment import (
-    MIN_GRANULE_NM,
-    SegmentationResult,
-    _resolve_model,
-    segment_micrograph_iter,
-)
+from .segment import SegmentationResult, _resolve_model, memory_budget, segment_micrograph_iter
 
 __all__ = ["ImageJob", "ImageSettings", "model_info", "process_image", "IMAGE_ERRORS"]
 
@@ -55,31 +51,22 @@ class ImageSettings:
     """Everything that says how to process a micrograph (the same for every image of a run).
 
     ``locations_model``/``granules_model`` are weight paths or None (bundled); in a serial run they
-    may also be loaded :class:`SegmentationModel` objects.
+    may also be loaded :class:`SegmentationModel` objects. ``options`` says how to segment.
     """
 
     out_dir: str
-    mode: str = "auto"
+    options: SegmentOptions = field(default_factory=SegmentOptions)
     locations_model: Any = None
     granules_model: Any = None
     pixel_size_nm: float | None = None
     force_pixel_size: bool = False
-    max_window: int | None = None
-    halo: int = 128
-    batch_size: int = 1
-    min_granule_nm: float | None = MIN_GRANULE_NM
     measure: dict[str, Any] = field(default_factory=dict)
-    memory_budget_bytes: int | None = None
-    precision: str = "float32"
-    jit: bool = False
-    granule_threshold: float | None = None
 
     def model(self, kind: str) -> SegmentationModel:
-        """The loaded model of ``kind`` in the run's precision and granule threshold (cached per
-        process)."""
-        model = _resolve_model(self.locations_model if kind == "locations" else self.granules_model, kind)
-        model = model.for_inference(self.precision, self.jit)
-        return model.with_threshold(self.granule_threshold) if kind == "granules" else model
+        """The loaded model of ``kind`` prepared for the run's options (precision, granule
+        threshold; cached per process)."""
+        ref = self.locations_model if kind == "locations" else self.granules_model
+        return self.options.prepare(_resolve_model(ref, kind))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -123,19 +110,12 @@ class Loaded:
     started: float
 
 
-def _budget(settings: ImageSettings) -> int | None:
-    if settings.memory_budget_bytes is not None:
-        return settings.memory_budget_bytes
-    available = available_memory_bytes()
-    return available // 2 if available else None
-
-
 def _too_large(path: Path, settings: ImageSettings) -> bool:
     """True for a TIFF whose in-memory tiled segmentation would not fit the memory budget."""
     import tifffile
 
-    budget = _budget(settings)
-    if settings.mode == "seed" or budget is None or path.suffix.lower() not in (".tif", ".tiff"):
+    budget = memory_budget(settings.options)
+    if settings.options.mode == "seed" or budget is None or path.suffix.lower() not in (".tif", ".tiff"):
         return False
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
@@ -171,18 +151,14 @@ def load_image(job: ImageJob, settings: ImageSettings) -> Loaded:
 
 def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[SegmentationResult, bool]:
     """Both label maps; ``True`` second when they were written by tiles already (large montage)."""
-    job, kwargs = loaded.job, {"locations_model": settings.model("locations"),
-                               "granules_model": settings.model("granules"),
-                               "max_window": settings.max_window, "halo": settings.halo,
-                               "batch_size": settings.batch_size,
-                               "min_granule_nm": settings.min_granule_nm,
-                               "memory_budget_bytes": settings.memory_budget_bytes}
+    job = loaded.job
+    kwargs = {"locations_model": settings.model("locations"), "granules_model": settings.model("granules"),
+              "options": settings.options}
     if loaded.micrograph is None:
         px = job.pixel_size_nm if job.pixel_size_nm is not None else settings.pixel_size_nm
         return segment_large(job.path, settings.out_dir, name=job.name, pixel_size_nm=px,
                              force_pixel_size=settings.force_pixel_size, **kwargs), True
-    gen = segment_micrograph_iter(loaded.micrograph, mode=settings.mode, **kwargs)
-    return run_to_completion(gen), False
+    return run_to_completion(segment_micrograph_iter(loaded.micrograph, **kwargs)), False
 
 
 def output_paths(name: str, measure: dict[str, Any]) -> dict[str, str]:

@@ -81,9 +81,9 @@ from .measure import (
     format_seed_densities,
     measure_labels,
 )
-from .models import PRECISIONS, SegmentationModel, WeightsError
+from .models import SegmentationModel, WeightsError
+from .options import SegmentOptions
 from .progress import run_to_completion
-from .segment import MIN_GRANULE_NM, MODES
 
 logger = logging.getLogger(__name__)
 
@@ -313,13 +313,6 @@ def _check_measure(measure_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise BatchError(f"measure_kwargs: unknown or batch-set option(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(allowed))}")
     return measure
-
-
-def _check_options(mode: str, halo: int, batch_size: int) -> None:
-    if mode not in MODES:
-        raise BatchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if int(batch_size) < 1 or int(halo) < 0:
-        raise BatchError(f"batch_size must be >= 1 and halo >= 0, got {batch_size} and {halo}")
 
 
 def _check_models_for_workers(settings: ImageSettings) -> ImageSettings:
@@ -611,14 +604,14 @@ class _Run:
     def set_weights(self, hashes: dict[str, str]) -> None:
         from .. import __version__
 
-        s = self.settings
-        self.common = {"version": __version__, "mode": s.mode, "pixel_size_nm": s.pixel_size_nm,
-                       "force_pixel_size": s.force_pixel_size, "max_window": s.max_window,
-                       "halo": s.halo, "min_granule_nm": s.min_granule_nm,
-                       "precision": s.precision, "jit": s.jit,
+        s, o = self.settings, self.settings.options
+        self.common = {"version": __version__, "mode": o.mode, "pixel_size_nm": s.pixel_size_nm,
+                       "force_pixel_size": s.force_pixel_size, "max_window": o.max_window,
+                       "halo": o.halo, "min_granule_nm": o.min_granule_nm,
+                       "precision": o.precision, "jit": o.jit,
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
-        if s.granule_threshold is not None:  # (absent otherwise: earlier runs' hashes stay valid)
-            self.common["granule_threshold"] = s.granule_threshold
+        if o.granule_threshold is not None:  # (absent otherwise: earlier runs' hashes stay valid)
+            self.common["granule_threshold"] = o.granule_threshold
         self.manifest.settings = self.common
         for kind, digest in hashes.items():
             self.result.models.setdefault(kind, {})["weights_sha256"] = digest
@@ -749,7 +742,7 @@ def batch_iter(
     inputs: PathLike | Iterable[PathLike],
     out_dir: PathLike,
     *,
-    mode: str = "auto",
+    options: SegmentOptions | None = None,
     locations_model: SegmentationModel | PathLike | None = None,
     granules_model: SegmentationModel | PathLike | None = None,
     pixel_size_nm: float | None = None,
@@ -758,14 +751,7 @@ def batch_iter(
     seed_tables: bool | str | os.PathLike = False,
     scheduler: str | Any | None = None,
     overwrite: bool = False,
-    max_window: int | None = None,
-    halo: int = 128,
-    batch_size: int = 1,
-    min_granule_nm: float | None = MIN_GRANULE_NM,
-    memory_budget_bytes: int | None = None,
-    precision: str = "float32",
-    jit: bool = False,
-    granule_threshold: float | None = None,
+    **option_fields: Any,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
 
@@ -776,10 +762,15 @@ def batch_iter(
         lists with a ``path`` column (relative to the CSV) and optionally ``pixel_size_nm``.
     out_dir : path-like
         Output folder (see the module docstring for its layout).
-    mode, pixel_size_nm, force_pixel_size, max_window, halo, batch_size, min_granule_nm
-        As :func:`~.segment.segment_micrograph_iter` / :func:`~.io.read_micrograph`. A TIFF
-        whose in-memory segmentation would not fit ``memory_budget_bytes`` is segmented by tiles
-        from a memory map (:func:`~.montage.segment_large_iter`).
+    options, **option_fields : SegmentOptions and its fields
+        How to segment, as :func:`~.segment.segment_micrograph_iter` (mode, windows, speck
+        removal, memory budget, precision, compilation, granule threshold). A TIFF whose in-memory
+        segmentation would not fit the memory budget is segmented by tiles from a memory map
+        (:func:`~.montage.segment_large_iter`). The memory budget defaults to half the available
+        memory, divided among local worker processes. Everything but ``batch_size`` and the
+        memory budget is recorded in the settings hash.
+    pixel_size_nm, force_pixel_size
+        As :func:`~.io.read_micrograph`.
     locations_model, granules_model : SegmentationModel or path, optional
         Models or weight files (bundled defaults when None). With a Dask scheduler: paths only.
     measure_kwargs : mapping, optional
@@ -792,15 +783,6 @@ def batch_iter(
         Where to run (see the module docstring).
     overwrite : bool
         Redo every micrograph, and replace outputs that no batch run recorded.
-    memory_budget_bytes : int, optional
-        Memory one micrograph may use; default half the available memory (divided among local
-        worker processes).
-    precision, jit
-        Compute precision and compilation of the networks (see
-        :meth:`~.models.SegmentationModel.for_inference`); recorded in the settings hash.
-    granule_threshold : float, optional
-        Granule where its calibrated probability is at least this (default: the arg-max, 0.5);
-        see :meth:`~.models.SegmentationModel.with_threshold`.
 
     Yields
     ------
@@ -817,24 +799,22 @@ def batch_iter(
         Bad inputs, options, scheduler or output folder (before any work).
     """
     spec = parse_scheduler(scheduler)
-    _check_options(mode, halo, batch_size)
+    try:
+        opts = SegmentOptions.merged(options, **option_fields)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from None
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     jobs = _jobs(expand_inputs(items))
     if not jobs:
         raise BatchError("no micrographs given")
     out = _output_folder(out_dir)
-    if granule_threshold is not None and not 0 < granule_threshold < 1:
-        raise BatchError(f"the granule threshold must lie between 0 and 1, got {granule_threshold}")
-    settings = ImageSettings(str(out.resolve()), mode, locations_model, granules_model, pixel_size_nm,
-                             force_pixel_size, max_window, halo, batch_size, min_granule_nm,
-                             _check_measure(measure_kwargs), memory_budget_bytes, precision, bool(jit),
-                             granule_threshold)
-    if precision not in PRECISIONS:
-        raise BatchError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    settings = ImageSettings(str(out.resolve()), opts, locations_model, granules_model, pixel_size_nm,
+                             force_pixel_size, _check_measure(measure_kwargs))
     if spec is not None:
         settings = _check_models_for_workers(settings)
-        if spec[0] == "processes" and memory_budget_bytes is None and available_memory_bytes():
-            settings = replace(settings, memory_budget_bytes=available_memory_bytes() // (2 * spec[1]))
+        if spec[0] == "processes" and opts.memory_budget_bytes is None and available_memory_bytes():
+            budget = available_memory_bytes() // (2 * spec[1])
+            settings = replace(settings, options=replace(opts, memory_budget_bytes=budget))
     with _exclusive(out), contextlib.ExitStack() as stack:
         remove_stale_temporaries(out)
         run = _Run(out, jobs, settings, overwrite)

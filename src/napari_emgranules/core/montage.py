@@ -30,6 +30,7 @@ import os
 import secrets
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -38,19 +39,19 @@ from .io import (  # _resolve_pixel_size: the same pixel-size rules as read_micr
     MicrographError,
     _resolve_pixel_size,
     atomic_output,
-    available_memory_bytes,
     metadata_pixel_size_nm,
 )
 from .models import MULTIPLE, SegmentationModel, reduce_scores
+from .options import SegmentOptions
 from .progress import run_to_completion
 from .resample import model_grid_shape, resample_rows, upsample_argmax_rows
 from .segment import (
     _BYTES_PER_PIXEL,
-    MIN_GRANULE_NM,
     SegmentationResult,
     SegmentProgress,
     _resolve_model,
     input_scaler,
+    memory_budget,
     remove_small_objects,
 )
 from .tiling import TilePlan
@@ -307,13 +308,10 @@ def segment_large_iter(
     name: str | None = None,
     pixel_size_nm: float | None = None,
     force_pixel_size: bool = False,
+    options: SegmentOptions | None = None,
     locations_model: SegmentationModel | str | os.PathLike | None = None,
     granules_model: SegmentationModel | str | os.PathLike | None = None,
-    max_window: int | None = None,
-    halo: int = 128,
-    batch_size: int = 1,
-    min_granule_nm: float | None = MIN_GRANULE_NM,
-    memory_budget_bytes: int | None = None,
+    **option_fields: Any,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a TIFF montage by tiles into ``out_dir/locations/<name>.tif`` and ``.../granules/``.
 
@@ -331,11 +329,11 @@ def segment_large_iter(
         As :func:`~.io.read_micrograph`.
     locations_model, granules_model : SegmentationModel or path, optional
         Models or weight files; the bundled defaults when None.
-    max_window, halo, batch_size, min_granule_nm
-        As :func:`~.segment.segment_micrograph_iter` in ``tiled`` mode; ``max_window`` defaults to
-        the largest window whose pass and score band fit the memory budget.
-    memory_budget_bytes : int, optional
-        Default half the available memory.
+    options, **option_fields
+        :class:`~.options.SegmentOptions` (and fields replacing its own), as
+        :func:`~.segment.segment_micrograph_iter`; montages always run ``tiled`` whatever the mode.
+        ``max_window`` defaults to the largest window whose pass and score band fit the memory
+        budget (default half the available memory).
 
     Yields
     ------
@@ -354,12 +352,11 @@ def segment_large_iter(
     """
     p, out = Path(path), Path(out_dir)
     name = name or p.stem
-    models = {"locations": _resolve_model(locations_model, "locations"),
-              "granules": _resolve_model(granules_model, "granules")}
-    budget = memory_budget_bytes
-    if budget is None:
-        avail = available_memory_bytes()
-        budget = avail // 2 if avail else None
+    opts = SegmentOptions.merged(options, **option_fields)
+    models = {"locations": opts.prepare(_resolve_model(locations_model, "locations")),
+              "granules": opts.prepare(_resolve_model(granules_model, "granules"))}
+    budget = memory_budget(opts)
+    halo, batch_size, max_window = opts.halo, opts.batch_size, opts.max_window
     with _tiff_source(p, out) as src:
         px, source = _pixel_size(p, pixel_size_nm, force_pixel_size, models)
         shape = tuple(int(s) for s in src.shape)
@@ -378,8 +375,8 @@ def segment_large_iter(
                     done += 1
                     yield SegmentProgress(kind, step, steps[kind], done, sum(steps.values()),
                                           f"{kind}: pass {step}/{steps[kind]} (tiled, by bands)")
-                if min_granule_nm and model.card.kind == "granules":
-                    _remove_small_in_bands(dst, min_granule_nm, px)
+                if opts.speck_nm and model.card.kind == "granules":
+                    _remove_small_in_bands(dst, opts.speck_nm, px)
                 dst.flush()
                 del dst
     labels = {k: tifffile.memmap(out / k / f"{name}.tif", mode="r") for k in models}

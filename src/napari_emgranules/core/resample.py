@@ -149,7 +149,9 @@ def upsample_argmax_rows(read: Callable[[slice], np.ndarray], in_shape: tuple[in
     right = np.concatenate([coarse[:, 1:], coarse[:, -1:]], axis=1)
     diag = np.concatenate([down[:, 1:], down[:, -1:]], axis=1)
     mixed = (coarse != down) | (coarse != right) | (coarse != diag)
-    out = coarse[y0][:, x0]
+    # y0 and x0 are sorted: repeating rows and columns is the gather coarse[y0][:, x0], faster
+    out = np.repeat(np.repeat(coarse, np.bincount(y0, minlength=coarse.shape[0]), axis=0),
+                    np.bincount(x0, minlength=coarse.shape[1]), axis=1)
     ys, xs = _pixels_of_cells(np.nonzero(mixed), y0, x0)
     for k in range(0, ys.size, _CHUNK):
         yy, xx = ys[k:k + _CHUNK], xs[k:k + _CHUNK]

@@ -44,6 +44,7 @@ import numpy as np
 from .calibration import softmax_max
 from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
+from .options import MIN_GRANULE_NM, MODES, SegmentOptions
 from .progress import run_to_completion  # noqa: F401 - re-exported (older imports)
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample, upsample_argmax
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
@@ -63,9 +64,10 @@ __all__ = [
     "run_to_completion",
     "remove_small_objects",
     "MIN_GRANULE_NM",
+    "SegmentOptions",
+    "memory_budget",
 ]
 
-MODES = ("auto", "whole", "tiled", "seed")
 SEED_TILE = 1024
 # Peak memory growth per input pixel of one whole-image forward pass on the CPU: measured 175 B/px
 # (Locations) and 108 B/px (Granules) with `python benchmarks/bench_segment.py --memory`
@@ -353,15 +355,20 @@ def _choose_mode(mode: str, shape: tuple[int, int], budget: int | None, max_wind
     return "tiled", max_window
 
 
-MIN_GRANULE_NM = 8.0
-"""Default smallest granule diameter kept in the Granules label map (nm)."""
+def memory_budget(options: SegmentOptions) -> int | None:
+    """The options' memory budget, or half the available memory (None when unknown)."""
+    if options.memory_budget_bytes is not None:
+        return options.memory_budget_bytes
+    avail = available_memory_bytes()
+    return avail // 2 if avail else None
 
 
 def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_nm: float,
                          background: int = 0) -> np.ndarray:
     """Set objects (8-connected, per code) smaller than a disc of ``min_diameter_nm`` to background.
 
-    Returns ``labels`` itself (changed in place) for convenience.
+    Returns ``labels`` itself (changed in place) for convenience. Only the pixels of each code are
+    visited after labelling (granules cover a few per cent of a micrograph).
     """
     from scipy import ndimage as ndi
 
@@ -373,34 +380,100 @@ def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_
     for code in codes:
         if code == background:
             continue
-        comp, n = ndi.label(labels == code, structure=np.ones((3, 3), bool))
+        mask = labels == code
+        comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
         if not n:
             continue
-        small = np.bincount(comp.ravel()) < min_px
+        where = np.flatnonzero(mask)
+        ids = comp.reshape(-1)[where]
+        small = np.bincount(ids, minlength=n + 1) < min_px
         small[0] = False
         if small.any():
-            labels[small[comp]] = background
+            drop = where[small[ids]]
+            if labels.flags.c_contiguous:
+                labels.reshape(-1)[drop] = background
+            else:
+                labels[np.unravel_index(drop, labels.shape)] = background
     return labels
+
+
+def _read(image, pixel_size_nm: float | None) -> Micrograph:
+    if isinstance(image, (str, os.PathLike)):
+        return read_micrograph(Path(image), pixel_size_nm)
+    return as_micrograph(image, pixel_size_nm)
+
+
+def _models_to_run(models, kinds, locations_model, granules_model,
+                   options: SegmentOptions) -> dict[str, SegmentationModel]:
+    """The models by result name, loaded and prepared for the options (precision, threshold)."""
+    if models is not None:
+        if not models:
+            raise ValueError("models must name at least one model")
+        loaded = {k: m if isinstance(m, SegmentationModel) else load_model(m) for k, m in models.items()}
+    else:
+        unknown = set(kinds) - {"locations", "granules"}
+        if unknown or not kinds:
+            raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
+        loaded = {k: _resolve_model(locations_model if k == "locations" else granules_model, k)
+                  for k in kinds}
+    return {k: options.prepare(m) for k, m in loaded.items()}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one model runs on one micrograph: its grid, windows and number of passes."""
+
+    shape: tuple[int, int]
+    tiles: TilePlan | None
+    steps: int
+
+
+def _plan(micrograph: Micrograph, model: SegmentationModel, mode: str, window: int,
+          options: SegmentOptions, kind: str) -> _Plan:
+    shape = model_grid_shape(micrograph.shape, micrograph.pixel_size_nm / model.card.pixel_size_nm)
+    if mode == "tiled":
+        tiles = TilePlan.for_image(shape, window, options.halo, MULTIPLE)
+        return _Plan(shape, tiles, -(-tiles.n_windows // options.batch_size))
+    if mode == "seed":
+        if shape != micrograph.shape:
+            logger.info("seed mode: the image (%g nm/px) is resampled to the %s model's %g nm/px "
+                        "before it is cut into %d px tiles", micrograph.pixel_size_nm, kind,
+                        model.card.pixel_size_nm, SEED_TILE)
+        return _Plan(shape, None, -(-len(seed_tile_origins(shape, SEED_TILE)) // options.batch_size))
+    return _Plan(shape, None, 1)
+
+
+def _labels_of(model: SegmentationModel, x: np.ndarray, image_shape: tuple[int, int], plan: _Plan,
+               mode: str, options: SegmentOptions, confidence: bool):
+    """One model's label map (and confidence) at the micrograph's grid from its input ``x`` on the
+    model's grid; yields once per forward pass."""
+    other_grid = plan.shape != image_shape
+    want_scores = other_grid and mode != "seed"
+    if mode == "whole":
+        lab, cf = yield from _predict_whole(model, x, want_scores, confidence)
+    elif mode == "tiled":
+        lab, cf = yield from _predict_tiled(model, x, plan.tiles, options.batch_size, want_scores)
+    else:
+        lab, cf = yield from _predict_seed(model, x, options.batch_size, confidence)
+    if want_scores:  # class scores on the model's grid: exact arg-max of their upsampling
+        lab = upsample_argmax(lab, image_shape)
+        cf = None if cf is None or not confidence else resample(cf, image_shape)
+    elif other_grid:  # seed mode at another pixel size: labels back by nearest neighbour
+        lab, cf = (None if a is None else _nearest(a, image_shape) for a in (lab, cf))
+    return lab, (cf.astype(np.float32, copy=False) if confidence else None)
 
 
 def segment_micrograph_iter(
     image: np.ndarray | Micrograph | str | os.PathLike,
     pixel_size_nm: float | None = None,
     *,
-    mode: str = "auto",
+    options: SegmentOptions | None = None,
     locations_model: SegmentationModel | str | os.PathLike | None = None,
     granules_model: SegmentationModel | str | os.PathLike | None = None,
     kinds: tuple[str, ...] = ("locations", "granules"),
     models: Mapping[str, SegmentationModel | str | os.PathLike] | None = None,
     confidence: bool = False,
-    max_window: int | None = None,
-    halo: int = 128,
-    batch_size: int = 1,
-    memory_budget_bytes: int | None = None,
-    min_granule_nm: float | None = MIN_GRANULE_NM,
-    precision: str = "float32",
-    jit: bool = False,
-    granule_threshold: float | None = None,
+    **option_fields: Any,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a micrograph with the Locations and Granules models, yielding progress.
 
@@ -412,8 +485,9 @@ def segment_micrograph_iter(
     pixel_size_nm : float, optional
         The image's pixel size, used when the file's metadata has none (arrays: always).
         Defaults to the finest pixel size of the models used (0.8 nm for the Granules model).
-    mode : {"auto", "whole", "tiled", "seed"}
-        See the module docstring.
+    options : SegmentOptions, optional
+        How to segment (mode, windows, speck removal, memory budget, precision, compilation,
+        granule threshold); the defaults when None.
     locations_model, granules_model : SegmentationModel or path, optional
         Models or weight files; the bundled defaults when None.
     kinds : tuple of str
@@ -422,146 +496,66 @@ def segment_micrograph_iter(
         Run these models instead (any kind, e.g. a user's own task): replaces the two model
         arguments and ``kinds``; results are keyed by the mapping's names.
     confidence : bool
-        Also return each model's per-pixel confidence (max softmax probability).
-    max_window, halo : int
-        Largest window side and minimum context for ``tiled`` (multiples of 128). ``max_window``
-        defaults to the largest multiple of 128 up to 4096 that fits the memory budget.
-    batch_size : int
-        Windows per forward pass (``tiled``, ``seed``).
-    min_granule_nm : float or None
-        Granules-model objects (8-connected) smaller than a disc of this diameter are returned
-        as background: specks of a few pixels that no glycogen particle (10-45 nm) makes.
-        Default 8 nm; None keeps the raw model output.
-    memory_budget_bytes : int, optional
-        Memory ``auto`` may plan for; default half the available memory.
+        Also return each model's per-pixel confidence (max calibrated softmax probability).
+    **option_fields
+        Fields of :class:`SegmentOptions` (``mode="whole"``, ``batch_size=4``, ...), replacing
+        those of ``options``.
 
     Yields
     ------
     SegmentProgress
         After every forward pass.
 
-    precision : {"float32", "bfloat16", "float16"}
-        Compute precision (:meth:`SegmentationModel.for_inference`): the lower ones are for GPUs
-        with tensor cores; labels agree with float32 but for near-tie pixels.
-    jit : bool
-        Compile the networks (XLA / ``jax.jit``); pays off over many images of one size.
-    granule_threshold : float, optional
-        Label a granule where the Granules model's calibrated probability is at least this
-        (default: the arg-max, i.e. 0.5); :meth:`SegmentationModel.with_threshold`.
-
     Returns
     -------
     SegmentationResult
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if int(batch_size) < 1 or int(halo) < 0:
-        raise ValueError(f"batch_size must be >= 1 and halo >= 0, got {batch_size} and {halo}")
-    if max_window is not None and (max_window < 2 * MULTIPLE or max_window % MULTIPLE):
-        raise ValueError(f"max_window must be a multiple of {MULTIPLE} of at least "
-                         f"{2 * MULTIPLE}, got {max_window}")
-    if models is not None:
-        if not models:
-            raise ValueError("models must name at least one model")
-        kinds = tuple(models)
-    else:
-        unknown = set(kinds) - {"locations", "granules"}
-        if unknown or not kinds:
-            raise ValueError(f"kinds must name 'locations' and/or 'granules', got {kinds!r}")
-    if isinstance(image, (str, os.PathLike)):
-        micrograph = read_micrograph(Path(image), pixel_size_nm)
-    else:
-        micrograph = as_micrograph(image, pixel_size_nm)
-    if models is not None:
-        models = {k: m if isinstance(m, SegmentationModel) else load_model(m) for k, m in models.items()}
-    else:
-        models = {
-            k: _resolve_model(locations_model if k == "locations" else granules_model, k)
-            for k in kinds
-        }
-    models = {k: m.for_inference(precision, jit) for k, m in models.items()}
-    models = {k: m.with_threshold(granule_threshold) if m.card.kind == "granules" else m
-              for k, m in models.items()}
+    opts = SegmentOptions.merged(options, **option_fields)
+    micrograph = _read(image, pixel_size_nm)
+    models = _models_to_run(models, kinds, locations_model, granules_model, opts)
     if micrograph.pixel_size_source == "model":
         # "the model's pixel size": an image of unknown scale is taken to be at the finest pixel
         # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
         micrograph = replace(micrograph, pixel_size_nm=min(m.card.pixel_size_nm
                                                            for m in models.values()))
-    budget = memory_budget_bytes
-    if budget is None:
-        avail = available_memory_bytes()
-        budget = avail // 2 if avail else None
-    resolved, window = _choose_mode(mode, micrograph.shape, budget, max_window, batch_size)
-    inputs = {scaling: input_scaler(micrograph.data, scaling)(micrograph.data)
+    mode, window = _choose_mode(opts.mode, micrograph.shape, memory_budget(opts), opts.max_window,
+                                opts.batch_size)
+    plans = {kind: _plan(micrograph, model, mode, window, opts, kind) for kind, model in models.items()}
+    scaled = {scaling: input_scaler(micrograph.data, scaling)(micrograph.data)
               for scaling in {m.card.input_scaling for m in models.values()}}
-    notes: list[str] = []
-    plans: dict[str, tuple[tuple[int, int], TilePlan | None, int]] = {}
-    for kind, model in models.items():
-        shape = model_grid_shape(micrograph.shape, micrograph.pixel_size_nm / model.card.pixel_size_nm)
-        if resolved == "seed" and shape != micrograph.shape:
-            logger.info("seed mode: the image (%g nm/px) is resampled to the %s model's %g nm/px "
-                        "before it is cut into %d px tiles", micrograph.pixel_size_nm, kind,
-                        model.card.pixel_size_nm, SEED_TILE)
-        plan = None
-        if resolved == "tiled":
-            plan = TilePlan.for_image(shape, window, halo, MULTIPLE)
-            steps = -(-plan.n_windows // batch_size)
-        elif resolved == "seed":
-            steps = -(-len(seed_tile_origins(shape, SEED_TILE)) // batch_size)
-        else:
-            steps = 1
-        plans[kind] = (shape, plan, steps)
-    total = sum(p[2] for p in plans.values())
-    done = 0
+    on_grid: dict[tuple, np.ndarray] = {}  # both models often share a grid and a scaling
+    total, done = sum(p.steps for p in plans.values()), 0
     labels: dict[str, np.ndarray] = {}
     confs: dict[str, np.ndarray] = {}
-    resampled: dict[tuple, np.ndarray] = {}  # both models usually share a pixel size
     for kind, model in models.items():
-        shape, plan, steps = plans[kind]
-        scaling = model.card.input_scaling
-        other_grid = shape != micrograph.shape
-        if other_grid and (shape, scaling) not in resampled:
-            resampled[shape, scaling] = resample(inputs[scaling], shape)
-        xin = resampled[shape, scaling] if other_grid else inputs[scaling]
-        want_scores = other_grid and resolved != "seed"
-        if resolved == "whole":
-            gen = _predict_whole(model, xin, want_scores, confidence)
-        elif resolved == "tiled":
-            gen = _predict_tiled(model, xin, plan, batch_size, want_scores)
-        else:
-            gen = _predict_seed(model, xin, batch_size, confidence)
+        plan, scaling = plans[kind], model.card.input_scaling
+        key = (plan.shape, scaling)
+        if key not in on_grid:
+            on_grid[key] = resample(scaled[scaling], plan.shape)
+        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts, confidence)
         step = 0
         while True:
             try:
-                next(gen)
+                next(passes)
             except StopIteration as stop:
-                out = stop.value
+                lab, cf = stop.value
                 break
-            step += 1
-            done += 1
-            yield SegmentProgress(kind, step, steps, done, total,
-                                  f"{kind}: pass {step}/{steps} ({resolved})")
-        lab, cf = out
-        del out
-        if want_scores:  # class scores on the model's grid: exact arg-max of their upsampling
-            lab = upsample_argmax(lab, micrograph.shape)
-            cf = None if cf is None else resample(cf, micrograph.shape)
-        elif other_grid:  # seed mode at another pixel size: labels back by nearest neighbour
-            lab, cf = (None if a is None else _nearest(a, micrograph.shape) for a in (lab, cf))
-        if min_granule_nm and model.card.kind == "granules":
-            lab = remove_small_objects(lab, min_granule_nm, micrograph.pixel_size_nm)
+            step, done = step + 1, done + 1
+            yield SegmentProgress(kind, step, plan.steps, done, total,
+                                  f"{kind}: pass {step}/{plan.steps} ({mode})")
+        if opts.speck_nm and model.card.kind == "granules":
+            lab = remove_small_objects(lab, opts.speck_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
         if confidence:
-            confs[kind] = cf.astype(np.float32, copy=False)
+            confs[kind] = cf
     return SegmentationResult(
         labels=labels,
         confidence=confs,
         pixel_size_nm=micrograph.pixel_size_nm,
         pixel_size_source=micrograph.pixel_size_source,
-        mode=resolved,
+        mode=mode,
         models={k: m.card for k, m in models.items()},
         name=micrograph.name,
-        notes=notes,
     )
 
 
