@@ -154,6 +154,46 @@ def test_rerun_skips_unchanged_rewrites_nothing_and_redoes_a_changed_input(tmp_p
     assert redone.done == ["cell0", "cell1", "cell2"]
 
 
+def test_a_threshold_sweep_measures_each_threshold_from_one_forward_pass(serial_run, tmp_path):
+    folder, plain = serial_run
+    out = tmp_path / "sweep"
+    swept = batch(folder, out, granule_thresholds=[0.85, 0.3, 0.5, 0.85])
+    assert swept.done == plain.done and not swept.failures
+    for kind in KINDS:  # the label maps stay the arg-max ones
+        for name in plain.done:
+            np.testing.assert_array_equal(read_labels(out / kind / f"{name}.tif"),
+                                          read_labels(plain.out_dir / kind / f"{name}.tif"))
+    pd.testing.assert_frame_equal(swept.regions, plain.regions, check_dtype=False, rtol=1e-12)
+    tables = {t: read_table(out / f"regions.t{t}.csv") for t in (0.3, 0.5, 0.85)}
+    assert set(tables) == {0.3, 0.5, 0.85} and not (out / "regions.t0.85.0.csv").exists()
+    for t, table in tables.items():
+        assert set(table["granule_threshold"]) == {t}
+        assert len(read_table(out / f"particles.t{t}.csv")) == \
+            sum(len(read_table(p)) for p in (out / "tables").glob(f"*.particles.t{t}.csv"))
+    # 0.5 is the arg-max: the same numbers as the main table (but for exact ties)
+    np.testing.assert_allclose(tables[0.5]["granule_px"], plain.regions["granule_px"], atol=2)
+    # a higher threshold labels a subset: granule pixels never grow with the threshold
+    assert (tables[0.3]["granule_px"].to_numpy() >= tables[0.5]["granule_px"].to_numpy()).all()
+    assert (tables[0.5]["granule_px"].to_numpy() >= tables[0.85]["granule_px"].to_numpy()).all()
+    # ... and 0.85 measures what a run at --granule-threshold 0.85 labels (in the graph)
+    single = batch(folder, tmp_path / "single", granule_threshold=0.85)
+    np.testing.assert_allclose(tables[0.85]["granule_px"], single.regions["granule_px"], atol=2)
+    assert batch(folder, out, granule_thresholds=[0.3, 0.5, 0.85]).skipped == plain.done  # unchanged
+    assert batch(folder, out, granule_thresholds=[0.3]).done == plain.done  # another sweep: redone
+
+
+@pytest.mark.parametrize("values, match", [([0.5, 1.0], "between 0 and 1"), (["x"], "numbers"),
+                                           ([0], "between 0 and 1")])
+def test_bad_threshold_sweeps_are_refused_before_anything_is_written(tmp_path, values, match):
+    _micrographs(tmp_path / "in", [0])
+    with pytest.raises(BatchError, match=match):
+        batch(tmp_path / "in", tmp_path / "out", granule_thresholds=values)
+    assert not (tmp_path / "out").exists()
+    assert cli(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                "--granule-thresholds", "0.3,high"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
 # -------------------------------------------------------------------------------------------------
 # failures
 # -------------------------------------------------------------------------------------------------

@@ -24,6 +24,16 @@ def _measure_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _thresholds(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--granule-thresholds {text!r}: give probabilities separated by commas, "
+                       "e.g. 0.3,0.5,0.85") from None
+
+
 def _models_note(models: dict) -> str | None:
     untrained = sorted(k for k, m in models.items() if m.get("trained") is False)
     if not untrained:
@@ -45,7 +55,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         args.inputs, out, options=segment_options(args), locations_model=args.locations_weights,
         granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
-        seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite)
+        seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
+        granule_thresholds=_thresholds(args.granule_thresholds))
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
             bar.total = event.total
@@ -77,6 +88,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="'processes:N' (a local Dask cluster of N worker processes) or "
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
+    bat.add_argument("--granule-thresholds", metavar="P,P,...",
+                     help="also measure with each of these granule probability thresholds, from the "
+                          "same forward pass: regions.t<P>.csv and particles.t<P>.csv (and per "
+                          "image in tables/); the label maps stay those of --granule-threshold")
     bat.add_argument("--tile-size", "--tile", dest="tile", type=int, default=0, metavar="PX",
                      help="also measure each seed tile of this side, e.g. 1024 (rows in the tables; "
                           "the seed tables then list tiles)")

@@ -16,9 +16,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .io import Micrograph, file_sha256, read_micrograph, write_labels
 from .measure import measure_segmentation, write_csv
@@ -26,7 +28,13 @@ from .models import SegmentationModel
 from .montage import segment_large, tiled_bytes_per_pixel
 from .options import SegmentOptions
 from .progress import run_to_completion
-from .segment import SegmentationResult, _resolve_model, memory_budget, segment_micrograph_iter
+from .segment import (
+    SegmentationResult,
+    _resolve_model,
+    memory_budget,
+    remove_small_objects,
+    segment_micrograph_iter,
+)
 
 __all__ = ["ImageJob", "ImageSettings", "model_info", "process_image", "IMAGE_ERRORS"]
 
@@ -61,6 +69,7 @@ class ImageSettings:
     pixel_size_nm: float | None = None
     force_pixel_size: bool = False
     measure: dict[str, Any] = field(default_factory=dict)
+    granule_thresholds: tuple[float, ...] = ()
 
     def model(self, kind: str) -> SegmentationModel:
         """The loaded model of ``kind`` prepared for the run's options (precision, granule
@@ -150,23 +159,60 @@ def load_image(job: ImageJob, settings: ImageSettings) -> Loaded:
 
 
 def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[SegmentationResult, bool]:
-    """Both label maps; ``True`` second when they were written by tiles already (large montage)."""
-    job = loaded.job
-    kwargs = {"locations_model": settings.model("locations"), "granules_model": settings.model("granules"),
-              "options": settings.options}
+    """Both label maps; ``True`` second when they were written by tiles already (large montage).
+
+    With ``granule_thresholds`` the Granules model's arg-max labels come with the calibrated
+    granule probability (``result.confidence["granules"]`` holds it, before speck removal), so
+    :func:`finish_image` can label every threshold from this one forward pass.
+    """
+    job, sweep = loaded.job, bool(settings.granule_thresholds)
+    models = {"locations_model": settings.model("locations"), "granules_model": settings.model("granules")}
     if loaded.micrograph is None:
+        if sweep:
+            raise ValueError(f"{job.path}: a granule threshold sweep needs the micrograph in memory; "
+                             "this one is segmented by tiles (too large): give one --granule-threshold")
         px = job.pixel_size_nm if job.pixel_size_nm is not None else settings.pixel_size_nm
         return segment_large(job.path, settings.out_dir, name=job.name, pixel_size_nm=px,
-                             force_pixel_size=settings.force_pixel_size, **kwargs), True
-    return run_to_completion(segment_micrograph_iter(loaded.micrograph, **kwargs)), False
+                             force_pixel_size=settings.force_pixel_size, options=settings.options,
+                             **models), True
+    if not sweep:
+        gen = segment_micrograph_iter(loaded.micrograph, options=settings.options, **models)
+        return run_to_completion(gen), False
+    raw = replace(settings.options, granule_threshold=None, min_granule_nm=None)
+    models["granules_model"] = raw.prepare(models["granules_model"])
+    result = run_to_completion(segment_micrograph_iter(
+        loaded.micrograph, options=raw, confidence=True, **models))
+    labels, conf = result.labels["granules"], result.confidence.pop("granules")
+    probability = np.where(labels == 1, conf, np.float32(1) - conf)  # of a granule (two classes)
+    result.confidence = {"granules": probability}
+    threshold = settings.options.granule_threshold
+    if threshold is not None:
+        result.labels["granules"] = (probability >= threshold).astype(np.uint8)
+    _remove_specks(result.labels["granules"], settings, result.pixel_size_nm)
+    return result, False
 
 
-def output_paths(name: str, measure: dict[str, Any]) -> dict[str, str]:
+def _remove_specks(labels: np.ndarray, settings: ImageSettings, pixel_size_nm: float) -> np.ndarray:
+    if settings.options.speck_nm:
+        remove_small_objects(labels, settings.options.speck_nm, pixel_size_nm)
+    return labels
+
+
+def threshold_key(threshold: float) -> str:
+    """How a swept threshold names its tables: ``t0.85`` (``tables/<name>.regions.t0.85.csv``)."""
+    return f"t{threshold:g}"
+
+
+def output_paths(name: str, measure: dict[str, Any], thresholds: tuple[float, ...] = ()) -> dict[str, str]:
     """Per-image outputs, relative to the output folder."""
     paths = {"locations": f"locations/{name}.tif", "granules": f"granules/{name}.tif",
              "regions": f"tables/{name}.regions.csv", "particles": f"tables/{name}.particles.csv"}
     if measure.get("z_disks"):
         paths["z_disks"] = f"tables/{name}.zdisks.csv"
+    for t in thresholds:
+        key = threshold_key(t)
+        paths[f"regions.{key}"] = f"tables/{name}.regions.{key}.csv"
+        paths[f"particles.{key}"] = f"tables/{name}.particles.{key}.csv"
     return paths
 
 
@@ -174,7 +220,7 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
                  settings: ImageSettings) -> dict[str, Any]:
     """Write the label maps (unless ``written``), measure, write the tables; the outcome record."""
     job, out = loaded.job, Path(settings.out_dir)
-    rel = output_paths(job.name, settings.measure)
+    rel = output_paths(job.name, settings.measure, settings.granule_thresholds)
     if not written:
         for kind in KINDS:
             write_labels(out / rel[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
@@ -183,6 +229,16 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
     write_csv(m.particles, out / rel["particles"], overwrite=True)
     if "z_disks" in rel:
         write_csv(m.z_disks, out / rel["z_disks"], overwrite=True)
+    for t in settings.granule_thresholds:  # one forward pass, a table per threshold
+        probability = result.confidence["granules"]
+        granules = _remove_specks((probability >= t).astype(np.uint8), settings, result.pixel_size_nm)
+        swept = measure_segmentation(replace(result, labels={**result.labels, "granules": granules}),
+                                     path=job.path, **settings.measure)
+        key = threshold_key(t)
+        write_csv(swept.tables().assign(granule_threshold=t), out / rel[f"regions.{key}"],
+                  overwrite=True)
+        write_csv(swept.particles.assign(granule_threshold=t), out / rel[f"particles.{key}"],
+                  overwrite=True)
     return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,
             "output_bytes": {k: os.path.getsize(out / v) for k, v in rel.items()},
             "mode": result.mode, "large": written, "pixel_size_nm": result.pixel_size_nm,

@@ -69,6 +69,7 @@ from ._batch_image import (
     output_paths,
     process_image,
     segment_image,
+    threshold_key,
 )
 from .io import MICROGRAPH_SUFFIXES, available_memory_bytes, file_sha256
 from .measure import (
@@ -313,6 +314,20 @@ def _check_measure(measure_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise BatchError(f"measure_kwargs: unknown or batch-set option(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(allowed))}")
     return measure
+
+
+def _check_thresholds(values: Iterable[float] | None) -> tuple[float, ...]:
+    """The swept granule thresholds, sorted and without repeats; each strictly between 0 and 1."""
+    if values is None:
+        return ()
+    try:
+        out = sorted({float(v) for v in values})
+    except (TypeError, ValueError):
+        raise BatchError(f"granule thresholds must be numbers between 0 and 1, got {values!r}") from None
+    bad = [v for v in out if not 0 < v < 1]
+    if bad:
+        raise BatchError(f"granule thresholds must lie between 0 and 1, got {', '.join(map(str, bad))}")
+    return tuple(out)
 
 
 def _check_models_for_workers(settings: ImageSettings) -> ImageSettings:
@@ -612,6 +627,8 @@ class _Run:
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
         if o.granule_threshold is not None:  # (absent otherwise: earlier runs' hashes stay valid)
             self.common["granule_threshold"] = o.granule_threshold
+        if s.granule_thresholds:
+            self.common["granule_thresholds"] = list(s.granule_thresholds)
         self.manifest.settings = self.common
         for kind, digest in hashes.items():
             self.result.models.setdefault(kind, {})["weights_sha256"] = digest
@@ -621,7 +638,8 @@ class _Run:
 
     # -- planning ------------------------------------------------------------------------------
     def _existing_outputs(self, name: str) -> list[str]:
-        return [str(self.out / rel) for rel in output_paths(name, self.settings.measure).values()
+        return [str(self.out / rel) for rel in output_paths(name, self.settings.measure,
+                                                           self.settings.granule_thresholds).values()
                 if (self.out / rel).exists()]
 
     def _classify(self, job: ImageJob) -> tuple[str, str]:
@@ -695,6 +713,12 @@ class _Run:
         for kind, columns in (("regions", REGION_COLUMNS), ("particles", PARTICLE_COLUMNS)):
             paths[kind] = _concat_csv([tables / f"{n}.{kind}.csv" for n in names],
                                       self.out / COMBINED[kind], columns)
+        for t in self.settings.granule_thresholds:
+            key = threshold_key(t)
+            for kind, columns in (("regions", REGION_COLUMNS), ("particles", PARTICLE_COLUMNS)):
+                paths[f"{kind}.{key}"] = _concat_csv(
+                    [tables / f"{n}.{kind}.{key}.csv" for n in names], self.out / f"{kind}.{key}.csv",
+                    [*columns, "granule_threshold"])
         if self.settings.measure.get("z_disks"):
             paths["z_disks"] = _concat_csv([tables / f"{n}.zdisks.csv" for n in names],
                                            self.out / COMBINED["z_disks"], Z_COLUMNS)
@@ -751,6 +775,7 @@ def batch_iter(
     seed_tables: bool | str | os.PathLike = False,
     scheduler: str | Any | None = None,
     overwrite: bool = False,
+    granule_thresholds: Iterable[float] | None = None,
     **option_fields: Any,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
@@ -783,6 +808,11 @@ def batch_iter(
         Where to run (see the module docstring).
     overwrite : bool
         Redo every micrograph, and replace outputs that no batch run recorded.
+    granule_thresholds : iterable of float, optional
+        Also measure with each of these granule probability thresholds, from the same forward pass:
+        ``tables/<name>.regions.t<P>.csv`` (and particles) per micrograph and ``regions.t<P>.csv``
+        combined, with a ``granule_threshold`` column. The label maps and the main tables stay
+        those of ``granule_threshold`` (default the arg-max). Micrographs in memory only.
 
     Yields
     ------
@@ -803,13 +833,14 @@ def batch_iter(
         opts = SegmentOptions.merged(options, **option_fields)
     except ValueError as exc:
         raise BatchError(str(exc)) from None
+    thresholds = _check_thresholds(granule_thresholds)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     jobs = _jobs(expand_inputs(items))
     if not jobs:
         raise BatchError("no micrographs given")
     out = _output_folder(out_dir)
     settings = ImageSettings(str(out.resolve()), opts, locations_model, granules_model, pixel_size_nm,
-                             force_pixel_size, _check_measure(measure_kwargs))
+                             force_pixel_size, _check_measure(measure_kwargs), thresholds)
     if spec is not None:
         settings = _check_models_for_workers(settings)
         if spec[0] == "processes" and opts.memory_budget_bytes is None and available_memory_bytes():
