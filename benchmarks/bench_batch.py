@@ -4,6 +4,8 @@
     python benchmarks/bench_batch.py --size 4096 --counts 1,4
     python benchmarks/bench_batch.py --montage 8192          # one montage segmented by tiles (bounded memory)
     python benchmarks/bench_batch.py --write-docs            # also update docs/benchmarks.md
+    python benchmarks/bench_batch.py --sweep 0.3,0.5,0.85 --size 4096 --counts 4 --write-docs
+                                                             # a threshold sweep vs one threshold
 
 Each configuration runs ``batch_iter`` (the code behind ``emgranules batch``) in a fresh child
 process on synthetic 16-bit micrographs listed in a CSV, into an empty output folder, with the
@@ -47,8 +49,9 @@ def child(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     times = []
+    thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
     gen = batch_iter(args.inputs, args.out, scheduler=args.scheduler or None,
-                     memory_budget_bytes=args.budget or None,
+                     memory_budget_bytes=args.budget or None, granule_thresholds=thresholds,
                      measure_kwargs={"section_nm": None} if args.vf == "none" else None)
     while True:
         try:
@@ -81,12 +84,13 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_child(inputs: Path, out: Path, scheduler: str, budget: int = 0, vf: str = "baskets") -> dict:
+def run_child(inputs: Path, out: Path, scheduler: str, budget: int = 0, vf: str = "baskets",
+              thresholds: str = "") -> dict:
     """Run one batch in a child process; its timings and the peak RSS of its process tree."""
     import psutil
 
     cmd = [sys.executable, __file__, "--child", "--inputs", str(inputs), "--out", str(out),
-           "--scheduler", scheduler, "--budget", str(budget), "--vf", vf]
+           "--scheduler", scheduler, "--budget", str(budget), "--vf", vf, "--thresholds", thresholds]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -169,6 +173,35 @@ def montage(size: int, tmp: Path) -> dict:
             "whole_estimate_mb": size * size * 200 / 2**20}
 
 
+SWEEP_BEGIN, SWEEP_END = "<!-- bench_batch:sweep:begin -->", "<!-- bench_batch:sweep:end -->"
+
+
+def sweep(size: int, n: int, thresholds: str, repeat: int, tmp: Path, command: str) -> str:
+    """A serial batch with one threshold (the arg-max) against one sweeping ``thresholds``,
+    interleaved ``repeat`` times; the median batch seconds of each and their ratio."""
+    import statistics
+
+    listing = _listing(make_inputs(tmp / "in", size, n), tmp / f"list{n}.csv")
+    times: dict[str, list[float]] = {"single": [], "sweep": []}
+    for i in range(repeat):
+        for name, values in (("single", ""), ("sweep", thresholds)):
+            r = run_child(listing, tmp / f"out-{name}-{i}", "", thresholds=values)
+            times[name].append(r["batch_s"])
+            print(f"{name} run {i + 1}: batch {r['batch_s']:.1f} s", flush=True)
+    single, swept = (statistics.median(times[k]) for k in ("single", "sweep"))
+    k = len(thresholds.split(","))
+    return "\n".join([
+        f"Command: `{command}`; {os.cpu_count()} CPU cores, Python {platform.python_version()}, Keras "
+        f"backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}; median of {repeat} interleaved runs.",
+        "", f"{n} micrographs of {size}x{size} (16-bit synthetic), serial batch, bundled models: the "
+        f"label maps and tables of the arg-max alone, against the same plus a density and particle "
+        f"table for each of {k} granule thresholds ({thresholds}) from the same forward pass "
+        "(`--granule-thresholds`).", "",
+        "| run | batch (s) | per micrograph (s) | ratio |", "|---|---:|---:|---:|",
+        f"| one threshold (arg-max) | {single:.1f} | {single / n:.2f} | 1.00 |",
+        f"| sweep of {k} thresholds | {swept:.1f} | {swept / n:.2f} | {swept / single:.2f} |"])
+
+
 def _row(r: dict) -> str:
     steady = f"{r['steady_per_s']:.2f}" if r["steady_per_s"] else ""
     return (f"| {r['scheduler']} | {r['n']} | {r['wall_s']:.1f} | {r['batch_s']:.1f} | {r['per_s']:.2f} | "
@@ -191,12 +224,12 @@ def report(rows: list[dict], size: int, command: str, big: dict | None, vf: str)
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
+def write_docs(text: str, begin: str = BEGIN, end: str = END) -> None:
     doc = DOC.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(doc):
-        raise SystemExit(f"{DOC}: no {BEGIN} ... {END} section to update")
-    DOC.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+        raise SystemExit(f"{DOC}: no {begin} ... {end} section to update")
+    DOC.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", doc))
 
 
 def main() -> None:
@@ -208,7 +241,12 @@ def main() -> None:
     parser.add_argument("--montage", type=int, default=0, metavar="SIZE", help="also one montage by tiles")
     parser.add_argument("--vf", default="baskets", choices=("baskets", "none"),
                         help="measure vf by baskets (default, as emgranules batch) or not at all")
+    parser.add_argument("--sweep", metavar="P,P,...",
+                        help="instead: a serial batch sweeping these granule thresholds against one "
+                             "with the arg-max only (N = the first of --counts)")
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved repeats (--sweep)")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--thresholds", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -220,10 +258,16 @@ def main() -> None:
         return
     counts = [int(c) for c in args.counts.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="emgranules-bench-batch-"))
+    command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
+    if args.sweep:
+        text = sweep(args.size, counts[0], args.sweep, args.repeat, tmp, command.strip())
+        print(text)
+        if args.write_docs:
+            write_docs(text, SWEEP_BEGIN, SWEEP_END)
+        return
     print("| scheduler | N | wall (s) | batch (s) | micrographs/s | steady | peak RSS (MB) |")
     rows = throughput(args.size, counts, args.schedulers.split(","), tmp, args.vf)
     big = montage(args.montage, tmp) if args.montage else None
-    command = "python benchmarks/bench_batch.py " + " ".join(sys.argv[1:])
     text = report(rows, args.size, command.strip(), big, args.vf)
     print(text)
     if args.write_docs:
