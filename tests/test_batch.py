@@ -182,6 +182,34 @@ def test_a_threshold_sweep_measures_each_threshold_from_one_forward_pass(serial_
     assert batch(folder, out, granule_thresholds=[0.3]).done == plain.done  # another sweep: redone
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kinds": ("granules",)}, "measuring needs both models"),
+    ({"kinds": ("mitochondria",), "tables": False}, "kinds must name"),
+    ({"tables": False, "granule_thresholds": [0.5]}, "sweep writes tables"),
+    ({"tables": False, "label_format": "jpg"}, "label_format"),
+])
+def test_impossible_output_choices_are_refused_before_anything_is_written(tmp_path, kwargs, match):
+    _micrographs(tmp_path / "in", [0])
+    with pytest.raises(BatchError, match=match):
+        batch(tmp_path / "in", tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_maps_only_one_model_png_and_confidence(tmp_path):
+    _micrographs(tmp_path / "in", [0, 1])
+    result = batch(tmp_path / "in", tmp_path / "out", kinds=["granules"], tables=False,
+                   label_format="png", confidence=True)
+    out = result.out_dir
+    assert result.done == ["cell0", "cell1"] and "regions" not in result.paths
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*") if p.parent != out) == [
+        "granules/cell0.png", "granules/cell1.png", "granules_confidence/cell0.tif",
+        "granules_confidence/cell1.tif"]
+    direct = segment_micrograph(tmp_path / "in" / "cell0.tif", kinds=("granules",), confidence=True)
+    np.testing.assert_array_equal(read_labels(out / "granules" / "cell0.png"), direct.granules)
+    conf = tifffile.imread(out / "granules_confidence" / "cell0.tif")
+    np.testing.assert_array_equal(conf, np.round(direct.confidence["granules"] * 65535).astype(np.uint16))
+
+
 @pytest.mark.parametrize("values, match", [([0.5, 1.0], "between 0 and 1"), (["x"], "numbers"),
                                            ([0], "between 0 and 1")])
 def test_bad_threshold_sweeps_are_refused_before_anything_is_written(tmp_path, values, match):

@@ -53,13 +53,22 @@ def summary_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if " nm/px " in line and " -> " in line]
 
 
+# what `segment` (through the core batch) writes besides the label maps: its run record
+BOOKKEEPING = {"manifest.json", "failures.csv", ".batch.lock"}
+
+
 def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """The files under ``folder`` but the batch's own bookkeeping at its top."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not (p.parent == folder and p.name in BOOKKEEPING))
 
 
 def leftovers(folder: Path) -> list[Path]:
     """Temporary or hidden files (half-written outputs) anywhere under ``folder``."""
-    return [p for p in folder.rglob("*") if p.name.startswith(".") or "tmp" in p.name.lower()]
+    return [p for p in folder.rglob("*") if p.name != ".batch.lock"
+            and (p.name.startswith(".") or "tmp" in p.name.lower())]
 
 
 def synthetic_file(path: Path, shape=(256, 320), pixel_size_nm: float | None = 0.8, seed=0,
@@ -93,6 +102,9 @@ def test_segment_exits_0_and_writes_both_label_maps(segmented):
     out = segmented["out"]
     expected = {out / kind / f"{stem}.tif" for kind in ("locations", "granules") for stem in SHAPES}
     assert set(files_under(out)) == expected
+    manifest = json.loads((out / "manifest.json").read_text())  # the batch's record: reruns skip
+    assert sorted(manifest["images"]) == sorted(SHAPES)
+    assert not (out / "regions.csv").exists() and not (out / "tables").exists()  # no measuring
     assert leftovers(out) == []
     notes = [line for line in segmented["stderr"].splitlines() if line.startswith("note:")]
     assert len(notes) == 1, segmented["stderr"]
@@ -137,8 +149,9 @@ def test_segment_with_untrained_models_says_so(tmp_path, monkeypatch):
     finally:
         models.clear_model_cache()
     assert code == 0, stderr
-    assert "[UNTRAINED models: locations, granules]" in summary_lines(stdout)[0]
-    assert any(line.startswith("note:") and "UNTRAINED" in line for line in stderr.splitlines())
+    assert len(summary_lines(stdout)) == 1
+    (note,) = [line for line in stderr.splitlines() if line.startswith("note:") and "UNTRAINED" in line]
+    assert "granules and locations" in note
 
 
 def test_segment_folder_expands_to_its_micrographs(tmp_path, write_micrograph):
@@ -256,6 +269,22 @@ def test_segment_refuses_to_overwrite_existing_outputs(tmp_path, write_micrograp
     assert read_labels(existing).shape == (256, 256)
     assert read_labels(out / "locations" / "cell.tif").shape == (256, 256)
     assert leftovers(out) == []
+
+
+def test_segment_again_skips_unchanged_micrographs_and_redoes_changed_ones(tmp_path,
+                                                                          write_micrograph):
+    image = write_micrograph("cell.tif", shape=(256, 256), seed=7)
+    out = tmp_path / "out"
+    assert run_cli("segment", image, "--out", out, "--only", "granules", "--quiet")[0] == 0
+    written = (out / "granules" / "cell.tif").stat().st_mtime_ns
+    code, stdout, stderr = run_cli("segment", image, "--out", out, "--only", "granules", "--quiet")
+    assert code == 0, stderr
+    assert "unchanged" in stdout and summary_lines(stdout) == []
+    assert (out / "granules" / "cell.tif").stat().st_mtime_ns == written
+    code, stdout, _ = run_cli("segment", image, "--out", out, "--only", "granules", "--quiet",
+                              "--min-granule", "0")  # another option: redone
+    assert code == 0 and len(summary_lines(stdout)) == 1
+    assert (out / "granules" / "cell.tif").stat().st_mtime_ns != written
 
 
 def test_segment_same_name_in_two_folders_does_not_replace_the_first(tmp_path,

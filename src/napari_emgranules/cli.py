@@ -114,105 +114,57 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 # segment
 # -------------------------------------------------------------------------------------------------
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Label maps of micrographs: the core batch (one output layout, one set of checks) without
+    the tables."""
     from tqdm import tqdm
 
-    from .core.io import read_micrograph, write_image, write_labels
+    from .core.batch import batch_iter
+    from .core.io import write_image
     from .core.progress import run_to_completion
-    from .core.segment import segment_micrograph_iter
 
     out = _output_folder(args.out)
     options = segment_options(args)
     if not args.images and not args.sample:
         raise CliError("give micrographs to segment, or --sample for the bundled sample")
-    jobs: list[tuple[str, object]] = []
+    inputs: list[object] = []
     if args.sample:
         from .core.synthetic import sample_micrograph
 
         sample = sample_micrograph()
-        sample_path = write_image(out / "sample.tif", sample.image,
-                                  pixel_size_nm=sample.pixel_size_nm)
+        sample_path = write_image(out / "sample.tif", sample.image, pixel_size_nm=sample.pixel_size_nm)
         print(f"sample micrograph (synthetic, {sample.image.shape[1]}x{sample.image.shape[0]} px, "
               f"{sample.pixel_size_nm} nm/px) written to {sample_path}")
-        jobs.append(("sample", sample_path))
-    jobs.extend((p.stem, p) for p in _expand_inputs(args.images))
+        inputs.append(sample_path)
+    inputs.extend(_expand_inputs(args.images))
     kinds = tuple(args.only) if args.only else ("locations", "granules")
-    # Weight files are checked once, before any image: a bad file is one message, not one per image.
-    weights = {k: getattr(args, f"{k}_weights") for k in kinds}
-    if any(weights.values()):
-        from .core.models import load_model
+    gen = batch_iter(inputs, out, options=options, locations_model=args.locations_weights,
+                     granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
+                     force_pixel_size=args.force_pixel_size, overwrite=args.overwrite, kinds=kinds,
+                     tables=False, label_format=args.format, confidence=args.confidence)
+    # the bar only on a terminal (None): logs of cluster jobs and pipes keep one line per message
+    with tqdm(desc="segment", unit="image", file=sys.stderr, leave=False,
+              disable=True if args.quiet else None) as bar:
+        def advance(event, bar=bar) -> None:
+            bar.total = event.total
+            bar.update(1)
+            if event.status == "failed":
+                tqdm.write(f"emgranules: error: {event.message}", file=sys.stderr)
+            else:  # done, or skipped: unchanged since the last run into this folder
+                tqdm.write(event.message, file=sys.stdout)
 
-        weights = {k: load_model(w, k) if w else None for k, w in weights.items()}
-    suffix = "." + args.format
-    failures = 0
-    untrained: set[str] = set()  # kinds whose model had random weights, over the images segmented
-    synthetic: set[str] = set()  # kinds whose model was trained on synthetic micrographs only
-    claimed: dict[str, object] = {}  # output name -> the input that writes it in this run
-    for name, path in jobs:
-        if name in claimed:  # e.g. day1/cell.tif and day2/cell.tif: one would replace the other
-            _fail(f"{path}: its outputs would replace those of {claimed[name]} (same name "
-                  f"'{name}'); rename it or segment it into another --out folder")
-            failures += 1
-            continue
-        claimed[name] = path
-        targets = {k: out / k / f"{name}{suffix}" for k in kinds}
-        if args.confidence:
-            targets.update({f"{k}_confidence": out / f"{k}_confidence" / f"{name}.tif"
-                            for k in kinds})
-        existing = [str(t) for t in targets.values() if t.exists()]
-        if existing and not args.overwrite:
-            _fail(f"{path}: output exists already ({existing[0]}); use --overwrite to replace")
-            failures += 1
-            continue
-        try:
-            micrograph = read_micrograph(path, args.pixel_size,
-                                         force_pixel_size=args.force_pixel_size)
-            gen = segment_micrograph_iter(
-                micrograph, options=options, locations_model=weights.get("locations"),
-                granules_model=weights.get("granules"), kinds=kinds, confidence=args.confidence)
-            with tqdm(desc=name, unit="pass", file=sys.stderr, leave=False,
-                      disable=args.quiet) as bar:
-                def advance(ev, bar=bar):
-                    bar.total = ev.total
-                    bar.set_postfix_str(ev.stage)
-                    bar.update(1)
-
-                result = run_to_completion(gen, advance)
-        except _user_errors() as exc:
-            _fail(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
-            failures += 1
-            continue
-        for kind in kinds:
-            write_labels(targets[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
-            if args.confidence:
-                conf16 = np.round(result.confidence[kind] * 65535).astype(np.uint16)
-                write_image(targets[f"{kind}_confidence"], conf16,
-                            pixel_size_nm=result.pixel_size_nm)
-        fractions = ""
-        if result.locations is not None:
-            present = np.bincount(result.locations.ravel(), minlength=7)
-            fractions = " ".join(
-                f"{card_letter}={100 * present[code] / result.locations.size:.0f}%"
-                for code, card_letter in result.models["locations"].schema.letters.items()
-                if present[code]
-            )
-        untrained.update(result.untrained)
-        synthetic.update(k for k, card in result.models.items() if card.synthetic)
-        flag = " [UNTRAINED models: " + ", ".join(result.untrained) + "]" \
-            if result.untrained else ""
-        print(f"{name}: {result.mode}, {result.pixel_size_nm:g} nm/px "
-              f"({result.pixel_size_source}) -> {', '.join(str(targets[k]) for k in kinds)}"
-              f"{'; ' + fractions if fractions else ''}{flag}")
-    if untrained:
-        print(f"note: the bundled {' and '.join(sorted(untrained))} model(s) used are UNTRAINED "
-              "(random weights) in this version; their labels are meaningless. Pass "
+        result = run_to_completion(gen, advance)
+    untrained = sorted(k for k, m in result.models.items() if m.get("trained") is False)
+    synthetic = sorted(k for k, m in result.models.items() if m.get("synthetic") and k not in untrained)
+    if result.done and untrained:
+        print(f"note: the bundled {' and '.join(untrained)} model(s) used are UNTRAINED (random "
+              "weights) in this version; their labels are meaningless. Pass "
               "--locations-weights/--granules-weights with trained weights.", file=sys.stderr)
-    if synthetic:
-        print(f"note: the {' and '.join(sorted(synthetic))} model(s) used are the bundled defaults, "
+    if result.done and synthetic:
+        print(f"note: the {' and '.join(synthetic)} model(s) used are the bundled defaults, "
               "trained on synthetic micrographs only. On real micrographs check the labels, "
               "correct them and retrain (emgranules export / train), or pass your lab's weights "
               "with --locations-weights/--granules-weights.", file=sys.stderr)
-    return EXIT_BAD_INPUT if failures else EXIT_OK
+    return EXIT_BAD_INPUT if result.failures else EXIT_OK
 
 
 # -------------------------------------------------------------------------------------------------

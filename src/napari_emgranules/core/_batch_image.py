@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .io import Micrograph, file_sha256, read_micrograph, write_labels
+from .io import Micrograph, file_sha256, read_micrograph, write_image, write_labels
 from .measure import measure_segmentation, write_csv
-from .models import SegmentationModel
+from .models import SegmentationModel, WeightsError
 from .montage import segment_large, tiled_bytes_per_pixel
 from .options import SegmentOptions
 from .progress import run_to_completion
@@ -70,6 +70,10 @@ class ImageSettings:
     force_pixel_size: bool = False
     measure: dict[str, Any] = field(default_factory=dict)
     granule_thresholds: tuple[float, ...] = ()
+    kinds: tuple[str, ...] = KINDS
+    tables: bool = True
+    label_format: str = "tif"
+    confidence: bool = False
 
     def model(self, kind: str) -> SegmentationModel:
         """The loaded model of ``kind`` prepared for the run's options (precision, granule
@@ -84,8 +88,11 @@ class ImageSettings:
 def weights_sha256(model: SegmentationModel) -> str:
     """SHA-256 of a model's weight arrays (dtype, shape and bytes of each, in order), cached."""
     if model not in _HASHES:
-        keras_model = getattr(model, "keras_model", None)
-        if keras_model is None:  # a network run by another engine (ONNX): hash its file
+        try:
+            keras_model = model.keras_model
+        except WeightsError:  # a network run by another engine (ONNX) says so: hash its file
+            keras_model = None
+        if keras_model is None:
             _HASHES[model] = file_sha256(model.path)
             return _HASHES[model]
         digest = hashlib.sha256()
@@ -99,7 +106,7 @@ def weights_sha256(model: SegmentationModel) -> str:
 def model_info(settings: ImageSettings) -> dict[str, dict[str, Any]]:
     """Load both models (validating the weights) and describe them: weights hash, trained, synthetic."""
     info = {}
-    for kind in KINDS:
+    for kind in settings.kinds:
         model = settings.model(kind)
         info[kind] = {"weights_sha256": weights_sha256(model), "trained": model.card.trained,
                       "synthetic": model.card.synthetic, "pixel_size_nm": model.card.pixel_size_nm,
@@ -159,36 +166,43 @@ def load_image(job: ImageJob, settings: ImageSettings) -> Loaded:
 
 
 def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[SegmentationResult, bool]:
-    """Both label maps; ``True`` second when they were written by tiles already (large montage).
+    """The label maps of ``settings.kinds``; ``True`` second when they were written by tiles
+    already (a montage too large for memory).
 
     With ``granule_thresholds`` the Granules model's arg-max labels come with the calibrated
-    granule probability (``result.confidence["granules"]`` holds it, before speck removal), so
-    :func:`finish_image` can label every threshold from this one forward pass.
+    granule probability (``result.confidence["granule_probability"]``), so :func:`finish_image`
+    can label every threshold from this one forward pass.
     """
     job, sweep = loaded.job, bool(settings.granule_thresholds)
-    models = {"locations_model": settings.model("locations"), "granules_model": settings.model("granules")}
+    models = {f"{kind}_model": settings.model(kind) for kind in settings.kinds}
     if loaded.micrograph is None:
-        if sweep:
-            raise ValueError(f"{job.path}: a granule threshold sweep needs the micrograph in memory; "
-                             "this one is segmented by tiles (too large): give one --granule-threshold")
+        needs = [what for what, wanted in (
+            ("a granule threshold sweep", sweep), ("one model only", settings.kinds != KINDS),
+            ("confidence maps", settings.confidence), ("PNG label maps", settings.label_format != "tif"))
+            if wanted]
+        if needs:
+            raise ValueError(f"{job.path}: too large for memory, so it is segmented by tiles into TIFF "
+                             f"label maps of both models; {', '.join(needs)} needs it in memory")
         px = job.pixel_size_nm if job.pixel_size_nm is not None else settings.pixel_size_nm
         return segment_large(job.path, settings.out_dir, name=job.name, pixel_size_nm=px,
                              force_pixel_size=settings.force_pixel_size, options=settings.options,
                              **models), True
-    if not sweep:
-        gen = segment_micrograph_iter(loaded.micrograph, options=settings.options, **models)
-        return run_to_completion(gen), False
-    raw = replace(settings.options, granule_threshold=None, min_granule_nm=None)
-    models["granules_model"] = raw.prepare(models["granules_model"])
+    options = settings.options
+    if sweep:  # the raw arg-max and probability; the run's own threshold and specks follow
+        options = replace(options, granule_threshold=None, min_granule_nm=None)
+        models["granules_model"] = options.prepare(models["granules_model"])
     result = run_to_completion(segment_micrograph_iter(
-        loaded.micrograph, options=raw, confidence=True, **models))
-    labels, conf = result.labels["granules"], result.confidence.pop("granules")
-    probability = np.where(labels == 1, conf, np.float32(1) - conf)  # of a granule (two classes)
-    result.confidence = {"granules": probability}
-    threshold = settings.options.granule_threshold
-    if threshold is not None:
-        result.labels["granules"] = (probability >= threshold).astype(np.uint8)
-    _remove_specks(result.labels["granules"], settings, result.pixel_size_nm)
+        loaded.micrograph, options=options, kinds=settings.kinds, confidence=settings.confidence or sweep,
+        **models))
+    if sweep:
+        labels, conf = result.labels["granules"], result.confidence["granules"]
+        probability = np.where(labels == 1, conf, np.float32(1) - conf)  # of a granule (two classes)
+        result.confidence["granule_probability"] = probability
+        threshold = settings.options.granule_threshold
+        if threshold is not None:
+            result.labels["granules"] = (probability >= threshold).astype(np.uint8)
+            result.confidence["granules"] = np.maximum(probability, np.float32(1) - probability)
+        _remove_specks(result.labels["granules"], settings, result.pixel_size_nm)
     return result, False
 
 
@@ -203,13 +217,17 @@ def threshold_key(threshold: float) -> str:
     return f"t{threshold:g}"
 
 
-def output_paths(name: str, measure: dict[str, Any], thresholds: tuple[float, ...] = ()) -> dict[str, str]:
+def output_paths(name: str, settings: ImageSettings) -> dict[str, str]:
     """Per-image outputs, relative to the output folder."""
-    paths = {"locations": f"locations/{name}.tif", "granules": f"granules/{name}.tif",
-             "regions": f"tables/{name}.regions.csv", "particles": f"tables/{name}.particles.csv"}
-    if measure.get("z_disks"):
+    paths = {kind: f"{kind}/{name}.{settings.label_format}" for kind in settings.kinds}
+    if settings.confidence:
+        paths.update({f"{kind}_confidence": f"{kind}_confidence/{name}.tif" for kind in settings.kinds})
+    if not settings.tables:
+        return paths
+    paths.update(regions=f"tables/{name}.regions.csv", particles=f"tables/{name}.particles.csv")
+    if settings.measure.get("z_disks"):
         paths["z_disks"] = f"tables/{name}.zdisks.csv"
-    for t in thresholds:
+    for t in settings.granule_thresholds:
         key = threshold_key(t)
         paths[f"regions.{key}"] = f"tables/{name}.regions.{key}.csv"
         paths[f"particles.{key}"] = f"tables/{name}.particles.{key}.csv"
@@ -218,19 +236,42 @@ def output_paths(name: str, measure: dict[str, Any], thresholds: tuple[float, ..
 
 def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
                  settings: ImageSettings) -> dict[str, Any]:
-    """Write the label maps (unless ``written``), measure, write the tables; the outcome record."""
+    """Write the label maps (unless ``written``) and confidence maps, measure, write the tables;
+    the outcome record."""
     job, out = loaded.job, Path(settings.out_dir)
-    rel = output_paths(job.name, settings.measure, settings.granule_thresholds)
+    rel = output_paths(job.name, settings)
     if not written:
-        for kind in KINDS:
+        for kind in settings.kinds:
             write_labels(out / rel[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
+    if settings.confidence:  # 16-bit, 65535 = certain
+        for kind in settings.kinds:
+            conf16 = np.round(result.confidence[kind] * 65535).astype(np.uint16)
+            write_image(out / rel[f"{kind}_confidence"], conf16, pixel_size_nm=result.pixel_size_nm)
+    notes = list(result.notes)
+    if settings.tables:
+        notes += _measure(result, job, settings, out, rel)
+    present = {}
+    if "locations" in result.labels:  # the share of each region, for the summary line
+        counts = np.bincount(np.asarray(result.labels["locations"]).ravel(), minlength=256)
+        letters = result.models["locations"].schema.letters
+        present = {letters[c]: round(float(counts[c] / counts.sum()), 4) for c in letters if counts[c]}
+    return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,
+            "output_bytes": {k: os.path.getsize(out / v) for k, v in rel.items()},
+            "mode": result.mode, "large": written, "pixel_size_nm": result.pixel_size_nm,
+            "pixel_size_source": result.pixel_size_source, "notes": notes, "regions": present,
+            "seconds": round(time.perf_counter() - loaded.started, 3)}
+
+
+def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings, out: Path,
+             rel: dict[str, str]) -> list[str]:
+    """Measure and write the density and particle tables (one set per swept threshold); notes."""
     m = measure_segmentation(result, path=job.path, **settings.measure)
     write_csv(m.tables(), out / rel["regions"], overwrite=True)
     write_csv(m.particles, out / rel["particles"], overwrite=True)
     if "z_disks" in rel:
         write_csv(m.z_disks, out / rel["z_disks"], overwrite=True)
     for t in settings.granule_thresholds:  # one forward pass, a table per threshold
-        probability = result.confidence["granules"]
+        probability = result.confidence["granule_probability"]
         granules = _remove_specks((probability >= t).astype(np.uint8), settings, result.pixel_size_nm)
         swept = measure_segmentation(replace(result, labels={**result.labels, "granules": granules}),
                                      path=job.path, **settings.measure)
@@ -239,11 +280,7 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
                   overwrite=True)
         write_csv(swept.particles.assign(granule_threshold=t), out / rel[f"particles.{key}"],
                   overwrite=True)
-    return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,
-            "output_bytes": {k: os.path.getsize(out / v) for k, v in rel.items()},
-            "mode": result.mode, "large": written, "pixel_size_nm": result.pixel_size_nm,
-            "pixel_size_source": result.pixel_size_source, "notes": result.notes + m.notes,
-            "seconds": round(time.perf_counter() - loaded.started, 3)}
+    return m.notes
 
 
 def failed(job: ImageJob, exc: BaseException) -> dict[str, Any]:

@@ -85,6 +85,7 @@ from .measure import (
 from .models import SegmentationModel, WeightsError
 from .options import SegmentOptions
 from .progress import run_to_completion
+from .segment import _resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,23 @@ def _check_thresholds(values: Iterable[float] | None) -> tuple[float, ...]:
     if bad:
         raise BatchError(f"granule thresholds must lie between 0 and 1, got {', '.join(map(str, bad))}")
     return tuple(out)
+
+
+def _check_outputs(kinds: Iterable[str], tables: bool, label_format: str,
+                   thresholds: tuple[float, ...]) -> tuple[str, ...]:
+    """The kinds to run, in the package's order; the output choices checked together."""
+    wanted = [kinds] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in wanted if k not in KINDS]
+    if unknown or not wanted:
+        raise BatchError(f"kinds must name 'locations' and/or 'granules', got {wanted!r}")
+    chosen = tuple(k for k in KINDS if k in wanted)
+    if tables and chosen != KINDS:
+        raise BatchError("measuring needs both models: run both, or only the label maps (tables=False)")
+    if thresholds and not tables:
+        raise BatchError("a granule threshold sweep writes tables: it needs tables=True")
+    if label_format not in ("tif", "png"):
+        raise BatchError(f"label_format must be 'tif' or 'png', got {label_format!r}")
+    return chosen
 
 
 def _check_models_for_workers(settings: ImageSettings) -> ImageSettings:
@@ -629,6 +647,11 @@ class _Run:
             self.common["granule_threshold"] = o.granule_threshold
         if s.granule_thresholds:
             self.common["granule_thresholds"] = list(s.granule_thresholds)
+        outputs = {"kinds": list(s.kinds), "tables": s.tables, "label_format": s.label_format,
+                   "confidence": s.confidence}
+        defaults = {"kinds": list(KINDS), "tables": True, "label_format": "tif", "confidence": False}
+        if outputs != defaults:  # (absent otherwise: earlier runs' hashes stay valid)
+            self.common["outputs"] = outputs
         self.manifest.settings = self.common
         for kind, digest in hashes.items():
             self.result.models.setdefault(kind, {})["weights_sha256"] = digest
@@ -638,8 +661,7 @@ class _Run:
 
     # -- planning ------------------------------------------------------------------------------
     def _existing_outputs(self, name: str) -> list[str]:
-        return [str(self.out / rel) for rel in output_paths(name, self.settings.measure,
-                                                           self.settings.granule_thresholds).values()
+        return [str(self.out / rel) for rel in output_paths(name, self.settings).values()
                 if (self.out / rel).exists()]
 
     def _classify(self, job: ImageJob) -> tuple[str, str]:
@@ -698,9 +720,12 @@ class _Run:
         self.manifest.save(force=False)
         if outcome["status"] == "failed":
             return self._event(name, path, "failed", outcome["error"])
+        maps = ", ".join(str(self.out / outcome["outputs"][k]) for k in self.settings.kinds)
+        shares = " ".join(f"{letter}={100 * share:.0f}%" for letter, share in
+                          outcome.get("regions", {}).items())
         message = (f"{name}: {outcome['mode']}{' (by tiles, large)' if outcome['large'] else ''}, "
                    f"{outcome['pixel_size_nm']:g} nm/px ({outcome['pixel_size_source']}) -> "
-                   f"{outcome['outputs']['locations']}, {outcome['outputs']['granules']}")
+                   f"{maps}{'; ' + shares if shares else ''}")
         return self._event(name, path, "done", message)
 
     # -- end of run ----------------------------------------------------------------------------
@@ -710,6 +735,8 @@ class _Run:
         ok = set(self.result.done) | set(self.result.skipped)
         names = [j.name for j in self.jobs if j.name in ok and self.owner.get(j.name) == j.path]
         tables, paths = self.out / "tables", self.result.paths
+        if not self.settings.tables:
+            return self._finish_failures()
         for kind, columns in (("regions", REGION_COLUMNS), ("particles", PARTICLE_COLUMNS)):
             paths[kind] = _concat_csv([tables / f"{n}.{kind}.csv" for n in names],
                                       self.out / COMBINED[kind], columns)
@@ -730,7 +757,11 @@ class _Run:
                                    ("seed_densities", SEED_DENSITIES_FILE, format_seed_densities)):
                 text = fmt(rows).encode("ascii", errors="replace")
                 paths[key] = _publish(folder / name, lambda tmp, text=text: tmp.write_bytes(text))
+        return self._finish_failures()
+
+    def _finish_failures(self) -> BatchResult:
         failures = pd.DataFrame(self.result.failures, columns=["path", "error"])
+        paths = self.result.paths
         paths["failures"] = _publish(self.out / FAILURES, lambda tmp: failures.to_csv(tmp, index=False))
         paths["manifest"] = self.manifest.path
         return self.result
@@ -751,9 +782,9 @@ def _lazy_client(spec: tuple[str, Any] | None, stack: contextlib.ExitStack):
 def _weights_hashes(run: _Run, settings: ImageSettings, spec, connect) -> dict[str, str]:
     """Weights' SHA-256 per kind: remembered by file identity, else computed by loading the models
     (here, or on a worker)."""
-    idents = {k: _weights_identity(getattr(settings, f"{k}_model"), k) for k in KINDS}
+    idents = {k: _weights_identity(getattr(settings, f"{k}_model"), k) for k in settings.kinds}
     hashes = {k: run.manifest.weights[i] for k, i in idents.items() if i in run.manifest.weights}
-    if len(hashes) < len(KINDS):
+    if len(hashes) < len(settings.kinds):
         info = model_info(settings) if spec is None else \
             connect().submit(model_info, settings, pure=False).result()
         hashes = {k: v["weights_sha256"] for k, v in info.items()}
@@ -776,6 +807,10 @@ def batch_iter(
     scheduler: str | Any | None = None,
     overwrite: bool = False,
     granule_thresholds: Iterable[float] | None = None,
+    kinds: Iterable[str] = KINDS,
+    tables: bool = True,
+    label_format: str = "tif",
+    confidence: bool = False,
     **option_fields: Any,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
@@ -813,6 +848,17 @@ def batch_iter(
         ``tables/<name>.regions.t<P>.csv`` (and particles) per micrograph and ``regions.t<P>.csv``
         combined, with a ``granule_threshold`` column. The label maps and the main tables stay
         those of ``granule_threshold`` (default the arg-max). Micrographs in memory only.
+    kinds : iterable of str
+        The models to run (default both); measuring needs both, so one model alone needs
+        ``tables=False``.
+    tables : bool
+        Measure and write the density and particle tables (default); without, the label maps only
+        (what ``emgranules segment`` writes).
+    label_format : {"tif", "png"}
+        Label map files: TIFF (default) or 16-bit PNG, as the original tool wrote them.
+    confidence : bool
+        Also write each model's per-pixel confidence, ``<kind>_confidence/<name>.tif`` (16-bit,
+        65535 = certain).
 
     Yields
     ------
@@ -834,13 +880,20 @@ def batch_iter(
     except ValueError as exc:
         raise BatchError(str(exc)) from None
     thresholds = _check_thresholds(granule_thresholds)
+    kinds = _check_outputs(kinds, tables, label_format, thresholds)
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     jobs = _jobs(expand_inputs(items))
     if not jobs:
         raise BatchError("no micrographs given")
+    if spec is None and not Path(out_dir).exists():
+        # a bad weights file: one message, and no output folder (one that exists may remember the
+        # weights' hashes in its manifest, so that a rerun loads no model at all)
+        for kind in kinds:
+            _resolve_model(locations_model if kind == "locations" else granules_model, kind)
     out = _output_folder(out_dir)
     settings = ImageSettings(str(out.resolve()), opts, locations_model, granules_model, pixel_size_nm,
-                             force_pixel_size, _check_measure(measure_kwargs), thresholds)
+                             force_pixel_size, _check_measure(measure_kwargs), thresholds, kinds,
+                             bool(tables), label_format, bool(confidence))
     if spec is not None:
         settings = _check_models_for_workers(settings)
         if spec[0] == "processes" and opts.memory_budget_bytes is None and available_memory_bytes():
@@ -858,6 +911,8 @@ def batch_iter(
                 _dask_outcomes(connect(), todo, settings)
             for outcome in outcomes:
                 yield run.record(outcome)
+            if spec is None and any("trained" not in run.result.models.get(k, {}) for k in kinds):
+                run.result.models = model_info(settings)  # remembered hashes: describe the models too
         return run.finish(seed_tables)
 
 
