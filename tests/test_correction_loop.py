@@ -191,6 +191,30 @@ def test_fine_tuning_is_never_worse_than_the_start(tmp_path):
         train([(tmp_path / "m.tif", tmp_path / "none.tif")], tmp_path / "run2", model=start_path, epochs=1)
 
 
+def test_an_epoch_that_costs_one_class_too_much_is_not_kept():
+    """The class guard: a mean IoU bought by collapsing one class is not an improvement."""
+    from types import SimpleNamespace
+
+    from napari_emgranules.core.train import TrainConfig, _class_guard
+
+    start = np.array([[900, 100, 0], [100, 900, 0], [0, 0, 50]])  # class 2: too few pixels to watch
+    lopsided = np.array([[1000, 0, 0], [400, 600, 0], [0, 0, 50]])  # 0 gains, 1 loses 0.22
+    better = np.array([[950, 50, 0], [50, 950, 0], [0, 50, 0]])  # only the unwatched class falls
+    run = SimpleNamespace(config=TrainConfig(), fine_tuning=True, cm_start=start.tolist())
+    logs: dict = {}
+    assert not _class_guard(run, lopsided, logs)
+    assert logs["val_worst_class_change"] == pytest.approx(600 / 1000 - 900 / 1100)
+    assert _class_guard(run, better, {})
+    assert _class_guard(SimpleNamespace(config=TrainConfig(max_class_loss=None), fine_tuning=True,
+                                        cm_start=start.tolist()), lopsided, {})
+    assert _class_guard(SimpleNamespace(config=TrainConfig(), fine_tuning=False,
+                                        cm_start=start.tolist()), lopsided, {})  # from scratch
+    assert _class_guard(SimpleNamespace(config=TrainConfig(max_class_loss=0.3), fine_tuning=True,
+                                        cm_start=start.tolist()), lopsided, {})
+    with pytest.raises(ValueError, match="max_class_loss"):
+        TrainConfig(max_class_loss=2)
+
+
 def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):
     image, labels = _cell()
     for tile, px in ((0, 0.8), (1, 1.2)):

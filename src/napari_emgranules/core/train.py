@@ -159,6 +159,11 @@ class TrainConfig:
         With rehearsal: also validate on two more generator micrographs in the same look, and
         choose the best epoch by the mean of their mean IoU and the held-out data's (a model that
         only memorises the user's micrograph is then not "best").
+    max_class_loss : float or None
+        When fine-tuning: an epoch can replace the kept weights only if no class with at least
+        :data:`CLASS_GUARD_MIN_PIXELS` validation pixels has lost more than this IoU against the
+        starting weights (default 0.05; None turns the guard off). A mean IoU that rises because
+        one class gains a lot while another collapses is not an improvement a user wants.
     seed : int
         Seeds the data order, augmentation, validation split and Keras' random state.
     max_minutes : float, optional
@@ -195,6 +200,7 @@ class TrainConfig:
     rehearsal: float | None = None
     rehearsal_look: str = "matched"
     rehearsal_validation: bool = False
+    max_class_loss: float | None = 0.05
     seed: int = 0
     max_minutes: float | None = None
     input_scaling: str | None = None
@@ -250,6 +256,8 @@ class TrainConfig:
         if self.input_scaling not in (None, *INPUT_SCALINGS):
             problems.append(f"input_scaling must be one of {', '.join(INPUT_SCALINGS)}, got "
                             f"{self.input_scaling!r}")
+        if self.max_class_loss is not None and not 0 <= self.max_class_loss <= 1:
+            problems.append(f"max_class_loss must be in [0, 1] (or None), got {self.max_class_loss}")
         if not 0 < self.reduce_lr_factor < 1:
             problems.append(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         if problems:
@@ -906,6 +914,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     diverged: bool = False  # the loss became NaN or infinite (the epoch is dropped)
     cm_start: list | None = None  # validation confusion matrix of the starting weights
+    fine_tuning: bool = False  # from a trained model (the class guard watches the start)
     cm_best: list | None = None  # ... and of the kept (best) weights
     rehearsal: list[_Sample] = field(default_factory=list)  # synthetic micrographs (not saved)
     rehearsal_share: float = 0.0  # of the crops, from ``rehearsal``
@@ -1073,7 +1082,7 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         optimizer_name=config.optimizer or ("adam" if fine_tuning else "nadam"),
         steps=config.steps_per_epoch or max(8, math.ceil(total_px / config.crop**2 / config.batch_size)),
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
-        rng=np.random.default_rng(config.seed), notes=notes,
+        rng=np.random.default_rng(config.seed), notes=notes, fine_tuning=fine_tuning,
     )
     share = config.rehearsal
     if share is None:  # the measured default (docs/correction_loop.md) when fine-tuning
@@ -1204,6 +1213,27 @@ def _validation_logs(run: _Run) -> tuple[dict[str, float], np.ndarray]:
     return logs, cm
 
 
+CLASS_GUARD_MIN_PIXELS = 100
+"""Validation pixels a class needs before :attr:`TrainConfig.max_class_loss` watches it."""
+
+
+def _class_guard(run: _Run, cm: np.ndarray | None, logs: dict[str, float]) -> bool:
+    """False when fine-tuning has cost a well-represented class more than ``max_class_loss`` IoU
+    on the validation data against the starting weights (the epoch may then not be kept). The
+    worst change goes into ``logs`` (``val_worst_class_change``)."""
+    limit = run.config.max_class_loss
+    if not run.fine_tuning or limit is None or cm is None or run.cm_start is None:
+        return True
+    start = np.asarray(run.cm_start, np.int64)
+    watched = (start.sum(axis=1) >= CLASS_GUARD_MIN_PIXELS) & np.isfinite(iou_per_class(start))
+    if not watched.any():
+        return True
+    change = (iou_per_class(np.asarray(cm, np.int64)) - iou_per_class(start))[watched]
+    worst = float(np.nanmin(change)) if np.isfinite(change).any() else 0.0
+    logs["val_worst_class_change"] = worst
+    return worst >= -limit
+
+
 def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     """Validate, keep the best weights, adjust the learning rate, stop early, checkpoint."""
     cfg, w = run.config, run.watch
@@ -1215,7 +1245,8 @@ def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     logs["learning_rate"] = lr
     logs["epoch"] = run.epoch
     run.history.append(logs)
-    improved = w.update(logs[w.monitor], run.epoch)
+    eligible = _class_guard(run, cm, logs)
+    improved = w.update(logs[w.monitor] if eligible else math.nan, run.epoch)
     if improved:
         run.cm_best = None if cm is None else cm.tolist()
         _save_best(run, logs)
