@@ -110,6 +110,21 @@ def main() -> None:
         viewer.reset_view()
         density.select_region(2)  # I band
         shot("5-density")
+
+        # 6. Point grid: a grid over the micrograph, a few points reviewed with the keys' actions
+        density.select_region(None)
+        grid = dock("6. Point grid")
+        grid._spacing.value = 100.0
+        layer = grid.lay_grid()
+        for k in range(6):
+            grid.step(1)
+            if k % 3 == 1:
+                grid.toggle_hit()
+            else:
+                grid.accept()
+        viewer.camera.center = tuple(layer.data_to_world(layer.data[grid._current]))
+        viewer.camera.zoom = 2.0
+        shot("6-grid")
     finally:
         shutdown_engines()
         viewer.close()
