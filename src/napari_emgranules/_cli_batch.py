@@ -10,7 +10,15 @@ import argparse
 import math
 import sys
 
-from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _output_folder, add_segment_arguments, segment_options
+from .cli import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    CliError,
+    _output_folder,
+    add_label_format_argument,
+    add_segment_arguments,
+    segment_options,
+)
 
 
 def _measure_kwargs(args: argparse.Namespace) -> dict:
@@ -56,7 +64,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
         seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
-        granule_thresholds=_thresholds(args.granule_thresholds))
+        granule_thresholds=_thresholds(args.granule_thresholds), label_format=args.format)
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
             bar.total = event.total
@@ -88,6 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="'processes:N' (a local Dask cluster of N worker processes) or "
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
+    add_label_format_argument(bat)
     bat.add_argument("--granule-thresholds", metavar="P,P,...",
                      help="also measure with each of these granule probability thresholds, from the "
                           "same forward pass: regions.t<P>.csv and particles.t<P>.csv (and per "

@@ -15,6 +15,8 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list] | None
     """Return :func:`read_micrographs` if every path is a micrograph file we read, else None."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if not paths or any(Path(p).suffix.lower() not in MICROGRAPH_SUFFIXES for p in paths):
+        return None  # (a folder is ours only when it is an OME-Zarr store, *.zarr)
+    if any(Path(p).is_dir() and Path(p).suffix.lower() != ".zarr" for p in paths):
         return None
     return read_micrographs
 

@@ -89,6 +89,15 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                        help="compile the networks (XLA / jax.jit): pays off over many images")
 
 
+def add_label_format_argument(parser: argparse.ArgumentParser) -> None:
+    """``--format`` of the label maps ``segment`` and ``batch`` write."""
+    parser.add_argument("--format", default="tif", choices=("tif", "png", "ome-zarr"),
+                        help="label maps as TIFF (default), 16-bit PNG as the original tool, or one "
+                             "OME-Zarr store per micrograph (ome-zarr/<name>.ome.zarr: the "
+                             "micrograph and labels/locations, labels/granules with class names "
+                             "and colours)")
+
+
 def segment_options(args: argparse.Namespace):
     """The :class:`~.core.options.SegmentOptions` of :func:`add_segment_arguments`' arguments."""
     from .core.options import SegmentOptions
@@ -313,8 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_arguments(seg)
     seg.add_argument("--only", action="append", choices=("locations", "granules"),
                      help="run only this model (repeatable)")
-    seg.add_argument("--format", default="tif", choices=("tif", "png"),
-                     help="label file format; png writes 16-bit PNGs as the original tool")
+    add_label_format_argument(seg)
     seg.add_argument("--confidence", action="store_true",
                      help="also write per-pixel confidence (16-bit TIFF, 65535 = certain)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing label files")

@@ -26,6 +26,7 @@ from .io import Micrograph, file_sha256, read_micrograph, write_image, write_lab
 from .measure import measure_segmentation, write_csv
 from .models import SegmentationModel, WeightsError
 from .montage import segment_large, tiled_bytes_per_pixel
+from .omezarr import OME_ZARR_SUFFIX, write_ome_zarr
 from .options import SegmentOptions
 from .progress import run_to_completion
 from .segment import (
@@ -39,6 +40,8 @@ from .segment import (
 __all__ = ["ImageJob", "ImageSettings", "model_info", "process_image", "IMAGE_ERRORS"]
 
 KINDS = ("locations", "granules")
+LABEL_FORMATS = ("tif", "png", "ome-zarr")
+"""Label map formats of a batch: TIFF, 16-bit PNG, or one OME-Zarr store per micrograph."""
 IMAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryError)
 """Errors that fail one micrograph (bad file, unsupported content) but not the batch."""
 
@@ -178,7 +181,8 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
     if loaded.micrograph is None:
         needs = [what for what, wanted in (
             ("a granule threshold sweep", sweep), ("one model only", settings.kinds != KINDS),
-            ("confidence maps", settings.confidence), ("PNG label maps", settings.label_format != "tif"))
+            ("confidence maps", settings.confidence),
+            (f"{settings.label_format} label maps", settings.label_format != "tif"))
             if wanted]
         if needs:
             raise ValueError(f"{job.path}: too large for memory, so it is segmented by tiles into TIFF "
@@ -219,7 +223,10 @@ def threshold_key(threshold: float) -> str:
 
 def output_paths(name: str, settings: ImageSettings) -> dict[str, str]:
     """Per-image outputs, relative to the output folder."""
-    paths = {kind: f"{kind}/{name}.{settings.label_format}" for kind in settings.kinds}
+    if settings.label_format == "ome-zarr":  # one store holds the micrograph and both maps
+        paths = {kind: f"ome-zarr/{name}{OME_ZARR_SUFFIX}" for kind in settings.kinds}
+    else:
+        paths = {kind: f"{kind}/{name}.{settings.label_format}" for kind in settings.kinds}
     if settings.confidence:
         paths.update({f"{kind}_confidence": f"{kind}_confidence/{name}.tif" for kind in settings.kinds})
     if not settings.tables:
@@ -240,7 +247,11 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
     the outcome record."""
     job, out = loaded.job, Path(settings.out_dir)
     rel = output_paths(job.name, settings)
-    if not written:
+    if not written and settings.label_format == "ome-zarr":
+        maps = {kind: (result.labels[kind], result.models[kind].schema) for kind in settings.kinds}
+        write_ome_zarr(out / rel[settings.kinds[0]], maps, pixel_size_nm=result.pixel_size_nm,
+                       image=loaded.micrograph.data, overwrite=True)
+    elif not written:
         for kind in settings.kinds:
             write_labels(out / rel[kind], result.labels[kind], pixel_size_nm=result.pixel_size_nm)
     if settings.confidence:  # 16-bit, 65535 = certain
@@ -256,10 +267,17 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
         letters = result.models["locations"].schema.letters
         present = {letters[c]: round(float(counts[c] / counts.sum()), 4) for c in letters if counts[c]}
     return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,
-            "output_bytes": {k: os.path.getsize(out / v) for k, v in rel.items()},
+            "output_bytes": {k: output_size(out / v) for k, v in rel.items()},
             "mode": result.mode, "large": written, "pixel_size_nm": result.pixel_size_nm,
             "pixel_size_source": result.pixel_size_source, "notes": notes, "regions": present,
             "seconds": round(time.perf_counter() - loaded.started, 3)}
+
+
+def output_size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (an OME-Zarr store)."""
+    if path.is_dir():
+        return sum(q.stat().st_size for q in path.rglob("*") if q.is_file())
+    return os.path.getsize(path)
 
 
 def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings, out: Path,

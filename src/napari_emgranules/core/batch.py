@@ -60,6 +60,7 @@ import pandas as pd
 from ._batch_image import (
     IMAGE_ERRORS,
     KINDS,
+    LABEL_FORMATS,
     ImageJob,
     ImageSettings,
     failed,
@@ -67,11 +68,12 @@ from ._batch_image import (
     load_image,
     model_info,
     output_paths,
+    output_size,
     process_image,
     segment_image,
     threshold_key,
 )
-from .io import MICROGRAPH_SUFFIXES, available_memory_bytes, file_sha256
+from .io import MICROGRAPH_SUFFIXES, available_memory_bytes, file_sha256, micrograph_stem
 from .measure import (
     PARTICLE_COLUMNS,
     REGION_COLUMNS,
@@ -83,6 +85,7 @@ from .measure import (
     measure_labels,
 )
 from .models import SegmentationModel, WeightsError
+from .omezarr import is_ome_zarr
 from .options import SegmentOptions
 from .progress import run_to_completion
 from .segment import _resolve_model
@@ -195,7 +198,8 @@ def read_table(path: PathLike) -> pd.DataFrame:
 def folder_micrographs(folder: PathLike) -> list[Path]:
     """The micrograph files directly inside ``folder``, sorted; BatchError when there are none."""
     p = Path(folder)
-    found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in MICROGRAPH_SUFFIXES)
+    found = sorted(q for q in p.iterdir() if (q.is_file() and q.suffix.lower() in MICROGRAPH_SUFFIXES)
+                   or is_ome_zarr(q))
     if not found:
         raise BatchError(f"{p}: the folder holds no micrographs ({', '.join(MICROGRAPH_SUFFIXES)})")
     return found
@@ -243,7 +247,7 @@ def expand_inputs(items: Iterable[PathLike], *, patterns: bool = True,
     out: list[BatchInput] = []
     for item in items:
         p = Path(item).expanduser()
-        if p.is_dir():
+        if p.is_dir() and not is_ome_zarr(p):
             out += [BatchInput(q) for q in folder_micrographs(p)]
         elif manifests and p.suffix.lower() == ".csv" and p.is_file():
             out += _manifest_csv(p)
@@ -256,8 +260,9 @@ def expand_inputs(items: Iterable[PathLike], *, patterns: bool = True,
 
 def _pattern(pattern: str) -> list[BatchInput]:
     found = sorted(Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True))
-    files = [BatchInput(p) for p in found if p.is_file() and p.suffix.lower() in MICROGRAPH_SUFFIXES]
-    for folder in (p for p in found if p.is_dir()):
+    files = [BatchInput(p) for p in found
+             if (p.is_file() and p.suffix.lower() in MICROGRAPH_SUFFIXES) or is_ome_zarr(p)]
+    for folder in (p for p in found if p.is_dir() and not is_ome_zarr(p)):
         files += [BatchInput(q) for q in folder_micrographs(folder)]
     if not files:
         raise BatchError(f"{pattern}: matches no micrographs ({', '.join(MICROGRAPH_SUFFIXES)})")
@@ -272,7 +277,7 @@ def _jobs(inputs: list[BatchInput]) -> list[ImageJob]:
         path = str(item.path.resolve())
         if path not in seen:
             seen.add(path)
-            jobs.append(ImageJob(path, item.path.stem, item.pixel_size_nm))
+            jobs.append(ImageJob(path, micrograph_stem(item.path), item.pixel_size_nm))
     return jobs
 
 
@@ -343,8 +348,8 @@ def _check_outputs(kinds: Iterable[str], tables: bool, label_format: str,
         raise BatchError("measuring needs both models: run both, or only the label maps (tables=False)")
     if thresholds and not tables:
         raise BatchError("a granule threshold sweep writes tables: it needs tables=True")
-    if label_format not in ("tif", "png"):
-        raise BatchError(f"label_format must be 'tif' or 'png', got {label_format!r}")
+    if label_format not in LABEL_FORMATS:
+        raise BatchError(f"label_format must be one of {', '.join(LABEL_FORMATS)}, got {label_format!r}")
     return chosen
 
 
@@ -484,7 +489,7 @@ class _Manifest:
         if (entry.get("input_sha256"), entry.get("settings_sha256")) != (digest, key):
             return False
         sizes = entry.get("output_bytes", {})
-        return all((out / rel).is_file() and (out / rel).stat().st_size == sizes.get(k)
+        return all((out / rel).exists() and output_size(out / rel) == sizes.get(k)
                    for k, rel in entry.get("outputs", {}).items())
 
     def save(self, force: bool = True) -> None:
@@ -720,7 +725,7 @@ class _Run:
         self.manifest.save(force=False)
         if outcome["status"] == "failed":
             return self._event(name, path, "failed", outcome["error"])
-        maps = ", ".join(str(self.out / outcome["outputs"][k]) for k in self.settings.kinds)
+        maps = ", ".join(dict.fromkeys(str(self.out / outcome["outputs"][k]) for k in self.settings.kinds))
         shares = " ".join(f"{letter}={100 * share:.0f}%" for letter, share in
                           outcome.get("regions", {}).items())
         message = (f"{name}: {outcome['mode']}{' (by tiles, large)' if outcome['large'] else ''}, "
@@ -854,8 +859,10 @@ def batch_iter(
     tables : bool
         Measure and write the density and particle tables (default); without, the label maps only
         (what ``emgranules segment`` writes).
-    label_format : {"tif", "png"}
-        Label map files: TIFF (default) or 16-bit PNG, as the original tool wrote them.
+    label_format : {"tif", "png", "ome-zarr"}
+        Label map files: TIFF (default), 16-bit PNG as the original tool wrote them, or one
+        OME-Zarr store per micrograph, ``ome-zarr/<name>.ome.zarr``, holding the micrograph and
+        ``labels/<kind>`` with the classes' names and colours (napari, MIB, BIOMERO read it).
     confidence : bool
         Also write each model's per-pixel confidence, ``<kind>_confidence/<name>.tif`` (16-bit,
         65535 = certain).

@@ -80,13 +80,14 @@ PIXEL_SIZE_SOURCES: tuple[str, ...] = (
     "metadata:zeiss-sem",
     "metadata:mrc",
     "metadata:dm",
+    "metadata:ome-zarr",
     "user",
     "model",
 )
 
 #: File suffixes :func:`read_micrograph` accepts (case-insensitive).
 MICROGRAPH_SUFFIXES: tuple[str, ...] = (
-    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dm3", ".dm4", ".mrc", ".st"
+    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dm3", ".dm4", ".mrc", ".st", ".zarr"
 )
 
 #: File suffixes label maps may be read from / written to (lossless formats only).
@@ -108,7 +109,7 @@ _PIXEL_SIZE_RTOL = 0.01
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SUFFIX_FORMAT = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
-                  ".dm3": "dm", ".dm4": "dm", ".mrc": "mrc", ".st": "mrc"}
+                  ".dm3": "dm", ".dm4": "dm", ".mrc": "mrc", ".st": "mrc", ".zarr": "ome-zarr"}
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
@@ -221,9 +222,10 @@ class Micrograph:
 
     @property
     def name(self) -> str:
-        """File stem, or the name given to :func:`as_micrograph` (default ``"image"``)."""
+        """File stem (``cell`` of ``cell.ome.zarr`` too), or the name given to
+        :func:`as_micrograph` (default ``"image"``)."""
         if self.path is not None:
-            return self.path.stem
+            return micrograph_stem(self.path)
         return str(self.metadata.get("name", "image"))
 
     @property
@@ -325,9 +327,16 @@ def _check_path(path: PathLike, suffixes: tuple[str, ...], kind: str) -> tuple[P
     p = Path(path).expanduser()
     if not p.exists():
         raise MicrographError(f"{p}: does not exist; check the folder and file name")
+    suffix = p.suffix.lower()
+    if p.is_dir() and suffix == ".zarr" and suffix in suffixes:  # an OME-Zarr store is a folder
+        from .omezarr import is_ome_zarr
+
+        if not is_ome_zarr(p):
+            raise MicrographError(f"{p}: is a folder named .zarr without Zarr metadata; not an "
+                                  "OME-Zarr store")
+        return p, "ome-zarr"
     if p.is_dir():
         raise MicrographError(f"{p}: is a folder, not an image file; pass a single {kind} file")
-    suffix = p.suffix.lower()
     if suffix not in suffixes:
         raise MicrographError(
             f"{p}: unsupported file type '{p.suffix or '(no suffix)'}' for a {kind}; "
@@ -788,6 +797,11 @@ def _read_pillow(p: Path, what: str, fmt: str, *, for_labels: bool) -> _Decoded:
 def _decode(p: Path, fmt: str, what: str, *, for_labels: bool) -> _Decoded:
     if fmt == "tiff":
         return _read_tiff(p, what, raw=for_labels)
+    if fmt == "ome-zarr":
+        from .omezarr import read_ome_zarr  # ome-zarr-py, imported on use
+
+        data, info, pixel = read_ome_zarr(p, what)
+        return _Decoded(data, info, pixel)
     if fmt in ("mrc", "dm"):
         from .emformats import read_em_file  # mrcfile / rosettasciio, imported on use
 
@@ -1383,10 +1397,24 @@ def write_image(path: PathLike, image: np.ndarray, *, pixel_size_nm: float | Non
     return p
 
 
+def micrograph_stem(path: PathLike) -> str:
+    """The name outputs take from a micrograph file: its stem (``cell`` of ``cell.ome.zarr`` too)."""
+    p = Path(path)
+    if p.name.lower().endswith(".ome.zarr") and len(p.name) > len(".ome.zarr"):
+        return p.name[:-len(".ome.zarr")]
+    return p.stem or p.name
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks."""
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks; of a folder (an OME-Zarr
+    store), of every file under it with its relative path, in sorted order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    root = Path(path)
+    files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
+    for f in files:
+        if f is not root:
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
