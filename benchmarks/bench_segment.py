@@ -3,6 +3,7 @@
     python benchmarks/bench_segment.py                    # timings (about 5 minutes on 2 cores)
     python benchmarks/bench_segment.py --memory           # peak memory per input pixel
     python benchmarks/bench_segment.py --inprocess        # segment_micrograph vs bare passes, per size
+    python benchmarks/bench_segment.py --startup          # what a fresh process pays before its first pass
     python benchmarks/bench_segment.py --write-docs       # also update docs/benchmarks.md
 
 *Bare compute* is the two networks' forward passes on the image already in memory as float32
@@ -33,6 +34,10 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 def _markers(key: str) -> tuple[str, str]:
     return f"<!-- bench_segment:{key}:begin -->", f"<!-- bench_segment:{key}:end -->"
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def _timed(fn) -> float:
@@ -86,7 +91,7 @@ def run_timings(size: int, repeat: int, modes: list[str]) -> dict:
         "seconds": med,
         "all_seconds": times,
         "ratio_to_bare": {k: med[k] / med["bare"] for k in med},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": _machine(),
         "backend": backend_name(),
     }
 
@@ -139,7 +144,7 @@ def run_inprocess(sizes: list[int], pixel_sizes: list[float], repeat: int, max_m
             print(json.dumps(row), flush=True)
             rows.append(row)
     return {"rows": rows, "repeat": repeat, "backend": backend_name(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+            "machine": _machine()}
 
 
 _MEMORY_PROBE = r"""
@@ -216,6 +221,61 @@ def _markdown(t: dict | None, mem: dict | None, argv: list[str],
     return key, "\n".join(lines)
 
 
+_STARTUP_CHILD = """
+import json, time
+t0 = time.perf_counter()
+import napari_emgranules
+t1 = time.perf_counter()
+from napari_emgranules.core._backend import get_keras
+get_keras()
+t2 = time.perf_counter()
+from napari_emgranules.core.models import default_model
+models = [default_model(k) for k in ("locations", "granules")]
+t3 = time.perf_counter()
+import numpy as np
+from napari_emgranules.core.segment import segment_micrograph
+image = np.random.default_rng(0).integers(20000, 40000, (SIZE, SIZE), dtype=np.uint16)
+segment_micrograph(image, 0.8, mode="whole")
+t4 = time.perf_counter()
+segment_micrograph(image, 0.8, mode="whole")
+t5 = time.perf_counter()
+print(json.dumps({"package import": t1 - t0, "Keras + backend import": t2 - t1,
+                  "both models built and loaded": t3 - t2, "first segmentation": t4 - t3,
+                  "second segmentation": t5 - t4}))
+"""
+
+
+def run_startup(size: int, repeat: int) -> dict:
+    """Fresh processes: the import, model-loading and first-pass costs before steady work."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", _STARTUP_CHILD.replace("SIZE", str(size))],
+                             capture_output=True, text=True, env=env, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(runs[-1], flush=True)
+    return {"size": size, "repeat": repeat, "machine": _machine(),
+            "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+            "seconds": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+
+
+def _startup_markdown(st: dict, argv: list[str]) -> str:
+    begin, end = _markers("startup")
+    sec = st["seconds"]
+    steady = sec["second segmentation"]
+    before = sum(v for k, v in sec.items() if k != "second segmentation") - steady
+    lines = [begin, "", f"Command: `python benchmarks/bench_segment.py {' '.join(argv)}`", "",
+             f"A fresh Python process segments one {st['size']}x{st['size']} micrograph twice "
+             f"(`mode=\"whole\"`, both bundled models); {st['machine']}, Keras backend "
+             f"{st['backend']}; median of {st['repeat']} processes.", "",
+             "| step | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in sec.items()]
+    lines += ["", f"Before its first micrograph a process pays {before:.1f} s (imports, models, the "
+              f"first pass's graph tracing) on top of the {steady:.1f} s a micrograph then costs; "
+              "`batch` and the napari model process pay it once per run.", "", end]
+    return "\n".join(lines)
+
+
 def _write_docs(key: str, block: str) -> None:
     begin, end = _markers(key)
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
@@ -224,7 +284,8 @@ def _write_docs(key: str, block: str) -> None:
     else:
         title = {"inprocess": "Segmentation in one process vs the bare forward passes",
                  "timings": "Segmentation: end to end vs bare compute",
-                 "memory": "Segmentation: memory per pixel"}[key]
+                 "memory": "Segmentation: memory per pixel",
+                 "startup": "Segmentation: what a fresh process pays first"}[key]
         text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     DOC.write_text(text)
 
@@ -242,10 +303,18 @@ def main() -> None:
     ap.add_argument("--pixel-sizes", default="0.8,1.6")
     ap.add_argument("--max-model-pixels", type=int, default=8192 * 8192,
                     help="skip a case whose model grid is larger (memory of one whole pass)")
+    ap.add_argument("--startup", action="store_true",
+                    help="fresh processes: imports, model loading and the first pass (--size)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     timings = mem = None
+    if args.startup:
+        block = _startup_markdown(run_startup(args.size, args.repeat), argv)
+        print(block)
+        if args.write_docs:
+            _write_docs("startup", block)
+        return
     if args.inprocess:
         inproc = run_inprocess([int(s) for s in args.sizes.split(",")],
                                [float(p) for p in args.pixel_sizes.split(",")], args.repeat,

@@ -81,7 +81,8 @@ _MAX_ANCHORS = 200_000  # labelled pixels kept per image to place crops around
 BLOCK_VALIDATION_BELOW = 5
 _STATE_FORMAT = "napari-emgranules.train-state/1"
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_mean_iou",
-                    "val_mean_iou_held_out", "val_mean_iou_synthetic", "learning_rate", "seconds")
+                    "val_mean_iou_held_out", "val_mean_iou_synthetic", "val_worst_class_change",
+                    "learning_rate", "seconds")
 
 
 class TrainingError(ValueError):
