@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cli import EXIT_OK, CliError
 
-FORMATS = {"onnx": ".onnx", "czann": ".czann", "czmodel": ".czmodel"}
+FORMATS = {"onnx": ".onnx", "czann": ".czann", "czmodel": ".czmodel", "bioimageio": ".zip"}
 
 
 def _format(args: argparse.Namespace, out: Path) -> str:
@@ -50,6 +50,11 @@ def _cmd_export_model(args: argparse.Namespace) -> int:
     if fmt == "onnx":
         written = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, overwrite=args.overwrite)
         extra = f" + {sidecar_path(written).name}"
+    elif fmt == "bioimageio":
+        from .core.bioimageio import export_bioimageio
+
+        written = export_bioimageio(model, out, overwrite=args.overwrite)
+        extra = " (BioImage Model Zoo package: rdf.yaml, ONNX and Keras weights, test tensors)"
     else:
         written = export_czann(model, out, tile=args.tile, border_px=args.border,
                                pixel_type=args.pixel_type, opset=args.opset or CZANN_OPSET,
@@ -67,11 +72,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``export-model``."""
     exm = sub.add_parser(
         "export-model",
-        help="weights -> ONNX (runs without TensorFlow) or ZEISS ZEN/arivis .czann/.czmodel",
+        help="weights -> ONNX (runs without TensorFlow), a BioImage Model Zoo package, or ZEISS "
+             "ZEN/arivis .czann/.czmodel",
         description="Export a model for other tools. ONNX: input 'image' float32 (n, h, w, 1) in "
                     "[0, 1], output 'logits' (n, h, w, classes), sides multiples of 128; the model "
                     "card is in the file's metadata and a .onnx.json sidecar. .czann: CZANN 2.1.0 "
-                    "for ZEN >= 3.13 (softmax output, fixed tile). .czmodel: legacy Intellesis.",
+                    "for ZEN >= 3.13 (softmax output, fixed tile). .czmodel: legacy Intellesis. "
+                    "bioimageio (.zip): BioImage Model Zoo format 0.5 for deepImageJ, ilastik, "
+                    "BiaPy and bioimageio.core.",
     )
     exm.add_argument("weights", nargs="?", metavar="WEIGHTS",
                      help="weights (.weights.h5, .keras, .h5, TF checkpoint or .onnx); default: "
@@ -79,7 +87,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     exm.add_argument("--model", dest="kind", choices=("locations", "granules"),
                      help="which model the weights are (needed without a sidecar)")
     exm.add_argument("--format", choices=tuple(FORMATS),
-                     help="onnx, czann or czmodel (default: from --out's suffix)")
+                     help="onnx, bioimageio, czann or czmodel (default: from --out's suffix)")
     exm.add_argument("--out", required=True, metavar="FILE", help="file to write")
     exm.add_argument("--opset", type=int, metavar="N",
                      help="ONNX opset (default 17 for onnx, 18 inside .czann/.czmodel)")

@@ -809,6 +809,10 @@ def load_model(
         from .interop import load_onnx_model
 
         return load_onnx_model(p, kind, schema=schema, pixel_size_nm=pixel_size_nm)
+    if p.suffix.lower() == ".zip" or p.name.endswith(("rdf.yaml", "bioimageio.yaml")):
+        from .bioimageio import load_bioimageio  # a BioImage Model Zoo package of ours
+
+        return load_bioimageio(p, kind)
     fmt = weights_format(p)
     stat_target = Path(str(p) + ".index") if fmt == "tf-checkpoint" and not p.exists() else p
     st = stat_target.stat()
