@@ -195,6 +195,17 @@ def test_impossible_output_choices_are_refused_before_anything_is_written(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_particle_objects_for_qupath(serial_run, tmp_path):
+    folder, plain = serial_run
+    result = batch(folder, tmp_path / "out", objects=True)
+    for name in result.done:
+        collection = json.loads((tmp_path / "out" / "objects" / f"{name}.geojson").read_text())
+        rows = read_table(tmp_path / "out" / "tables" / f"{name}.particles.csv")
+        assert len(collection["features"]) == len(rows)
+        assert collection["napari-emgranules"]["pixel_size_nm"] == pytest.approx(0.8)
+    pd.testing.assert_frame_equal(result.regions, plain.regions, check_dtype=False, rtol=1e-12)
+
+
 def test_label_maps_only_one_model_png_and_confidence(tmp_path):
     _micrographs(tmp_path / "in", [0, 1])
     result = batch(tmp_path / "in", tmp_path / "out", kinds=["granules"], tables=False,

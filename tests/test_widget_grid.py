@@ -8,7 +8,13 @@ import pytest
 
 from napari_emgranules._widgets import _common, grid
 from napari_emgranules._widgets.grid import GRID, PointGridWidget
-from napari_emgranules.core.pointgrid import agreement, grid_table, make_grid, read_manual_scores, score_points
+from napari_emgranules.core.pointgrid import (
+    agreement,
+    grid_table,
+    make_grid,
+    read_manual_scores,
+    score_points,
+)
 from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA
 from napari_emgranules.core.synthetic import synthetic_micrograph
 

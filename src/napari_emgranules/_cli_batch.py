@@ -64,7 +64,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         granules_model=args.granules_weights, pixel_size_nm=args.pixel_size,
         force_pixel_size=args.force_pixel_size, measure_kwargs=_measure_kwargs(args),
         seed_tables=args.seed_tables, scheduler=args.scheduler, overwrite=args.overwrite,
-        granule_thresholds=_thresholds(args.granule_thresholds), label_format=args.format)
+        granule_thresholds=_thresholds(args.granule_thresholds), label_format=args.format,
+        objects=args.objects)
     with tqdm(desc="batch", unit="image", file=sys.stderr, disable=args.quiet) as bar:
         def advance(event, bar=bar) -> None:
             bar.total = event.total
@@ -97,6 +98,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
     add_label_format_argument(bat)
+    bat.add_argument("--objects", action="store_true",
+                     help="also write each micrograph's granule particles as QuPath objects, "
+                          "objects/<name>.geojson")
     bat.add_argument("--granule-thresholds", metavar="P,P,...",
                      help="also measure with each of these granule probability thresholds, from the "
                           "same forward pass: regions.t<P>.csv and particles.t<P>.csv (and per "

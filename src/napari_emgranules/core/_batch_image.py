@@ -77,6 +77,7 @@ class ImageSettings:
     tables: bool = True
     label_format: str = "tif"
     confidence: bool = False
+    objects: bool = False
 
     def model(self, kind: str) -> SegmentationModel:
         """The loaded model of ``kind`` prepared for the run's options (precision, granule
@@ -234,6 +235,8 @@ def output_paths(name: str, settings: ImageSettings) -> dict[str, str]:
     paths.update(regions=f"tables/{name}.regions.csv", particles=f"tables/{name}.particles.csv")
     if settings.measure.get("z_disks"):
         paths["z_disks"] = f"tables/{name}.zdisks.csv"
+    if settings.objects:
+        paths["objects"] = f"objects/{name}.geojson"
     for t in settings.granule_thresholds:
         key = threshold_key(t)
         paths[f"regions.{key}"] = f"tables/{name}.regions.{key}.csv"
@@ -288,6 +291,14 @@ def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings,
     write_csv(m.particles, out / rel["particles"], overwrite=True)
     if "z_disks" in rel:
         write_csv(m.z_disks, out / rel["z_disks"], overwrite=True)
+    if "objects" in rel:  # the particles as QuPath objects (outlines in pixels)
+        from .objects import particles_geojson, write_geojson
+
+        collection = (particles_geojson(m.particle_map, m.particles, pixel_size_nm=result.pixel_size_nm,
+                                        image=job.name) if m.particle_map is not None else
+                      {"type": "FeatureCollection", "features": [],
+                       "napari-emgranules": {"image": job.name, "note": "no particles measured"}})
+        write_geojson(collection, out / rel["objects"], overwrite=True)
     for t in settings.granule_thresholds:  # one forward pass, a table per threshold
         probability = result.confidence["granule_probability"]
         granules = _remove_specks((probability >= t).astype(np.uint8), settings, result.pixel_size_nm)

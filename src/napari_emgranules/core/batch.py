@@ -653,8 +653,9 @@ class _Run:
         if s.granule_thresholds:
             self.common["granule_thresholds"] = list(s.granule_thresholds)
         outputs = {"kinds": list(s.kinds), "tables": s.tables, "label_format": s.label_format,
-                   "confidence": s.confidence}
-        defaults = {"kinds": list(KINDS), "tables": True, "label_format": "tif", "confidence": False}
+                   "confidence": s.confidence, "objects": s.objects}
+        defaults = {"kinds": list(KINDS), "tables": True, "label_format": "tif", "confidence": False,
+                    "objects": False}
         if outputs != defaults:  # (absent otherwise: earlier runs' hashes stay valid)
             self.common["outputs"] = outputs
         self.manifest.settings = self.common
@@ -816,6 +817,7 @@ def batch_iter(
     tables: bool = True,
     label_format: str = "tif",
     confidence: bool = False,
+    objects: bool = False,
     **option_fields: Any,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Segment and measure many micrographs into ``out_dir``, yielding one event per micrograph.
@@ -866,6 +868,9 @@ def batch_iter(
     confidence : bool
         Also write each model's per-pixel confidence, ``<kind>_confidence/<name>.tif`` (16-bit,
         65535 = certain).
+    objects : bool
+        Also write each micrograph's granule particles as QuPath objects,
+        ``objects/<name>.geojson`` (outlines in pixels, sizes in nm; needs the tables).
 
     Yields
     ------
@@ -888,6 +893,8 @@ def batch_iter(
         raise BatchError(str(exc)) from None
     thresholds = _check_thresholds(granule_thresholds)
     kinds = _check_outputs(kinds, tables, label_format, thresholds)
+    if objects and not tables:
+        raise BatchError("particle objects come from measuring: objects=True needs tables=True")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     jobs = _jobs(expand_inputs(items))
     if not jobs:
@@ -900,7 +907,7 @@ def batch_iter(
     out = _output_folder(out_dir)
     settings = ImageSettings(str(out.resolve()), opts, locations_model, granules_model, pixel_size_nm,
                              force_pixel_size, _check_measure(measure_kwargs), thresholds, kinds,
-                             bool(tables), label_format, bool(confidence))
+                             bool(tables), label_format, bool(confidence), bool(objects))
     if spec is not None:
         settings = _check_models_for_workers(settings)
         if spec[0] == "processes" and opts.memory_budget_bytes is None and available_memory_bytes():
