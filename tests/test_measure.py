@@ -390,3 +390,39 @@ def test_measure_segmentation_takes_maps_pixel_size_and_name_from_the_result():
     only = SegmentationResult(labels={"granules": gra}, name="g")
     with pytest.raises(ValueError, match="both label maps"):
         measure_segmentation(only)
+
+
+def test_derived_regions_pool_their_parts(tmp_path):
+    """A + I as one row (the other muscle-TEM tool's "intra"): the numbers of the union."""
+    from napari_emgranules.core.measure import DERIVED_CODE, parse_derived, pooled_regions
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    s = synthetic_micrograph((1024, 1024), 0.8, seed=1)
+    m = measure_labels(s.locations, s.granules, pixel_size_nm=0.8, tile=512,
+                       derived={"myofibrillar": ("A", "I")})
+    row = m.regions[m.regions["region"] == "A+I"].iloc[0]
+    union = np.isin(s.locations, [1, 2])
+    assert row["region_code"] == DERIVED_CODE and row["region_name"] == "myofibrillar"
+    assert row["area_px"] == union.sum() and row["granule_px"] == (s.granules[union] == 1).sum()
+    assert row["pf"] == pytest.approx((s.granules[union] == 1).mean())
+    parts = m.regions[m.regions["region"].isin(["A", "I"])]
+    assert row["granule_count"] == parts["granule_count"].sum()
+    assert row["vf"] == pytest.approx((parts["vf"] * parts["area_px"]).sum() / parts["area_px"].sum())
+    assert (m.tiles["region"] == "A+I").sum() == 4  # one per tile too
+    assert pooled_regions(m.regions, {}) is m.regions
+    assert parse_derived("intra=A+I, rest=Z+S+N") == {"intra": ("A", "I"), "rest": ("Z", "S", "N")}
+    for bad in ("intra", "intra=A", "=A+I"):
+        with pytest.raises(ValueError, match="NAME=A"):
+            parse_derived(bad)
+    with pytest.raises(ValueError, match="no region Q"):
+        pooled_regions(m.regions, {"x": ("A", "Q")})
+    write_labels(tmp_path / "loc.png", s.locations, pixel_size_nm=0.8)
+    write_labels(tmp_path / "gra.png", s.granules, pixel_size_nm=0.8)
+    out = tmp_path / "d.csv"
+    assert main(["measure", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--out", str(out),
+                 "--derived", "myofibrillar=A+I", "--seed-tables", str(tmp_path / "seed")]) == 0
+    table = pd.read_csv(out)
+    assert table.loc[table["region"] == "A+I", "pf"].iloc[0] == pytest.approx(row["pf"])
+    assert "A+I" not in (tmp_path / "seed" / "location and granule areas.txt").read_text()
+    assert main(["measure", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--out",
+                 str(tmp_path / "e.csv"), "--derived", "myofibrillar"]) == 2

@@ -24,7 +24,12 @@ from .cli import (
 def _measure_kwargs(args: argparse.Namespace) -> dict:
     if args.section <= 0 or not math.isfinite(args.section):
         raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
+    from ._cli_measure import derived_regions
+
     kwargs: dict = {"tile": args.tile or None}
+    derived = derived_regions(args)
+    if derived:
+        kwargs["derived"] = derived
     if args.vf == "none":
         kwargs["section_nm"] = None
     else:
@@ -98,6 +103,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
     add_label_format_argument(bat)
+    from ._cli_measure import add_derived_argument
+
+    add_derived_argument(bat)
     bat.add_argument("--objects", action="store_true",
                      help="also write each micrograph's granule particles as QuPath objects, "
                           "objects/<name>.geojson")

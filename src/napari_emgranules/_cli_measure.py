@@ -71,6 +71,25 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     return outs
 
 
+def add_derived_argument(parser: argparse.ArgumentParser) -> None:
+    """``--derived NAME=A+I,...`` (measure, batch)."""
+    parser.add_argument("--derived", metavar="NAME=A+I,...",
+                        help="also pool regions into named rows, e.g. 'myofibrillar=A+I' (the other "
+                             "muscle-TEM tool's 'intra'): areas, granules and counts added")
+
+
+def derived_regions(args: argparse.Namespace) -> dict | None:
+    """The parsed ``--derived`` value (None when not given)."""
+    from .core.measure import parse_derived
+
+    if not getattr(args, "derived", None):
+        return None
+    try:
+        return parse_derived(args.derived)
+    except ValueError as exc:
+        raise CliError(f"--derived: {exc}") from None
+
+
 def _measure_one(args: argparse.Namespace, name: str, loc_path: Path, gra_path: Path, filters):
     from .core.io import read_labels
     from .core.measure import measure_labels
@@ -87,7 +106,7 @@ def _measure_one(args: argparse.Namespace, name: str, loc_path: Path, gra_path: 
         section_nm=None if args.vf == "none" else args.section,
         min_cap_nm=args.min_cap, vf_method=args.vf if args.vf != "none" else "baskets",
         concentration_factor=args.concentration_factor,
-        z_disks=bool(args.z_disks) and px is not None,
+        z_disks=bool(args.z_disks) and px is not None, derived=derived_regions(args),
     )
     result.regions["seed_name"] = loc_path.name
     return result
@@ -191,6 +210,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="smallest visible granule cap height for vf (default: the model's)")
     mea.add_argument("--vf", default="baskets", choices=("baskets", "analytical", "none"),
                      help="pf -> vf route: basket simulation (default), analytical, or none")
+    add_derived_argument(mea)
     mea.add_argument("--concentration-factor", type=float, metavar="F",
                      help="add a 'concentration' column = vf x F (F: your glycogen concentration "
                           "per unit volume fraction, e.g. mmol glucosyl units/L at vf = 1)")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -608,7 +608,8 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
                    filters: ParticleFilter | None = None, split_touching: bool = False,
                    section_nm: float | None = 70.0, min_cap_nm: float | None = None,
                    vf_method: str = "baskets", diameters: Any = "measured",
-                   concentration_factor: float | None = None, z_disks: bool = False) -> Measurement:
+                   concentration_factor: float | None = None, z_disks: bool = False,
+                   derived: Mapping[str, Sequence[str]] | None = None) -> Measurement:
     """Density table, particles (counts and sizes per region), ``vf`` and optionally Z widths.
 
     Parameters
@@ -638,7 +639,19 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
         :func:`~.stereology.vf_to_concentration`).
     z_disks : bool
         Also measure Z-disk widths.
+    derived : mapping, optional
+        Pooled regions to add, e.g. ``{"myofibrillar": ("A", "I")}`` (:func:`pooled_regions`).
     """
+    if derived:
+        m = measure_labels(locations, granules, pixel_size_nm=pixel_size_nm,
+                           pixel_size_source=pixel_size_source, schema=schema, image=image, path=path,
+                           tile=tile, filters=filters, split_touching=split_touching,
+                           section_nm=section_nm, min_cap_nm=min_cap_nm, vf_method=vf_method,
+                           diameters=diameters, concentration_factor=concentration_factor,
+                           z_disks=z_disks)
+        m.regions = pooled_regions(m.regions, derived)
+        m.tiles = pooled_regions(m.tiles, derived) if m.tiles is not None else None
+        return m
     schema = schema or LOCATIONS_SCHEMA
     loc, mask = _check_pair(locations, granules, schema)
     px = _check_pixel_size(pixel_size_nm)
@@ -673,6 +686,82 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
                                                              concentration_factor)
     zd = z_disk_widths(loc, pixel_size_nm=px, schema=schema, image=image) if z_disks else None
     return Measurement(regions, particles, tiles, zd, notes, particle_map)
+
+
+DERIVED_CODE = -1
+"""``region_code`` of a derived (pooled) region row: not a class of the schema."""
+
+_KEPT_IN_DERIVED = frozenset({"pixel_size_nm", "pixel_size_source", "section_nm", "vf_method", "path"})
+
+
+def parse_derived(text: str) -> dict[str, tuple[str, ...]]:
+    """``"myofibrillar=A+I,other=Z+S"`` -> ``{"myofibrillar": ("A", "I"), "other": ("Z", "S")}``.
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=`` or with fewer than two regions.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for item in (t.strip() for t in str(text).split(",") if t.strip()):
+        name, sep, parts = item.partition("=")
+        regions = tuple(r.strip() for r in parts.split("+") if r.strip())
+        if not sep or not name.strip() or len(regions) < 2:
+            raise ValueError(f"derived region {item!r}: write NAME=A+I (a name and two or more regions)")
+        out[name.strip()] = regions
+    return out
+
+
+def pooled_regions(table: pd.DataFrame, derived: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """``table`` (a density table) with a pooled row per image (and tile) for each derived region.
+
+    A derived region (``{"myofibrillar": ("A", "I")}``; the other muscle-TEM tool's "intra") adds
+    up its regions' areas, granule pixels and granule counts, so ``pf`` and granules per um^2 are
+    those of the union; ``vf`` is the area-weighted mean of the regions' ``vf`` (volume fractions
+    of disjoint regions), the mean diameter the count-weighted mean, and the SD the pooled one.
+    Its ``region`` is ``"A+I"``, ``region_name`` the given name and ``region_code``
+    :data:`DERIVED_CODE`; the original tool's text tables leave such rows out.
+
+    Raises
+    ------
+    ValueError
+        For a region letter the table does not have.
+    """
+    if not derived or table.empty:
+        return table
+    letters = set(table["region"].astype(str))
+    rows = []
+    for name, parts in derived.items():
+        missing = [r for r in parts if r not in letters]
+        if missing:
+            raise ValueError(f"derived region {name!r}: no region {', '.join(missing)} in the table "
+                             f"(regions: {', '.join(sorted(letters))})")
+        sel = table[table["region"].astype(str).isin(parts)]
+        for (image, tile), g in sel.groupby(["image", "tile"], sort=False, dropna=False):
+            area, count = g["area_px"].sum(), g["granule_count"]
+            n = count.fillna(0)
+            row = g.iloc[0].to_dict()
+            total = float(n.sum())
+            mean = float((g["mean_diameter_nm"] * n).sum() / total) if total else np.nan
+            second = float((n * (g["sd_diameter_nm"].fillna(0) ** 2 + g["mean_diameter_nm"] ** 2)).sum()
+                           / total) if total else np.nan
+            row = {k: (v if k in _KEPT_IN_DERIVED else np.nan) for k, v in row.items()}
+            row.update({
+                "image": image, "tile": tile, "region_code": DERIVED_CODE, "region": "+".join(parts),
+                "region_name": name, "area_px": area, "area_um2": g["area_um2"].sum(min_count=1),
+                "granule_px": g["granule_px"].sum(), "pf": g["granule_px"].sum() / area if area else np.nan,
+                "vf": (g["vf"] * g["area_px"]).sum(min_count=1) / area if area and g["vf"].notna().all()
+                else np.nan,
+                "granule_count": count.sum(min_count=1),
+                "granules_per_um2": (count.sum(min_count=1) / g["area_um2"].sum(min_count=1))
+                if g["area_um2"].sum() else np.nan,
+                "mean_diameter_nm": mean,
+                "sd_diameter_nm": float(np.sqrt(max(second - mean ** 2, 0.0))) if total > 1 else np.nan,
+            })
+            rows.append(row)
+    if not rows:
+        return table
+    return pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
 
 
 def measure_segmentation(result: Any, **kwargs: Any) -> Measurement:
