@@ -213,6 +213,11 @@ def test_an_epoch_that_costs_one_class_too_much_is_not_kept():
                                         cm_start=start.tolist()), lopsided, {})
     with pytest.raises(ValueError, match="max_class_loss"):
         TrainConfig(max_class_loss=2)
+    # a class the start got wrong (IoU < 0.5) is what the user corrects: trading it is allowed
+    poor = np.array([[900, 100, 0], [500, 500, 0], [0, 0, 0]])  # class 1: IoU 0.45 at the start
+    trade = np.array([[1000, 0, 0], [700, 300, 0], [0, 0, 0]])  # 0 gains, 1 loses 0.15
+    assert _class_guard(SimpleNamespace(config=TrainConfig(), fine_tuning=True,
+                                        cm_start=poor.tolist()), trade, {})
 
 
 def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):

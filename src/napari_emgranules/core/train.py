@@ -161,10 +161,11 @@ class TrainConfig:
         choose the best epoch by the mean of their mean IoU and the held-out data's (a model that
         only memorises the user's micrograph is then not "best").
     max_class_loss : float or None
-        When fine-tuning: an epoch can replace the kept weights only if no class with at least
-        :data:`CLASS_GUARD_MIN_PIXELS` validation pixels has lost more than this IoU against the
-        starting weights (default 0.05; None turns the guard off). A mean IoU that rises because
-        one class gains a lot while another collapses is not an improvement a user wants.
+        When fine-tuning: an epoch can replace the kept weights only if no class that the starting
+        weights already got right (validation IoU >= :data:`CLASS_GUARD_MIN_START_IOU`, at least
+        :data:`CLASS_GUARD_MIN_PIXELS` pixels) has lost more than this IoU (default 0.05; None
+        turns the guard off). A mean IoU that rises because one class gains a lot while a good one
+        collapses is not an improvement a user wants.
     seed : int
         Seeds the data order, augmentation, validation split and Keras' random state.
     max_minutes : float, optional
@@ -1217,19 +1218,27 @@ def _validation_logs(run: _Run) -> tuple[dict[str, float], np.ndarray]:
 CLASS_GUARD_MIN_PIXELS = 100
 """Validation pixels a class needs before :attr:`TrainConfig.max_class_loss` watches it."""
 
+CLASS_GUARD_MIN_START_IOU = 0.5
+"""Validation IoU of the starting model from which a class is protected by the guard: a class
+the start already gets right must not be given up; one it gets wrong is what the user corrects
+(measured: watching every class kept the start on fully corrected micrographs, docs/correction_loop.md)."""
+
 
 def _class_guard(run: _Run, cm: np.ndarray | None, logs: dict[str, float]) -> bool:
-    """False when fine-tuning has cost a well-represented class more than ``max_class_loss`` IoU
-    on the validation data against the starting weights (the epoch may then not be kept). The
-    worst change goes into ``logs`` (``val_worst_class_change``)."""
+    """False when fine-tuning has cost a class that the starting weights already got right (IoU of
+    at least :data:`CLASS_GUARD_MIN_START_IOU`, :data:`CLASS_GUARD_MIN_PIXELS` validation pixels)
+    more than ``max_class_loss`` IoU on the validation data (the epoch may then not be kept). The
+    worst change of those classes goes into ``logs`` (``val_worst_class_change``)."""
     limit = run.config.max_class_loss
     if not run.fine_tuning or limit is None or cm is None or run.cm_start is None:
         return True
     start = np.asarray(run.cm_start, np.int64)
-    watched = (start.sum(axis=1) >= CLASS_GUARD_MIN_PIXELS) & np.isfinite(iou_per_class(start))
+    before = iou_per_class(start)
+    watched = ((start.sum(axis=1) >= CLASS_GUARD_MIN_PIXELS) & np.isfinite(before)
+               & (np.nan_to_num(before) >= CLASS_GUARD_MIN_START_IOU))
     if not watched.any():
         return True
-    change = (iou_per_class(np.asarray(cm, np.int64)) - iou_per_class(start))[watched]
+    change = (iou_per_class(np.asarray(cm, np.int64)) - before)[watched]
     worst = float(np.nanmin(change)) if np.isfinite(change).any() else 0.0
     logs["val_worst_class_change"] = worst
     return worst >= -limit
