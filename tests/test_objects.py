@@ -59,3 +59,24 @@ def test_measure_writes_one_geojson_per_label_map(tmp_path):
     rc = main(["measure", str(tmp_path / "locations"), str(tmp_path / "granules"), "--out",
                str(tmp_path / "d2.csv"), "--objects", str(tmp_path / "objects"), "--quiet"])
     assert rc == 2  # an existing object file is not replaced without --overwrite
+
+
+def test_particles_as_an_imagej_roi_set_that_roifile_reads_back(tmp_path):
+    roifile = pytest.importorskip("roifile")
+    from napari_emgranules.core.objects import particles_imagej_rois, write_imagej_rois
+
+    m = synthetic_micrograph((512, 512), 0.8, seed=310_000)
+    particle_map, table = granule_objects(m.granules, m.locations, pixel_size_nm=0.8, image="m")
+    path = write_imagej_rois(particles_imagej_rois(particle_map, table), tmp_path / "m.roi.zip")
+    rois = roifile.roiread(path)
+    rois = rois if isinstance(rois, list) else [rois]
+    assert len(rois) == len(table) > 0
+    features = particles_geojson(particle_map, table, pixel_size_nm=0.8)["features"]
+    for roi, feature, (_, row) in zip(rois, features, table.iterrows(), strict=True):
+        ring = np.asarray(feature["geometry"]["coordinates"][0])[:-1]  # the same outline as QuPath's
+        np.testing.assert_allclose(roi.coordinates(), ring, atol=1e-3)
+        assert roi.name == f"granule {int(row['particle'])} ({row['region']})"
+    with pytest.raises(FileExistsError):
+        write_imagej_rois([], path)
+    empty = write_imagej_rois([], tmp_path / "none.roi.zip")
+    assert empty.stat().st_size > 0

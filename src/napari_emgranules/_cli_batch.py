@@ -108,7 +108,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_derived_argument(bat)
     bat.add_argument("--objects", action="store_true",
                      help="also write each micrograph's granule particles as QuPath objects, "
-                          "objects/<name>.geojson")
+                          "objects/<name>.geojson, and a Fiji ROI set, objects/<name>.roi.zip")
     bat.add_argument("--granule-thresholds", metavar="P,P,...",
                      help="also measure with each of these granule probability thresholds, from the "
                           "same forward pass: regions.t<P>.csv and particles.t<P>.csv (and per "

@@ -1,4 +1,5 @@
-"""Granule particles as objects other tools read: GeoJSON for QuPath (and any GIS-style reader).
+"""Granule particles as objects other tools read: GeoJSON for QuPath (and any GIS-style reader),
+and ImageJ ROI sets for Fiji (:func:`particles_imagej_rois`, written with ``roifile``).
 
 Each particle of the measurement becomes a GeoJSON ``Feature``: its outline as a ``Polygon`` in
 pixel coordinates of the micrograph (x = column, y = row, pixel centres at integer + 0.5 as
@@ -83,4 +84,43 @@ def write_geojson(collection: dict[str, Any], path: str | os.PathLike, *,
     text = json.dumps(collection, separators=(",", ":"))
     with atomic_output(p) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return p
+
+
+def particles_imagej_rois(particle_map: np.ndarray, particles: pd.DataFrame, *,
+                          kept_only: bool = False) -> list[Any]:
+    """The particles as ImageJ polygon ROIs (``roifile.ImagejRoi``), named ``granule <n>
+    (<region>)``, with the outlines of :func:`particles_geojson` (x = column, y = row)."""
+    from roifile import ImagejRoi
+
+    rows = particles[particles["kept"]] if kept_only and len(particles) else particles
+    boxes = ndi.find_objects(np.asarray(particle_map))
+    rois = []
+    for _, row in rows.iterrows():
+        k = int(row["particle"])
+        box = boxes[k - 1] if k - 1 < len(boxes) else None
+        if box is None:
+            continue
+        ring = _outline(np.asarray(particle_map[box]) == k, box[0].start, box[1].start)[:-1]
+        rois.append(ImagejRoi.frompoints(np.asarray(ring, np.float32),
+                                         name=f"granule {k} ({row['region']})"))
+    return rois
+
+
+def write_imagej_rois(rois: list[Any], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ROIs as an ImageJ ROI set (``.zip``, what Fiji's ROI Manager opens) atomically."""
+    from roifile import roiwrite
+
+    from .io import atomic_output
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p}: exists already; nothing was written (--overwrite replaces it)")
+    with atomic_output(p) as tmp:
+        if rois:
+            roiwrite(tmp, rois, mode="w")
+        else:  # an empty set: an empty zip Fiji opens as no ROIs
+            import zipfile
+
+            zipfile.ZipFile(tmp, "w").close()
     return p
