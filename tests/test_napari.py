@@ -164,3 +164,16 @@ def test_every_manifest_widget_opens_in_workflow_order(make_napari_viewer):
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
         assert isinstance(widget, cls), name
         assert dock is not None
+
+
+def test_prefer_reader_sets_napari_s_extension_mapping_only_for_the_shared_patterns():
+    from types import SimpleNamespace
+
+    from napari_emgranules._reader import SHARED_PATTERNS, prefer_this_reader
+
+    settings = SimpleNamespace(plugins=SimpleNamespace(extension2reader={"*.czi": "other",
+                                                                         "*.dm4": "napari-rosettasciio"}))
+    mapping = prefer_this_reader(settings)
+    assert mapping["*.czi"] == "other"  # the user's other choices stay
+    assert all(mapping[p] == "napari-emgranules" for p in SHARED_PATTERNS)
+    assert settings.plugins.extension2reader == mapping

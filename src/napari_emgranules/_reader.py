@@ -38,3 +38,25 @@ def read_micrographs(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
                 "pixel_size_source": m.pixel_size_source}
         layers.append(image_layer_data(m.data, m.name, m.pixel_size_nm, meta))
     return layers
+
+
+#: The patterns other napari plugins register too (napari-rosettasciio: .dm3/.dm4/.mrc;
+#: napari-ome-zarr: .zarr), for which napari asks which reader to use unless one is preferred.
+SHARED_PATTERNS = ("*.dm3", "*.dm4", "*.mrc", "*.st", "*.zarr")
+PLUGIN = "napari-emgranules"
+
+
+def prefer_this_reader(settings: Any = None, patterns: Sequence[str] = SHARED_PATTERNS) -> dict[str, str]:
+    """Make napari open ``patterns`` with this plugin's reader without asking (its persistent
+    setting *Preferences > Plugins > File extension readers*); returns the new mapping.
+
+    Only on request (``emgranules prefer-reader``): another plugin the user chose stays unless
+    they run this.
+    """
+    if settings is None:
+        from napari.settings import get_settings
+
+        settings = get_settings()
+    mapping = {**dict(settings.plugins.extension2reader), **{p: PLUGIN for p in patterns}}
+    settings.plugins.extension2reader = mapping
+    return mapping

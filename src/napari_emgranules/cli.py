@@ -176,6 +176,15 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if result.failures else EXIT_OK
 
 
+def _cmd_prefer_reader(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from ._reader import SHARED_PATTERNS, prefer_this_reader
+
+    prefer_this_reader()
+    print(f"napari now opens {', '.join(SHARED_PATTERNS)} with napari-emgranules (change it in "
+          "napari's Preferences > Plugins)")
+    return EXIT_OK
+
+
 # -------------------------------------------------------------------------------------------------
 # split
 # -------------------------------------------------------------------------------------------------
@@ -358,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_interop import add_parsers as add_interop_parsers
 
     add_interop_parsers(sub)
+
+    pre = sub.add_parser("prefer-reader",
+                         help="make napari open .dm3/.dm4/.mrc/.st/.zarr with this plugin without "
+                              "asking (other plugins, e.g. napari-rosettasciio, read them too)")
+    pre.set_defaults(func=_cmd_prefer_reader)
 
     inf = sub.add_parser("info", help="versions, Keras backend, devices, bundled models")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
