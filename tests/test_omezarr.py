@@ -114,3 +114,26 @@ def test_segment_and_batch_write_and_read_stores(tmp_path, cell):
     granules = read_labels(tmp_path / "b" / "granules" / "cell.tif")
     np.testing.assert_array_equal(granules, level0(zarr.open_group(str(store / "labels" / "granules"),
                                                                   mode="r")))
+
+
+def test_napari_saves_a_micrograph_and_its_label_layers_as_one_store(make_napari_viewer, tmp_path, cell):
+    from napari_emgranules._widgets import _common
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(cell.image, name="cell", scale=(0.8, 0.8), units=("nm", "nm"))
+    info = {"pixel_size_nm": 0.8, "pixel_size_source": "synthetic"}
+    loc = _common.show_labels(viewer, image, "locations", cell.locations, LOCATIONS_SCHEMA, info)
+    gra = _common.show_labels(viewer, image, "granules", cell.granules, GRANULES_SCHEMA, info)
+    from napari_emgranules._writer import write_ome_zarr_layers
+
+    # napari's own File > Save All Layers path, through the plugin's writer contribution
+    (written,) = viewer.layers.save(str(tmp_path / "cell.zarr"), selected=False,
+                                    plugin="napari-emgranules")
+    m = read_micrograph(written)
+    assert m.pixel_size_nm == pytest.approx(0.8)
+    np.testing.assert_array_equal(m.data, cell.image)
+    for kind, truth in (("locations", cell.locations), ("granules", cell.granules)):
+        np.testing.assert_array_equal(level0(zarr.open_group(str(tmp_path / "cell.zarr" / "labels" / kind),
+                                                             mode="r")), truth)
+    with pytest.raises(ValueError, match="at least one labels layer"):
+        write_ome_zarr_layers(str(tmp_path / "x.zarr"), [image.as_layer_data_tuple()])
