@@ -122,8 +122,8 @@ def test_napari_saves_a_micrograph_and_its_label_layers_as_one_store(make_napari
     viewer = make_napari_viewer()
     image = viewer.add_image(cell.image, name="cell", scale=(0.8, 0.8), units=("nm", "nm"))
     info = {"pixel_size_nm": 0.8, "pixel_size_source": "synthetic"}
-    loc = _common.show_labels(viewer, image, "locations", cell.locations, LOCATIONS_SCHEMA, info)
-    gra = _common.show_labels(viewer, image, "granules", cell.granules, GRANULES_SCHEMA, info)
+    _common.show_labels(viewer, image, "locations", cell.locations, LOCATIONS_SCHEMA, info)
+    _common.show_labels(viewer, image, "granules", cell.granules, GRANULES_SCHEMA, info)
     from napari_emgranules._writer import write_ome_zarr_layers
 
     # napari's own File > Save All Layers path, through the plugin's writer contribution
@@ -135,5 +135,17 @@ def test_napari_saves_a_micrograph_and_its_label_layers_as_one_store(make_napari
     for kind, truth in (("locations", cell.locations), ("granules", cell.granules)):
         np.testing.assert_array_equal(level0(zarr.open_group(str(tmp_path / "cell.zarr" / "labels" / kind),
                                                              mode="r")), truth)
+    # opened again in napari: the micrograph and its label layers, named, coloured, linked
+    layers = napari_get_reader(written)(written)
+    assert [t for _, _, t in layers] == ["image", "labels", "labels"]
+    (_, image_meta, _), *labelled = layers
+    assert image_meta["scale"] == pytest.approx((0.8, 0.8))
+    for data, meta, _ in labelled:
+        kind = meta["metadata"]["emgranules"]["kind"]
+        assert meta["name"] == f"cell {kind}" and meta["scale"] == pytest.approx((0.8, 0.8))
+        schema = LOCATIONS_SCHEMA if kind == "locations" else GRANULES_SCHEMA
+        assert meta["colormap"][1].lower() == schema.classes[1].color.lower()
+        assert meta["metadata"]["schema"]["classes"][1]["name"] == schema.classes[1].name
+        np.testing.assert_array_equal(data, cell.locations if kind == "locations" else cell.granules)
     with pytest.raises(ValueError, match="at least one labels layer"):
         write_ome_zarr_layers(str(tmp_path / "x.zarr"), [image.as_layer_data_tuple()])

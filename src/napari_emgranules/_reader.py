@@ -37,6 +37,30 @@ def read_micrographs(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
         meta = {**m.metadata, "path": str(m.path), "pixel_size_nm": m.pixel_size_nm,
                 "pixel_size_source": m.pixel_size_source}
         layers.append(image_layer_data(m.data, m.name, m.pixel_size_nm, meta))
+        if Path(p).suffix.lower() == ".zarr":  # a results store: its label images too
+            layers += _store_labels(Path(p), m.name, m.pixel_size_nm, m.shape)
+    return layers
+
+
+def _store_labels(path: Path, image: str, pixel_size_nm: float, shape: tuple[int, int]) -> list:
+    """Labels layers of an OME-Zarr store's label images (of the micrograph's size), named and
+    linked to the micrograph as the Segment widget's results are."""
+    import numpy as np
+
+    from ._layers import labels_layer_data
+    from .core.omezarr import read_ome_zarr_labels
+    from .core.schema import default_schema
+
+    layers = []
+    for kind, (array, schema) in read_ome_zarr_labels(path).items():
+        if tuple(array.shape) != tuple(shape):
+            continue
+        data = np.asarray(array)
+        if schema is None:
+            schema = default_schema("granules" if int(data.max(initial=0)) <= 1 else "locations")
+        layers.append(labels_layer_data(data, schema, f"{image} {kind}", pixel_size_nm,
+                                        {"emgranules": {"kind": kind, "image": image,
+                                                        "model_output": data.copy()}}))
     return layers
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from .schema import ClassSchema
 
-__all__ = ["OME_ZARR_SUFFIX", "is_ome_zarr", "read_ome_zarr", "ome_zarr_level0", "write_ome_zarr"]
+__all__ = ["OME_ZARR_SUFFIX", "is_ome_zarr", "read_ome_zarr", "ome_zarr_level0", "read_ome_zarr_labels",
+           "write_ome_zarr"]
 
 OME_ZARR_SUFFIX = ".ome.zarr"
 
@@ -181,3 +182,44 @@ def write_ome_zarr(path: str | os.PathLike, labels: Mapping[str, tuple[np.ndarra
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def read_ome_zarr_labels(path: str | os.PathLike) -> dict[str, tuple[Any, ClassSchema | None]]:
+    """The store's label images by name: (full-resolution array, lazily; its class schema when
+    the ``image-label`` properties carry this package's fields, else None)."""
+    import zarr
+
+    from .schema import ClassInfo, SchemaError
+
+    try:
+        labels = zarr.open_group(str(Path(path) / "labels"), mode="r")
+    except Exception:  # no labels group: no label images
+        return {}
+    attrs = labels.attrs.asdict()
+    names = attrs.get("ome", attrs).get("labels", [])
+    out: dict[str, tuple[Any, ClassSchema | None]] = {}
+    for name in names:
+        try:
+            group = labels[name]
+            meta = group.attrs.asdict()
+            meta = meta.get("ome", meta)
+            level0 = group[meta["multiscales"][0]["datasets"][0]["path"]]
+        except Exception:  # a listed label image that cannot be read: left out
+            continue
+        props = (meta.get("image-label") or {}).get("properties") or []
+        schema = None
+        if props and all({"label-value", "name", "letter"} <= set(p) for p in props):
+            colours = {c["label-value"]: c["rgba"] for c in (meta["image-label"].get("colors") or [])}
+            ordered = sorted(props, key=lambda q: q["label-value"])
+            try:
+                schema = ClassSchema(name, tuple(ClassInfo(
+                    int(p["label-value"]), str(p["letter"]), str(p["name"]),
+                    "#" + "".join(f"{int(v):02x}" for v in colours.get(p["label-value"], [0, 0, 0])[:3]),
+                    measured=bool(p.get("measured", False))) for p in ordered))
+            except (SchemaError, ValueError, TypeError):
+                schema = None
+        squeezed = level0
+        while getattr(squeezed, "ndim", 2) > 2 and squeezed.shape[0] == 1:
+            squeezed = squeezed[0]
+        out[str(name)] = (squeezed, schema)
+    return out
