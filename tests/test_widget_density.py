@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -165,6 +167,15 @@ def test_save_csv_and_seed_tables_never_overwrite(scene, qtbot, tmp_path, messag
     messages.clear()
     assert widget.save_seed_tables(folder) is None
     assert densities.read_bytes() == before
+    assert any(level == "error" and "exists already" in msg for level, msg in messages), messages
+
+    # the particles, for QuPath and Fiji
+    geo, rois = widget.save_objects(tmp_path / "cell.geojson")
+    assert (geo.name, rois.name) == ("cell.geojson", "cell.roi.zip")
+    collection = json.loads(geo.read_text())
+    assert len(collection["features"]) == len(widget.measurement.particles) > 0
+    messages.clear()
+    assert widget.save_objects(tmp_path / "cell") is None  # never replaced
     assert any(level == "error" and "exists already" in msg for level, msg in messages), messages
 
 

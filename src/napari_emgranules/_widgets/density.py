@@ -294,8 +294,11 @@ class DensityWidget(QWidget):
         self.show_all_button = QPushButton("Show all regions")
         self.save_csv_button = QPushButton("Save CSV...")
         self.save_seed_button = QPushButton("Save seed tables...")
-        for button in (self.save_csv_button, self.save_seed_button):
+        self.save_objects_button = QPushButton("Save particles...")
+        for button in (self.save_csv_button, self.save_seed_button, self.save_objects_button):
             button.setEnabled(False)
+        self.save_objects_button.setToolTip("the granule particles as QuPath objects (.geojson) and a "
+                                            "Fiji ROI set (.roi.zip) (never replaces files)")
         self.save_csv_button.setToolTip("the tidy per-region table (never replaces a file)")
         self.save_seed_button.setToolTip("the original tool's two text tables, per 1024 px tile when "
                                          "the image divides into them (never replaces files)")
@@ -304,7 +307,8 @@ class DensityWidget(QWidget):
         self.figure.add_subplot(111)
 
         buttons = QHBoxLayout()
-        for button in (self.show_all_button, self.save_csv_button, self.save_seed_button):
+        for button in (self.show_all_button, self.save_csv_button, self.save_seed_button,
+                       self.save_objects_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
@@ -334,6 +338,7 @@ class DensityWidget(QWidget):
         self.show_all_button.clicked.connect(self.show_all)
         self.save_csv_button.clicked.connect(lambda: self.save_csv())
         self.save_seed_button.clicked.connect(lambda: self.save_seed_tables())
+        self.save_objects_button.clicked.connect(lambda: self.save_objects())
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -421,6 +426,42 @@ class DensityWidget(QWidget):
             notify_error(exc, "Save density table")
             return None
         show_info(f"Density table saved to {written}")
+        return written
+
+    def save_objects(self, path: str | Path | None = None) -> tuple[Path, Path] | None:
+        """Write the granule particles as ``<path>.geojson`` (QuPath) and ``<path>.roi.zip``
+        (Fiji's ROI Manager), outlines in pixels; a dialog asks when ``path`` is None. Refuses to
+        replace existing files. Returns the two paths."""
+        from ..core.objects import particles_geojson, particles_imagej_rois, write_geojson, write_imagej_rois
+
+        m = self._result.measurement if self._result is not None else None
+        if m is None or m.particle_map is None:
+            show_warning("Density: measure first, with a pixel size; there are no particles to save")
+            return None
+        image = str(m.regions["image"].iat[0])
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save granule particles", f"{image}.geojson", "GeoJSON (*.geojson)",
+                options=QFileDialog.Option.DontConfirmOverwrite)
+            if not path:
+                return None
+        base = str(path)
+        for suffix in (".geojson", ".roi.zip"):
+            base = base[:-len(suffix)] if base.lower().endswith(suffix) else base
+        targets = (Path(base + ".geojson"), Path(base + ".roi.zip"))
+        taken = [t for t in targets if t.exists()]
+        if taken:
+            show_error(f"Density: {taken[0]} exists already; nothing was written. Pick another name.")
+            return None
+        px = float(m.regions["pixel_size_nm"].iat[0])
+        try:
+            written = (write_geojson(particles_geojson(m.particle_map, m.particles, pixel_size_nm=px,
+                                                       image=image), targets[0]),
+                       write_imagej_rois(particles_imagej_rois(m.particle_map, m.particles), targets[1]))
+        except (OSError, ValueError) as exc:
+            notify_error(exc, "Save granule particles")
+            return None
+        show_info(f"{len(m.particles)} granule particles saved to {written[0]} and {written[1]}")
         return written
 
     def save_seed_tables(self, folder: str | Path | None = None) -> tuple[Path, Path] | None:
@@ -830,7 +871,7 @@ class DensityWidget(QWidget):
         self.select_region(self.table.item(row, 0).data(CODE_ROLE))
 
     def _update_buttons(self) -> None:
-        for button in (self.save_csv_button, self.save_seed_button):
+        for button in (self.save_csv_button, self.save_seed_button, self.save_objects_button):
             button.setEnabled(self._result is not None)
 
     def _draw_plot(self) -> None:
