@@ -203,6 +203,9 @@ def test_particle_objects_for_qupath(serial_run, tmp_path):
         rows = read_table(tmp_path / "out" / "tables" / f"{name}.particles.csv")
         assert len(collection["features"]) == len(rows)
         assert collection["napari-emgranules"]["pixel_size_nm"] == pytest.approx(0.8)
+        assert (tmp_path / "out" / "objects" / f"{name}.roi.zip").is_file()
+        regions = json.loads((tmp_path / "out" / "objects" / f"{name}.regions.geojson").read_text())
+        assert {f["properties"]["objectType"] for f in regions["features"]} <= {"annotation"}
     pd.testing.assert_frame_equal(result.regions, plain.regions, check_dtype=False, rtol=1e-12)
 
 

@@ -80,3 +80,27 @@ def test_particles_as_an_imagej_roi_set_that_roifile_reads_back(tmp_path):
         write_imagej_rois([], path)
     empty = write_imagej_rois([], tmp_path / "none.roi.zip")
     assert empty.stat().st_size > 0
+
+
+def test_regions_as_outlined_annotations(tmp_path):
+    from napari_emgranules.core.objects import regions_geojson
+    from napari_emgranules.core.schema import LOCATIONS_SCHEMA
+
+    m = synthetic_micrograph((512, 512), 0.8, seed=1)
+    loc = np.zeros((200, 300), np.uint8)
+    loc[20:120, 30:200] = 1  # an A band with a hole of I band inside
+    loc[50:80, 60:100] = 2
+    loc[150:152, 10:12] = 3  # a speck: below min_area_px
+    collection = regions_geojson(loc, pixel_size_nm=0.8, image="t")
+    parsed = geojson.loads(json.dumps(collection))
+    assert parsed.is_valid, parsed.errors()
+    by_region = {f["properties"]["region"]: f for f in collection["features"]}
+    assert set(by_region) == {"A", "I"}
+    outer, *holes = by_region["A"]["geometry"]["coordinates"]
+    xs, ys = np.asarray(outer)[:, 0], np.asarray(outer)[:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((30, 200, 20, 120), abs=1)
+    assert len(holes) == 1  # the I band inside
+    assert by_region["A"]["properties"]["measurements"]["Area px"] == (loc == 1).sum()
+    assert by_region["A"]["properties"]["classification"]["name"] == LOCATIONS_SCHEMA.names[1]
+    real = regions_geojson(m.locations, pixel_size_nm=0.8)
+    assert len(real["features"]) > 0

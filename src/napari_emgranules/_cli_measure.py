@@ -121,7 +121,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     pairs = _pairs(args.locations, args.granules)
     _outputs(args)
     objects = [Path(args.objects) / f"{name}{suffix}" for name, _, _ in pairs
-               for suffix in (".geojson", ".roi.zip")] if args.objects else []
+               for suffix in (".geojson", ".roi.zip", ".regions.geojson")] if args.objects else []
     taken = [p for p in objects if p.exists()]
     if taken and not args.overwrite:
         raise CliError(f"{taken[0]}: exists already; use --overwrite to replace it")
@@ -151,11 +151,15 @@ def _cmd_measure(args: argparse.Namespace) -> int:
                                            image=name)
             written_objects.append(write_geojson(collection, Path(args.objects) / f"{name}.geojson",
                                                  overwrite=args.overwrite))
-            from .core.objects import particles_imagej_rois, write_imagej_rois
+            from .core.io import read_labels
+            from .core.objects import particles_imagej_rois, regions_geojson, write_imagej_rois
 
             written_objects.append(write_imagej_rois(
                 particles_imagej_rois(result.particle_map, result.particles),
                 Path(args.objects) / f"{name}.roi.zip", overwrite=args.overwrite))
+            written_objects.append(write_geojson(
+                regions_geojson(read_labels(loc_path), pixel_size_nm=px, image=name),
+                Path(args.objects) / f"{name}.regions.geojson", overwrite=args.overwrite))
         elif args.objects:
             tqdm.write(f"{name}: no pixel size: no particle objects written", file=sys.stderr)
         zdisks += [result.z_disks] if result.z_disks is not None else []
@@ -204,8 +208,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mea.add_argument("--z-disks", metavar="CSV", help="also write Z-disk widths")
     mea.add_argument("--objects", metavar="DIR",
                      help="also write each label map's granule particles as GeoJSON objects for "
-                          "QuPath (DIR/<name>.geojson: outlines in pixels, sizes in nm) and as an "
-                          "ImageJ ROI set for Fiji's ROI Manager (DIR/<name>.roi.zip)")
+                          "QuPath (DIR/<name>.geojson: outlines in pixels, sizes in nm), as an "
+                          "ImageJ ROI set for Fiji's ROI Manager (DIR/<name>.roi.zip), and the "
+                          "regions as outlined annotations (DIR/<name>.regions.geojson)")
     mea.add_argument("--seed-tables", metavar="DIR",
                      help="also write the original tool's two text tables into DIR "
                           "(per tile with --tile, else per label map)")

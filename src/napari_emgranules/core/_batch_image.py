@@ -238,6 +238,7 @@ def output_paths(name: str, settings: ImageSettings) -> dict[str, str]:
     if settings.objects:
         paths["objects"] = f"objects/{name}.geojson"
         paths["rois"] = f"objects/{name}.roi.zip"
+        paths["region_objects"] = f"objects/{name}.regions.geojson"
     for t in settings.granule_thresholds:
         key = threshold_key(t)
         paths[f"regions.{key}"] = f"tables/{name}.regions.{key}.csv"
@@ -293,7 +294,13 @@ def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings,
     if "z_disks" in rel:
         write_csv(m.z_disks, out / rel["z_disks"], overwrite=True)
     if "objects" in rel:  # the particles as QuPath objects and a Fiji ROI set (outlines in pixels)
-        from .objects import particles_geojson, particles_imagej_rois, write_geojson, write_imagej_rois
+        from .objects import (
+            particles_geojson,
+            particles_imagej_rois,
+            regions_geojson,
+            write_geojson,
+            write_imagej_rois,
+        )
 
         collection = (particles_geojson(m.particle_map, m.particles, pixel_size_nm=result.pixel_size_nm,
                                         image=job.name) if m.particle_map is not None else
@@ -302,6 +309,10 @@ def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings,
         write_geojson(collection, out / rel["objects"], overwrite=True)
         rois = particles_imagej_rois(m.particle_map, m.particles) if m.particle_map is not None else []
         write_imagej_rois(rois, out / rel["rois"], overwrite=True)
+        schema = result.models["locations"].schema if "locations" in result.models else None
+        write_geojson(regions_geojson(result.labels["locations"], schema,
+                                      pixel_size_nm=result.pixel_size_nm, image=job.name),
+                      out / rel["region_objects"], overwrite=True)
     for t in settings.granule_thresholds:  # one forward pass, a table per threshold
         probability = result.confidence["granule_probability"]
         granules = _remove_specks((probability >= t).astype(np.uint8), settings, result.pixel_size_nm)

@@ -1,5 +1,6 @@
 """Granule particles as objects other tools read: GeoJSON for QuPath (and any GIS-style reader),
-and ImageJ ROI sets for Fiji (:func:`particles_imagej_rois`, written with ``roifile``).
+and ImageJ ROI sets for Fiji (:func:`particles_imagej_rois`, written with ``roifile``); the
+Locations regions as outlined ``annotation`` objects (:func:`regions_geojson`).
 
 Each particle of the measurement becomes a GeoJSON ``Feature``: its outline as a ``Polygon`` in
 pixel coordinates of the micrograph (x = column, y = row, pixel centres at integer + 0.5 as
@@ -124,3 +125,58 @@ def write_imagej_rois(rois: list[Any], path: str | os.PathLike, *, overwrite: bo
 
             zipfile.ZipFile(tmp, "w").close()
     return p
+
+
+def _rings(mask: np.ndarray, top: int, left: int, tolerance: float) -> list[list[list[float]]]:
+    """The outer boundary first, then the holes, of one connected component (closed rings of
+    [x, y] pixel-corner coordinates, simplified to ``tolerance`` px)."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+    contours.sort(key=len, reverse=True)  # the outer boundary is the longest
+    rings = []
+    for contour in contours:
+        simple = approximate_polygon(contour, tolerance) if tolerance > 0 else contour
+        if len(simple) < 4:
+            continue
+        ring = [[float(c) - 1 + left + 0.5, float(r) - 1 + top + 0.5] for r, c in simple]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        rings.append(ring)
+    return rings
+
+
+def regions_geojson(locations: np.ndarray, schema: Any = None, *, pixel_size_nm: float | None = None,
+                    image: str = "image", min_area_px: int = 64, tolerance: float = 1.0) -> dict[str, Any]:
+    """The measured regions of a Locations map as a GeoJSON FeatureCollection: one ``annotation``
+    per connected component of at least ``min_area_px`` pixels, a ``Polygon`` with its holes,
+    classified by the region's name and colour, with its area in px (and um^2 with a pixel size)."""
+    from .schema import LOCATIONS_SCHEMA
+
+    schema = schema or LOCATIONS_SCHEMA
+    loc = np.asarray(locations)
+    features = []
+    for code in schema.measured_codes:
+        components, n = ndi.label(loc == code, structure=np.ones((3, 3), bool))
+        if not n:
+            continue
+        sizes = np.bincount(components.ravel())
+        for k, box in enumerate(ndi.find_objects(components), start=1):
+            if box is None or sizes[k] < min_area_px:
+                continue
+            rings = _rings(components[box] == k, box[0].start, box[1].start, tolerance)
+            if not rings:
+                continue
+            measurements = {"Area px": float(sizes[k])}
+            if pixel_size_nm:
+                measurements["Area um^2"] = float(sizes[k]) * pixel_size_nm ** 2 / 1e6
+            features.append({
+                "type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {"objectType": "annotation", "name": f"{schema.letters[code]} {k}",
+                               "classification": {"name": schema.names[code],
+                                                  "color": _rgb(schema.classes[code].color)},
+                               "region": schema.letters[code], "measurements": measurements},
+            })
+    return {"type": "FeatureCollection", "features": features,
+            "napari-emgranules": {"image": image, "pixel_size_nm": pixel_size_nm,
+                                  "coordinates": "pixels (x = column, y = row)"}}
