@@ -4,6 +4,7 @@
     python benchmarks/bench_segment.py --memory           # peak memory per input pixel
     python benchmarks/bench_segment.py --inprocess        # segment_micrograph vs bare passes, per size
     python benchmarks/bench_segment.py --startup          # what a fresh process pays before its first pass
+    python benchmarks/bench_segment.py --resample         # labels back: host arg-max vs in the graph
     python benchmarks/bench_segment.py --write-docs       # also update docs/benchmarks.md
 
 *Bare compute* is the two networks' forward passes on the image already in memory as float32
@@ -259,6 +260,58 @@ def run_startup(size: int, repeat: int) -> dict:
             "seconds": {k: statistics.median(r[k] for r in runs) for k in runs[0]}}
 
 
+def run_resample(size: int, repeat: int) -> dict:
+    """Bringing the Locations scores back to the micrograph's grid: the host's exact arg-max of
+    the bilinear upsampling (core.resample) against the same in the Keras graph
+    (``keras.ops.image.resize`` + ``argmax``), on the logits of a synthetic micrograph and on
+    random logits (every pixel near a class boundary: the host's worst case)."""
+    import numpy as np
+    from keras import ops
+
+    from napari_emgranules.core.models import default_model
+    from napari_emgranules.core.resample import resample, upsample_argmax
+    from napari_emgranules.core.segment import input_scaler
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    model = default_model("locations")
+    image = synthetic_micrograph((size, size), 0.8, seed=3).image
+    small = size * 0.8 / model.card.pixel_size_nm
+    grid = (int(round(small)),) * 2
+    logits = model.predict_logits(resample(input_scaler(image, model.card.input_scaling)(image),
+                                           grid)[None])[0]
+    noise = np.random.default_rng(0).normal(size=logits.shape).astype(np.float32)
+
+    def graph(s):
+        up = ops.image.resize(ops.convert_to_tensor(s[None]), (size, size), interpolation="bilinear")
+        return np.asarray(ops.cast(ops.argmax(up, axis=-1), "uint8"))[0]
+
+    rows = {}
+    for name, scores in (("synthetic micrograph", logits), ("random logits", noise)):
+        graph(scores)  # trace / warm up
+        host = [_timed(lambda s=scores: upsample_argmax(s, (size, size))) for _ in range(repeat)]
+        ingraph = [_timed(lambda s=scores: graph(s)) for _ in range(repeat)]
+        same = float((upsample_argmax(scores, (size, size)) == graph(scores)).mean())
+        rows[name] = {"host": statistics.median(host), "graph": statistics.median(ingraph),
+                      "agree": same}
+        print(name, rows[name], flush=True)
+    return {"size": size, "grid": grid, "repeat": repeat, "rows": rows, "machine": _machine(),
+            "backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
+
+
+def _resample_markdown(r: dict, argv: list[str]) -> str:
+    begin, end = _markers("resample")
+    lines = [begin, "", f"Command: `python benchmarks/bench_segment.py {' '.join(argv)}`", "",
+             f"Locations scores ({r['grid'][0]}x{r['grid'][1]} x 7 logits at 3.2 nm/px) back to a "
+             f"{r['size']}x{r['size']} label map at 0.8 nm/px; {r['machine']}, Keras backend "
+             f"{r['backend']}; median of {r['repeat']}.", "",
+             "| scores | host, exact arg-max where it can differ (s) | in the graph, resize + arg-max (s) "
+             "| labels agreeing |", "|---|---:|---:|---:|"]
+    for name, row in r["rows"].items():
+        lines.append(f"| {name} | {row['host']:.3f} | {row['graph']:.3f} | {row['agree']:.6f} |")
+    lines += ["", end]
+    return "\n".join(lines)
+
+
 def _startup_markdown(st: dict, argv: list[str]) -> str:
     begin, end = _markers("startup")
     sec = st["seconds"]
@@ -285,7 +338,8 @@ def _write_docs(key: str, block: str) -> None:
         title = {"inprocess": "Segmentation in one process vs the bare forward passes",
                  "timings": "Segmentation: end to end vs bare compute",
                  "memory": "Segmentation: memory per pixel",
-                 "startup": "Segmentation: what a fresh process pays first"}[key]
+                 "startup": "Segmentation: what a fresh process pays first",
+                 "resample": "Segmentation: labels back to the micrograph's grid, host or graph"}[key]
         text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     DOC.write_text(text)
 
@@ -303,12 +357,20 @@ def main() -> None:
     ap.add_argument("--pixel-sizes", default="0.8,1.6")
     ap.add_argument("--max-model-pixels", type=int, default=8192 * 8192,
                     help="skip a case whose model grid is larger (memory of one whole pass)")
+    ap.add_argument("--resample", action="store_true",
+                    help="the upsampling arg-max on the host vs in the Keras graph (--size)")
     ap.add_argument("--startup", action="store_true",
                     help="fresh processes: imports, model loading and the first pass (--size)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     timings = mem = None
+    if args.resample:
+        block = _resample_markdown(run_resample(args.size, args.repeat), argv)
+        print(block)
+        if args.write_docs:
+            _write_docs("resample", block)
+        return
     if args.startup:
         block = _startup_markdown(run_startup(args.size, args.repeat), argv)
         print(block)
