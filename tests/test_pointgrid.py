@@ -122,3 +122,65 @@ def test_grid_command_writes_points_table_and_agreement(cell, tmp_path, capsys):
     assert "bias +0.0000" in capsys.readouterr().out
     assert main(["grid", str(tmp_path / "loc.png"), str(tmp_path / "gra.png"), "--spacing", "40",
                  "--out", str(tmp_path / "grid.csv")]) == 2
+
+
+def test_a_calibration_fits_manual_against_automated_pf_and_says_so_in_every_row(tmp_path):
+    from napari_emgranules.core.pointgrid import PfCalibration
+
+    rng = np.random.default_rng(0)
+    auto = rng.uniform(0.01, 0.08, 8)
+    manual = 0.004 + 1.3 * auto + rng.normal(0, 0.001, 8)  # the lab counts 30% more, plus an offset
+    images = [f"m{i}" for i in range(8)]
+    automated = pd.DataFrame({"image": images, "region": "I", "pf_pixels": auto})
+    scored = pd.DataFrame({"image": images, "region": "I", "pf_points": manual})
+    cal = PfCalibration.fit(automated, scored, name="lab-2026")
+    r = cal.regions["I"]
+    assert r["slope"] == pytest.approx(1.3, abs=0.05) and r["intercept"] == pytest.approx(0.004, abs=0.003)
+    table = pd.DataFrame({"region": ["A", "I"], "pf": [0.01, 0.05]})
+    out = cal.apply(table)
+    assert math_isnan(out["pf_calibrated"].iloc[0]) and out["pf_calibration"].iloc[0] == "none for this region"
+    assert out["pf_calibrated"].iloc[1] == pytest.approx(r["intercept"] + r["slope"] * 0.05)
+    assert out["pf_calibrated_low"].iloc[1] < out["pf_calibrated"].iloc[1] < out["pf_calibrated_high"].iloc[1]
+    assert out["pf_calibration"].iloc[1] == "lab-2026"
+    path = cal.save(tmp_path / "cal.json")
+    assert PfCalibration.load(path).regions["I"]["slope"] == pytest.approx(r["slope"])
+    with pytest.raises(FileExistsError):
+        cal.save(path)
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    for bad, words in ((tmp_path / "bad.json", "not a pf calibration"), (tmp_path / "none.json", "no such file")):
+        with pytest.raises(PointGridError, match=words):
+            PfCalibration.load(bad)
+    with pytest.raises(PointGridError, match="at least 3 images"):
+        PfCalibration.fit(automated.head(2), scored.head(2))
+
+
+def test_grid_fits_and_measure_applies_a_calibration(cell, tmp_path, capsys):
+    from napari_emgranules.core.measure import measure_labels
+
+    for k, seed in enumerate((1, 2, 3)):
+        s = synthetic_micrograph((512, 512), PX, seed=310_000 + seed)
+        write_labels(tmp_path / "loc" / f"m{k}.png", s.locations, pixel_size_nm=PX)
+        write_labels(tmp_path / "gra" / f"m{k}.png", s.granules, pixel_size_nm=PX)
+    assert main(["grid", str(tmp_path / "loc"), str(tmp_path / "gra"), "--spacing", "20", "--out",
+                 str(tmp_path / "g.csv"), "--points", str(tmp_path / "p.csv")]) == 0
+    points = pd.read_csv(tmp_path / "p.csv")
+    sheet = points[["image", "row", "col", "region", "hit"]].assign(hit=points["hit"].astype(int))
+    sheet.to_csv(tmp_path / "manual.csv", index=False)
+    rc = main(["grid", str(tmp_path / "loc"), str(tmp_path / "gra"), "--spacing", "20", "--out",
+               str(tmp_path / "g2.csv"), "--manual", str(tmp_path / "manual.csv"), "--fit-calibration",
+               str(tmp_path / "lab.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert "manual pf = " in capsys.readouterr().out
+    assert main(["measure", str(tmp_path / "loc"), str(tmp_path / "gra"), "--out", str(tmp_path / "d.csv"),
+                 "--pf-calibration", str(tmp_path / "lab.json")]) == 0
+    table = pd.read_csv(tmp_path / "d.csv")
+    calibrated = table[table["pf_calibration"] == "lab"]
+    assert len(calibrated) and calibrated["pf_calibrated"].notna().all()
+    plain = measure_labels(cell.locations, cell.granules, pixel_size_nm=PX).regions
+    assert "pf_calibrated" not in plain.columns  # never silently
+    assert main(["measure", str(tmp_path / "loc"), str(tmp_path / "gra"), "--out", str(tmp_path / "e.csv"),
+                 "--pf-calibration", str(tmp_path / "manual.csv")]) == 2
+
+
+def math_isnan(x) -> bool:
+    return x != x

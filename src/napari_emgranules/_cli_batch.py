@@ -24,12 +24,14 @@ from .cli import (
 def _measure_kwargs(args: argparse.Namespace) -> dict:
     if args.section <= 0 or not math.isfinite(args.section):
         raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
-    from ._cli_measure import derived_regions
+    from ._cli_measure import derived_regions, pf_calibration
 
     kwargs: dict = {"tile": args.tile or None}
-    derived = derived_regions(args)
+    derived, calibration = derived_regions(args), pf_calibration(args)
     if derived:
         kwargs["derived"] = derived
+    if calibration:
+        kwargs["pf_calibration"] = calibration
     if args.vf == "none":
         kwargs["section_nm"] = None
     else:
@@ -103,9 +105,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
     add_label_format_argument(bat)
-    from ._cli_measure import add_derived_argument
+    from ._cli_measure import add_calibration_argument, add_derived_argument
 
     add_derived_argument(bat)
+    add_calibration_argument(bat)
     bat.add_argument("--objects", action="store_true",
                      help="also write each micrograph's granule particles as QuPath objects, "
                           "objects/<name>.geojson, and a Fiji ROI set, objects/<name>.roi.zip")

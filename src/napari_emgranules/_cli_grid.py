@@ -18,8 +18,10 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     from .core.pointgrid import agreement, grid_table, make_grid, read_manual_scores, score_points
 
     outs = [Path(p) for p in (args.out, args.points, args.agreement) if p]
-    if args.agreement and not args.manual:
-        raise CliError("--agreement needs --manual (the lab's point scores)")
+    if (args.agreement or args.fit_calibration) and not args.manual:
+        raise CliError("--agreement and --fit-calibration need --manual (the lab's point scores)")
+    if args.fit_calibration:
+        outs.append(Path(args.fit_calibration))
     if not args.overwrite:
         for p in outs:
             if p.exists():
@@ -55,6 +57,14 @@ def _cmd_grid(args: argparse.Namespace) -> int:
                   f"{row['loa_low']:+.4f} .. {row['loa_high']:+.4f}, concordance {row['ccc']:.3f}")
         if args.agreement:
             written.append(write_csv(per_image, args.agreement, overwrite=args.overwrite))
+        if args.fit_calibration:
+            from .core.pointgrid import PfCalibration
+
+            cal = PfCalibration.fit(table, manual, name=Path(args.fit_calibration).stem)
+            for region, r in cal.regions.items():
+                print(f"{region}: manual pf = {r['intercept']:+.4f} + {r['slope']:.3f} x automated pf "
+                      f"({int(r['n'])} images, residual SD {r['residual_sd']:.4f})")
+            written.append(cal.save(args.fit_calibration, overwrite=args.overwrite))
     print("written: " + ", ".join(str(p) for p in written))
     return EXIT_BAD_INPUT if failures else EXIT_OK
 
@@ -76,5 +86,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a lab's manual scores (image, row, col, region, hit): prints the agreement")
     g.add_argument("--agreement", metavar="CSV", help="with --manual: per image and region, both pf "
                                                       "and their difference")
+    g.add_argument("--fit-calibration", metavar="JSON",
+                   help="with --manual: fit the manual pf against the automated pixel pf per region "
+                        "(at least 3 images) and save it for measure/batch --pf-calibration")
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g.set_defaults(func=_cmd_grid)

@@ -78,6 +78,25 @@ def add_derived_argument(parser: argparse.ArgumentParser) -> None:
                              "muscle-TEM tool's 'intra'): areas, granules and counts added")
 
 
+def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pf-calibration FILE`` (measure, batch)."""
+    parser.add_argument("--pf-calibration", metavar="JSON",
+                        help="a fit of your manual point counts against the automated pf (emgranules "
+                             "grid --fit-calibration): adds pf_calibrated with its 95%% interval")
+
+
+def pf_calibration(args: argparse.Namespace) -> dict | None:
+    """The ``--pf-calibration`` file's content (None when not given); a bad file is a CliError."""
+    from .core.pointgrid import PfCalibration, PointGridError
+
+    if not getattr(args, "pf_calibration", None):
+        return None
+    try:
+        return PfCalibration.load(args.pf_calibration).to_dict()
+    except PointGridError as exc:
+        raise CliError(str(exc)) from None
+
+
 def derived_regions(args: argparse.Namespace) -> dict | None:
     """The parsed ``--derived`` value (None when not given)."""
     from .core.measure import parse_derived
@@ -107,6 +126,7 @@ def _measure_one(args: argparse.Namespace, name: str, loc_path: Path, gra_path: 
         min_cap_nm=args.min_cap, vf_method=args.vf if args.vf != "none" else "baskets",
         concentration_factor=args.concentration_factor,
         z_disks=bool(args.z_disks) and px is not None, derived=derived_regions(args),
+        pf_calibration=pf_calibration(args),
     )
     result.regions["seed_name"] = loc_path.name
     return result
@@ -223,6 +243,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mea.add_argument("--vf", default="baskets", choices=("baskets", "analytical", "none"),
                      help="pf -> vf route: basket simulation (default), analytical, or none")
     add_derived_argument(mea)
+    add_calibration_argument(mea)
     mea.add_argument("--concentration-factor", type=float, metavar="F",
                      help="add a 'concentration' column = vf x F (F: your glycogen concentration "
                           "per unit volume fraction, e.g. mmol glucosyl units/L at vf = 1)")

@@ -609,7 +609,8 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
                    section_nm: float | None = 70.0, min_cap_nm: float | None = None,
                    vf_method: str = "baskets", diameters: Any = "measured",
                    concentration_factor: float | None = None, z_disks: bool = False,
-                   derived: Mapping[str, Sequence[str]] | None = None) -> Measurement:
+                   derived: Mapping[str, Sequence[str]] | None = None,
+                   pf_calibration: Any = None) -> Measurement:
     """Density table, particles (counts and sizes per region), ``vf`` and optionally Z widths.
 
     Parameters
@@ -641,7 +642,25 @@ def measure_labels(locations: np.ndarray, granules: np.ndarray, *, pixel_size_nm
         Also measure Z-disk widths.
     derived : mapping, optional
         Pooled regions to add, e.g. ``{"myofibrillar": ("A", "I")}`` (:func:`pooled_regions`).
+    pf_calibration : PfCalibration, path or dict, optional
+        A fit of the lab's manual point counts against this pf
+        (:class:`~.pointgrid.PfCalibration`): adds ``pf_calibrated`` with its 95% prediction
+        interval and names the calibration in every row.
     """
+    if pf_calibration is not None:
+        from .pointgrid import PfCalibration
+
+        cal = pf_calibration if isinstance(pf_calibration, PfCalibration) else \
+            PfCalibration.load(pf_calibration)
+        m = measure_labels(locations, granules, pixel_size_nm=pixel_size_nm,
+                           pixel_size_source=pixel_size_source, schema=schema, image=image, path=path,
+                           tile=tile, filters=filters, split_touching=split_touching,
+                           section_nm=section_nm, min_cap_nm=min_cap_nm, vf_method=vf_method,
+                           diameters=diameters, concentration_factor=concentration_factor,
+                           z_disks=z_disks, derived=derived)
+        m.regions = cal.apply(m.regions)
+        m.tiles = cal.apply(m.tiles) if m.tiles is not None else None
+        return m
     if derived:
         m = measure_labels(locations, granules, pixel_size_nm=pixel_size_nm,
                            pixel_size_source=pixel_size_source, schema=schema, image=image, path=path,

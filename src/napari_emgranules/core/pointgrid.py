@@ -11,6 +11,7 @@ concordance correlation coefficient.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -216,3 +217,128 @@ def agreement(automated: pd.DataFrame, manual: pd.DataFrame) -> tuple[pd.DataFra
                      "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd,
                      "ccc": lins_ccc(g["pf_points_automated"], g["pf_points_manual"])})
     return both, pd.DataFrame(rows, columns=["region", "images", "bias", "loa_low", "loa_high", "ccc"])
+
+
+# -------------------------------------------------------------------------------------------------
+# Calibration of the automated pf against a lab's manual counts
+# -------------------------------------------------------------------------------------------------
+CALIBRATION_FORMAT = "napari-emgranules.pf-calibration/1"
+MIN_CALIBRATION_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class PfCalibration:
+    """Per region a straight line from the automated pixel pf to a lab's manual point-count pf,
+    ``manual = intercept + slope * automated``, fitted over images (ordinary least squares), with
+    what a 95% prediction interval needs (``n``, mean and spread of the automated pf, residual SD).
+
+    Saved as a small JSON file (:meth:`save`, :meth:`load`), e.g. next to the weights it was fitted
+    for; :meth:`apply` adds ``pf_calibrated`` and its interval to a density table and names the
+    calibration in every row, so a table always says whether it was calibrated.
+    """
+
+    regions: dict[str, dict[str, float]]
+    name: str = "calibration"
+
+    @classmethod
+    def fit(cls, automated: pd.DataFrame, manual: pd.DataFrame, name: str = "calibration") -> PfCalibration:
+        """From :func:`grid_table` outputs: ``automated`` with ``pf_pixels`` (the label maps'),
+        ``manual`` with ``pf_points`` (the lab's scores), matched by image and region; regions with
+        fewer than :data:`MIN_CALIBRATION_IMAGES` images are left out.
+
+        Raises
+        ------
+        PointGridError
+            When no region has enough images.
+        """
+        both = automated[["image", "region", "pf_pixels"]].merge(
+            manual[["image", "region", "pf_points"]], on=["image", "region"]).dropna()
+        regions = {}
+        for region, g in both.groupby("region", sort=False):
+            x, y = g["pf_pixels"].to_numpy(float), g["pf_points"].to_numpy(float)
+            n = len(x)
+            sxx = float(((x - x.mean()) ** 2).sum())
+            if n < MIN_CALIBRATION_IMAGES or sxx <= 0:
+                continue
+            slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+            intercept = float(y.mean() - slope * x.mean())
+            resid = y - (intercept + slope * x)
+            sd = float(np.sqrt((resid ** 2).sum() / (n - 2))) if n > 2 else math.nan
+            regions[str(region)] = {"slope": slope, "intercept": intercept, "n": n,
+                                    "x_mean": float(x.mean()), "sxx": sxx, "residual_sd": sd,
+                                    "slope_se": sd / math.sqrt(sxx),
+                                    "intercept_se": sd * math.sqrt(1 / n + x.mean() ** 2 / sxx)}
+        if not regions:
+            raise PointGridError(f"no region has manual and automated pf on at least "
+                                 f"{MIN_CALIBRATION_IMAGES} images with different values: nothing "
+                                 "to fit")
+        return cls(regions, name)
+
+    def apply(self, table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+        """``table`` (a density table) with ``pf_calibrated``, ``pf_calibrated_low``/``high`` (the
+        prediction interval) and ``pf_calibration`` (this calibration's name; regions it does not
+        cover are NaN and say ``"none for this region"``)."""
+        from scipy.stats import t as student
+
+        out = table.copy()
+        cal, low, high, used = [], [], [], []
+        for region, pf in zip(out["region"].astype(str), out["pf"].astype(float), strict=True):
+            r = self.regions.get(region)
+            if r is None or math.isnan(pf):
+                cal.append(math.nan), low.append(math.nan), high.append(math.nan)
+                used.append(self.name if r is not None else "none for this region")
+                continue
+            value = r["intercept"] + r["slope"] * pf
+            q = float(student.ppf(0.5 + level / 2, r["n"] - 2))
+            half = q * r["residual_sd"] * math.sqrt(1 + 1 / r["n"] + (pf - r["x_mean"]) ** 2 / r["sxx"])
+            cal.append(value), low.append(value - half), high.append(value + half), used.append(self.name)
+        out["pf_calibrated"], out["pf_calibrated_low"], out["pf_calibrated_high"] = cal, low, high
+        out["pf_calibration"] = used
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, "name": self.name, "regions": self.regions}
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        from .io import atomic_output
+
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p}: exists already; nothing was written")
+        with atomic_output(p) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        return p
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | dict) -> PfCalibration:
+        """From a file :meth:`save` wrote, or its dict.
+
+        Raises
+        ------
+        PointGridError
+            Not such a file (missing, not JSON, another format, bad numbers).
+        """
+        what = "calibration" if isinstance(source, dict) else str(source)
+        if isinstance(source, dict):
+            data = source
+        else:
+            try:
+                data = json.loads(Path(source).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise PointGridError(f"{what}: no such file") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise PointGridError(f"{what}: not a calibration file ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise PointGridError(f"{what}: not a pf calibration ({CALIBRATION_FORMAT}); make one with "
+                                 "emgranules grid --manual ... --fit-calibration")
+        keys = ("slope", "intercept", "n", "x_mean", "sxx", "residual_sd")
+        regions = {}
+        for region, r in (data.get("regions") or {}).items():
+            try:
+                regions[str(region)] = {k: float(r[k]) for k in keys} | {
+                    k: float(r.get(k, math.nan)) for k in ("slope_se", "intercept_se")}
+            except (KeyError, TypeError, ValueError):
+                raise PointGridError(f"{what}: region {region!r} lacks numbers {', '.join(keys)}") from None
+        if not regions:
+            raise PointGridError(f"{what}: calibrates no region")
+        return cls(regions, str(data.get("name") or Path(what).name))
