@@ -266,3 +266,25 @@ def test_plain_labels_layers_pair_by_name_and_follow_renames(make_napari_viewer,
     assert widget.pixel_size.value == pytest.approx(1.5)
     viewer.layers.remove(extra)
     assert not any(choice is extra for choice in widget.granules_combo.choices)
+
+
+def test_a_pf_calibration_adds_its_column_and_says_so(scene, qtbot, tmp_path, messages):
+    from napari_emgranules.core.pointgrid import PfCalibration
+
+    viewer, widget, loc, gra = scene
+    widget.auto_update.value = False
+    table = measured(qtbot, widget)
+    assert table["pf_calibrated"].isna().all()  # not calibrated: the column is empty
+    regions = {r: {"slope": 2.0, "intercept": 0.001, "n": 5, "x_mean": 0.05, "sxx": 0.01,
+                   "residual_sd": 0.002} for r in ("A", "I", "Z", "S", "N")}
+    PfCalibration(regions, "lab").save(tmp_path / "lab.json")
+    widget.calibration.value = str(tmp_path / "lab.json")
+    table = measured(qtbot, widget)
+    pf, cal = table["pf"].astype(float), table["pf_calibrated"].astype(float)
+    np.testing.assert_allclose(cal[pf.notna()], 0.001 + 2.0 * pf[pf.notna()], rtol=1e-9)
+    assert "pf calibrated with lab" in widget.notes_label.value
+    (tmp_path / "bad.json").write_text("{}")
+    widget.calibration.value = str(tmp_path / "bad.json")
+    messages.clear()
+    widget.measure()
+    assert any(level == "error" and "not a pf calibration" in text for level, text in messages), messages

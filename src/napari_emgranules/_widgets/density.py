@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
@@ -74,7 +74,7 @@ VF_METHODS = ("baskets", "analytical", "none")
 
 FEATURE_COLUMNS: tuple[str, ...] = (
     "area_px", "area_um2", "granule_px", "pf", "vf", "granule_count", "granules_per_um2",
-    "mean_diameter_nm", "sd_diameter_nm",
+    "mean_diameter_nm", "sd_diameter_nm", "pf_calibrated",
 )
 """Region columns written into the Locations layer's ``features`` (NaN for unmeasured codes)."""
 
@@ -85,6 +85,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("area_px", "area (px)", "int"),
     ("granule_px", "granule area (px)", "int"),
     ("pf", "pf (area fraction)", ".4f"),
+    ("pf_calibrated", "pf calibrated", ".4f"),
     ("vf", "vf (volume fraction)", ".4f"),
     ("granule_count", "granules", "int"),
     ("granules_per_um2", "granules per µm²", ".4g"),
@@ -271,13 +272,16 @@ class DensityWidget(QWidget):
                                          min=0.0, max=10000.0, step=1.0)
         self.min_circularity = FloatSpinBox(label="min circularity", value=defaults.min_circularity,
                                             min=0.0, max=1.0, step=0.05)
+        self.calibration = FileEdit(label="pf calibration", mode="r", filter="*.json", value="",
+                                    tooltip="optional: a fit of your manual point counts (emgranules "
+                                            "grid --fit-calibration); adds 'pf calibrated'")
         self.auto_update = CheckBox(value=True, text="Update automatically",
                                     tooltip="re-measure after painting on either layer")
         self.job = JobControls("Measure", stages=("measuring",))
         self.form = Container(widgets=[
             self.locations_combo, self.granules_combo, self.pixel_size, self.pixel_size_note,
             self.vf_method, self.section_nm, self.min_diameter, self.max_diameter,
-            self.min_circularity, self.auto_update])
+            self.min_circularity, self.calibration, self.auto_update])
 
         # -- table, plot, buttons (Qt) --
         self.shown_label = Label(value="Nothing measured yet.")
@@ -742,6 +746,11 @@ class DensityWidget(QWidget):
             section_nm=None if vf == "none" else float(self.section_nm.value),
             vf_method="baskets" if vf == "none" else vf,
         )
+        calibration = str(self.calibration.value or "").strip()
+        if calibration and calibration != "." and not Path(calibration).is_dir():
+            from ..core.pointgrid import PfCalibration
+
+            kwargs["pf_calibration"] = PfCalibration.load(calibration)  # a bad file: a message
         key = key or self._key(loc, gra)
         letters = tuple(schema.letters[c] for c in schema.measured_codes)
         return _Job(loc, gra, loc_data.copy(), gra_data.copy(), {**kwargs, "letters": letters}, key)
@@ -792,7 +801,10 @@ class DensityWidget(QWidget):
         self._show_features(job.locations_layer)
         seconds = time.perf_counter() - self._started
         self.job.finish(f"Measured in {seconds:.1f} s.")
-        self.notes_label.value = "\n".join(measurement.notes)
+        calibrated = measurement.regions.get("pf_calibration")
+        state = [f"pf calibrated with {', '.join(sorted(set(calibrated.astype(str))))}"] \
+            if calibrated is not None else []
+        self.notes_label.value = "\n".join([*state, *measurement.notes])
         self._update_buttons()
 
     def _on_failed(self, job_id: int, exc: BaseException) -> None:
