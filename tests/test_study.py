@@ -452,3 +452,33 @@ def test_cli_study_refuses_to_overwrite(files):
     code, _, err = run_cli("study", files / "study.csv", "--out", files / "out", "--boot", 50)
     assert code == 2 and f"{files / 'out' / 'tests.csv'}: exists already" in err
     assert err.startswith(ERROR) and files_under(files / "out") == [files / "out" / "tests.csv"]
+
+
+def test_image_weights_weigh_the_subject_means_the_pooled_ratio_and_the_bootstrap():
+    """Superficial and central images 3:1, as the other muscle-TEM tool's studies weigh them."""
+    from napari_emgranules.core.study import weights_from_column
+
+    design = pd.DataFrame({"image": ["i1", "i2", "i3", "i4"], "subject": ["s1", "s1", "s2", "s2"],
+                           "group": ["g1"] * 4,
+                           "depth": ["superficial", "central", "superficial", "central"]})
+    rows = [region_row("i1", "A", 10, 100), region_row("i2", "A", 30, 100),
+            region_row("i3", "A", 20, 100), region_row("i4", "A", 40, 100)]
+    regions = pd.DataFrame(rows)[["image", "tile", "region", "area_px", "granule_px", "pf"]]
+    weighted = weights_from_column(design, "depth", {"superficial": 3, "central": 1})
+    s = summarise_study(regions, weighted).per_subject.set_index("subject")
+    assert s.loc["s1", "mean"] == pytest.approx((3 * 0.1 + 0.3) / 4)
+    assert s.loc["s1", "pooled"] == pytest.approx((3 * 10 + 30) / (3 * 100 + 100))
+    plain = summarise_study(regions, design).per_subject.set_index("subject")
+    assert plain.loc["s1", "mean"] == pytest.approx(0.2)  # without weights: the plain mean
+    with pytest.raises(StudyError, match="no weight"):
+        weights_from_column(design, "depth", {"superficial": 3})
+    with pytest.raises(StudyError, match="positive number"):
+        summarise_study(regions, design.assign(weight=[1, 0, 1, 1]))
+    # equal weights change nothing in the bootstrap; 3:1 moves the group means
+    two, table = make_study({"a": 0.04, "b": 0.06}, subjects=4, images=2, seed=3)
+    even = hierarchical_bootstrap(table, two.assign(weight=2.0), n_boot=500, seed=1)
+    none = hierarchical_bootstrap(table, two, n_boot=500, seed=1)
+    pd.testing.assert_frame_equal(even, none)
+    tilted = hierarchical_bootstrap(table, two.assign(weight=np.tile([3.0, 1.0], len(two) // 2)),
+                                    n_boot=500, seed=1)
+    assert not np.allclose(tilted["mean_group"], none["mean_group"])

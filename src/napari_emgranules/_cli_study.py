@@ -49,6 +49,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     out = _output_folder(args.out)
     design, regions, particles = _inputs(args)
+    if args.weights:
+        from .core.study import weights_from_column
+
+        column, _, pairs = args.weights.partition("=")
+        try:
+            weights = {k.strip(): float(v) for k, _, v in
+                       (item.partition(":") for item in pairs.split(",") if item.strip())}
+        except ValueError:
+            weights = {}
+        if not column.strip() or not weights:
+            raise CliError(f"--weights {args.weights!r}: write COLUMN=VALUE:W,VALUE:W, e.g. "
+                           "depth=superficial:3,central:1")
+        design = weights_from_column(design, column, weights)
     metrics = [m for m in args.metrics.split(",") if m.strip()]
     result = run_study(design, regions, particles, out_dir=out, metrics=metrics, n_boot=args.boot,
                        seed=args.seed, reference=args.reference, overwrite=args.overwrite)
@@ -86,5 +99,8 @@ def add_parsers(sub) -> None:
                     help="bootstrap replicates (default 10000)")
     st.add_argument("--random-seed", "--seed", dest="seed", type=int, default=0,
                     help="random seed (default 0)")
+    st.add_argument("--weights", metavar="COLUMN=VALUE:W,...",
+                    help="weigh each image within its subject by a design column, e.g. "
+                         "depth=superficial:3,central:1 (a numeric 'weight' column works too)")
     st.add_argument("--overwrite", action="store_true", help="replace existing output files")
     st.set_defaults(func=_cmd_study)

@@ -82,6 +82,29 @@ PathLike = str | os.PathLike[str]
 
 #: Columns every study design needs.
 DESIGN_COLUMNS: tuple[str, ...] = ("image", "subject", "group")
+WEIGHT = "weight"
+"""Optional design column: each image's weight within its subject (e.g. 3 for superficial and 1
+for central images); all 1 without it."""
+
+
+def _design_columns(design: pd.DataFrame) -> list[str]:
+    return [*DESIGN_COLUMNS, WEIGHT] if WEIGHT in design else list(DESIGN_COLUMNS)
+
+
+def weights_from_column(design: pd.DataFrame, column: str, weights: dict[str, float]) -> pd.DataFrame:
+    """``design`` with a ``weight`` column from a text column, e.g. ``("depth", {"superficial": 3,
+    "central": 1})``; an image whose value is not listed is refused with its name."""
+    frame = design.rename(columns=lambda c: str(c).strip().lower())
+    key = column.strip().lower()
+    if key not in frame:
+        raise StudyError(f"study design: no column {column!r} to take weights from (columns: "
+                         f"{', '.join(map(str, frame.columns))})")
+    values = _text(frame[key])
+    missing = sorted(set(values) - set(weights))
+    if missing:
+        raise StudyError(f"study design: {column} value(s) {_examples(missing)} have no weight "
+                         f"(given: {', '.join(f'{k}={v:g}' for k, v in weights.items())})")
+    return frame.assign(**{WEIGHT: values.map(weights).astype(float)})
 
 #: Metrics a study can compare (columns of the regions table) -> axis label with units.
 METRICS: dict[str, str] = {
@@ -264,6 +287,13 @@ def check_design(design: pd.DataFrame, source: str = "study design") -> pd.DataF
         differ = [c for c in frame.columns if rows[c].nunique() > 1]
         raise StudyError(f"{source}: image {twice.iloc[0]!r} is listed twice with different "
                          f"{', '.join(differ)}; list each micrograph once")
+    if WEIGHT in frame:
+        weights = pd.to_numeric(frame[WEIGHT], errors="coerce")
+        bad = np.flatnonzero(~(np.isfinite(weights.to_numpy(float)) & (weights.to_numpy(float) > 0)))
+        if bad.size:
+            raise StudyError(f"{source}: row {bad[0] + 1} has weight {frame[WEIGHT].iloc[bad[0]]!r}; "
+                             f"an image's weight must be a positive number")
+        frame[WEIGHT] = weights.astype(float)
     groups = frame.groupby("subject")["group"].unique()
     mixed = groups[groups.map(len) > 1]
     if len(mixed):
@@ -575,13 +605,21 @@ def _join_design(table: pd.DataFrame, design: pd.DataFrame,
         if names:
             warnings.append(f"{len(names)} image(s) in {where} but not in the {other}, left out: "
                             f"{_examples(sorted(names))}")
-    return design[list(DESIGN_COLUMNS)].merge(table.drop(columns=["group", "subject"],
-                                                         errors="ignore"), on="image")
+    return design[_design_columns(design)].merge(
+        table.drop(columns=["group", "subject", WEIGHT], errors="ignore"), on="image")
 
 
 def _describe(frame: pd.DataFrame, keys: list[str], count: str) -> pd.DataFrame:
     out = frame.groupby(keys, sort=False)["value"].agg(**{count: "count", "mean": "mean",
                                                            "sd": "std"}).reset_index()
+    if WEIGHT in frame:  # the weighted mean of the images (SD and SEM stay unweighted)
+        valid = frame["value"].notna()
+        w = frame[WEIGHT].where(valid, 0.0)
+        parts = frame.assign(_wv=(frame["value"].fillna(0.0) * w), _w=w)
+        sums = parts.groupby(keys, sort=False)[["_wv", "_w"]].sum()
+        mean = (sums["_wv"] / sums["_w"].where(sums["_w"] > 0)).rename("mean")
+        out = out.drop(columns="mean").merge(mean.reset_index(), on=keys, how="left")
+        out = out[[*keys, count, "mean", "sd"]]
     out["sem"] = out["sd"] / np.sqrt(out[count])
     return out
 
@@ -592,7 +630,9 @@ def _with_pooled(stats: pd.DataFrame, per_image: pd.DataFrame, keys: list[str],
     for metric in metrics:
         num, den = _POOLED.get(metric, ("", ""))
         if num in per_image and den in per_image:
-            sums = per_image.groupby(keys)[[num, den]].sum(min_count=1)
+            w = per_image[WEIGHT] if WEIGHT in per_image else 1.0
+            weighted = per_image.assign(**{num: per_image[num] * w, den: per_image[den] * w})
+            sums = weighted.groupby(keys)[[num, den]].sum(min_count=1)
             pooled.append(pd.DataFrame({"metric": metric, "pooled": _ratio(sums[num], sums[den])})
                           .reset_index())
     if not pooled:
@@ -601,8 +641,8 @@ def _with_pooled(stats: pd.DataFrame, per_image: pd.DataFrame, keys: list[str],
 
 
 def _long(per_image: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    return per_image.melt(id_vars=["group", "subject", "image", "region", "region_name"],
-                          value_vars=list(metrics), var_name="metric", value_name="value")
+    ids = ["group", "subject", "image", "region", "region_name"] + ([WEIGHT] if WEIGHT in per_image else [])
+    return per_image.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="value")
 
 
 def summarise_study(regions: pd.DataFrame, design: pd.DataFrame,
@@ -656,21 +696,25 @@ def summarise_study(regions: pd.DataFrame, design: pd.DataFrame,
 # -------------------------------------------------------------------------------------------------
 # Hierarchical bootstrap
 # -------------------------------------------------------------------------------------------------
-def _subject_arrays(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Values per subject, zero-padded to ``(n_subjects, most images)``, and the image counts."""
-    values = [g.to_numpy(float) for _, g in rows.groupby("subject")["value"]]
-    counts = np.array([v.size for v in values])
-    padded = np.zeros((counts.size, counts.max()))
-    for i, v in enumerate(values):
-        padded[i, :v.size] = v
-    return padded, counts
+def _subject_arrays(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values per subject, zero-padded to ``(n_subjects, most images)``, the image counts, and the
+    images' weights padded alike (1 without a weight column)."""
+    if WEIGHT not in rows:
+        rows = rows.assign(**{WEIGHT: 1.0})
+    grouped = list(rows.groupby("subject"))
+    counts = np.array([len(g) for _, g in grouped])
+    padded, weights = np.zeros((counts.size, counts.max())), np.zeros((counts.size, counts.max()))
+    for i, (_, g) in enumerate(grouped):
+        padded[i, :len(g)] = g["value"].to_numpy(float)
+        weights[i, :len(g)] = g[WEIGHT].to_numpy(float)
+    return padded, counts, weights
 
 
-def _group_statistic(values: np.ndarray, counts: np.ndarray) -> float:
-    return float(np.mean(values.sum(axis=1) / counts))
+def _group_statistic(values: np.ndarray, counts: np.ndarray, weights: np.ndarray) -> float:
+    return float(np.mean((values * weights).sum(axis=1) / weights.sum(axis=1)))
 
 
-def _resample_group(values: np.ndarray, counts: np.ndarray, n_boot: int,
+def _resample_group(values: np.ndarray, counts: np.ndarray, weights: np.ndarray, n_boot: int,
                     rng: np.random.Generator) -> np.ndarray:
     """Mean over resampled subjects of their resampled image means, one per replicate.
 
@@ -687,9 +731,10 @@ def _resample_group(values: np.ndarray, counts: np.ndarray, n_boot: int,
         n = counts[subjects]
         images = np.minimum((rng.random((b, n_sub, width)) * n[..., None]).astype(np.intp),
                             n[..., None] - 1)
-        picked = values[subjects[..., None], images]
-        sums = np.where(columns < n[..., None], picked, 0.0).sum(axis=-1)
-        out[start:start + b] = (sums / n).mean(axis=-1)
+        inside = columns < n[..., None]
+        w = np.where(inside, weights[subjects[..., None], images], 0.0)
+        sums = np.where(inside, values[subjects[..., None], images] * w, 0.0).sum(axis=-1)
+        out[start:start + b] = (sums / w.sum(axis=-1)).mean(axis=-1)
     return out
 
 
@@ -712,7 +757,7 @@ def _compare_region(rows: pd.DataFrame, region: str, metric: str, n_boot: int, s
                     reference: str | None, notes: list[str]) -> list[dict]:
     label = f"region {region}, {metric}"
     data = {g: _subject_arrays(r) for g, r in rows.groupby("group")}
-    few = sorted(g for g, (_, counts) in data.items() if counts.size < 2)
+    few = sorted(g for g, (_, counts, _) in data.items() if counts.size < 2)
     if few:
         notes.append(f"{label}: group(s) {', '.join(few)} have fewer than 2 subjects with values; "
                      f"left out of the test")
@@ -792,7 +837,9 @@ def hierarchical_bootstrap(per_image: pd.DataFrame, design: pd.DataFrame, metric
     notes = [] if notes is None else notes
     frame = _image_rows(per_image.drop(columns=["group", "subject"], errors="ignore"), [])
     _require_columns(frame, (metric,), "the per-image table")
-    frame = check_design(design)[list(DESIGN_COLUMNS)].merge(frame, on="image")
+    checked = check_design(design)
+    frame = checked[_design_columns(checked)].merge(frame.drop(columns=[WEIGHT], errors="ignore"),
+                                                    on="image")
     frame["value"] = frame[metric].to_numpy(float)
     frame = frame[np.isfinite(frame["value"].to_numpy())]
     if "region_name" not in frame:
