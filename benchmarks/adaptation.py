@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=int, default=4, help="test micrographs per family")
     ap.add_argument("--max-minutes", type=float, default=4.0,
                     help="time budget of each training process (emgranules train --max-minutes)")
+    ap.add_argument("--train-args", default="", metavar="ARGS",
+                    help="more options for every emgranules train run, e.g. '--max-class-loss 1'")
     ap.add_argument("--quick", action="store_true", help="1024 px, the first family, full1, 2 test images")
     ap.add_argument("--real-only", action="store_true", help="only the real cardiac EM case")
     ap.add_argument("--no-real", action="store_true", help="skip the real cardiac EM case")
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = [s for s in args.steps.split(",") if s]
     if args.quick:
         families, steps, args.size, args.test = families[:1], ["full1"], 1024, 2
-    extra = ["--max-minutes", f"{args.max_minutes:g}"]
+    extra = ["--max-minutes", f"{args.max_minutes:g}", *shlex.split(args.train_args)]
     report: dict[str, Any] = {
         "command": "python benchmarks/adaptation.py " + shlex.join(_without_work(
             argv if argv is not None else sys.argv[1:])),
