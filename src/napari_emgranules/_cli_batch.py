@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from .cli import (
+from ._cli_common import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     CliError,
@@ -19,13 +19,12 @@ from .cli import (
     add_segment_arguments,
     segment_options,
 )
+from ._cli_measure import add_calibration_argument, add_derived_argument, derived_regions, pf_calibration
 
 
 def _measure_kwargs(args: argparse.Namespace) -> dict:
     if args.section <= 0 or not math.isfinite(args.section):
         raise CliError(f"--section {args.section}: the section thickness must be positive (nm)")
-    from ._cli_measure import derived_regions, pf_calibration
-
     kwargs: dict = {"tile": args.tile or None}
     derived, calibration = derived_regions(args), pf_calibration(args)
     if derived:
@@ -105,8 +104,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "'tcp://host:port' (a running Dask scheduler); default: this process")
     add_segment_arguments(bat)
     add_label_format_argument(bat)
-    from ._cli_measure import add_calibration_argument, add_derived_argument
-
     add_derived_argument(bat)
     add_calibration_argument(bat)
     bat.add_argument("--objects", action="store_true",

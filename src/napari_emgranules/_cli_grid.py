@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _fail, _user_errors
+from ._cli_common import EXIT_BAD_INPUT, EXIT_OK, CliError, _fail, _user_errors
+from ._cli_measure import _pairs, _pixel_size
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ._cli_measure import _pairs, _pixel_size
     from .core.io import read_labels
     from .core.measure import write_csv
     from .core.pointgrid import agreement, grid_table, make_grid, read_manual_scores, score_points

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import EXIT_OK, CliError
+from ._cli_common import EXIT_OK, CliError
 
 FORMATS = {"onnx": ".onnx", "czann": ".czann", "czmodel": ".czmodel", "bioimageio": ".zip"}
 

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from .cli import EXIT_BAD_INPUT, EXIT_OK, CliError, _fail, _user_errors
+from ._cli_common import EXIT_BAD_INPUT, EXIT_OK, CliError, _fail, _user_errors
 
 
 def _label_files(folder: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .cli import EXIT_OK, CliError, _output_folder
+from ._cli_common import EXIT_OK, CliError, _output_folder
 
 if TYPE_CHECKING:
     import pandas as pd

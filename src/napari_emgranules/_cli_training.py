@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import EXIT_OK, CliError, _fail
+from ._cli_common import EXIT_OK, CliError, _fail
 from .core.options import MODES
 
 
