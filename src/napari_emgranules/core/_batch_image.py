@@ -197,8 +197,8 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
         options = replace(options, granule_threshold=None, min_granule_nm=None)
         models["granules_model"] = options.prepare(models["granules_model"])
     result = run_to_completion(segment_micrograph_iter(
-        loaded.micrograph, options=options, kinds=settings.kinds, confidence=settings.confidence or sweep,
-        **models))
+        loaded.micrograph, options=options, kinds=settings.kinds,
+        confidence=True if settings.confidence else ("granules",) if sweep else False, **models))
     if sweep:
         labels, conf = result.labels["granules"], result.confidence["granules"]
         probability = np.where(labels == 1, conf, np.float32(1) - conf)  # of a granule (two classes)
@@ -314,10 +314,14 @@ def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings,
                                       pixel_size_nm=result.pixel_size_nm, image=job.name),
                       out / rel["region_objects"], overwrite=True)
     for t in settings.granule_thresholds:  # one forward pass, a table per threshold
-        probability = result.confidence["granule_probability"]
-        granules = _remove_specks((probability >= t).astype(np.uint8), settings, result.pixel_size_nm)
-        swept = measure_segmentation(replace(result, labels={**result.labels, "granules": granules}),
-                                     path=job.path, **settings.measure)
+        if t == (settings.options.granule_threshold or 0.5):
+            swept = m  # the run's own threshold (0.5: the arg-max) is measured already
+        else:
+            probability = result.confidence["granule_probability"]
+            granules = _remove_specks((probability >= t).astype(np.uint8), settings,
+                                      result.pixel_size_nm)
+            swept = measure_segmentation(replace(result, labels={**result.labels, "granules": granules}),
+                                         path=job.path, **settings.measure)
         key = threshold_key(t)
         write_csv(swept.tables().assign(granule_threshold=t), out / rel[f"regions.{key}"],
                   overwrite=True)

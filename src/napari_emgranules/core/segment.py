@@ -472,7 +472,7 @@ def segment_micrograph_iter(
     granules_model: SegmentationModel | str | os.PathLike | None = None,
     kinds: tuple[str, ...] = ("locations", "granules"),
     models: Mapping[str, SegmentationModel | str | os.PathLike] | None = None,
-    confidence: bool = False,
+    confidence: bool | tuple[str, ...] = False,
     **option_fields: Any,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment a micrograph with the Locations and Granules models, yielding progress.
@@ -495,8 +495,9 @@ def segment_micrograph_iter(
     models : mapping of name to SegmentationModel or path, optional
         Run these models instead (any kind, e.g. a user's own task): replaces the two model
         arguments and ``kinds``; results are keyed by the mapping's names.
-    confidence : bool
-        Also return each model's per-pixel confidence (max calibrated softmax probability).
+    confidence : bool or tuple of str
+        Also return each model's per-pixel confidence (max calibrated softmax probability); a
+        tuple names the models to return it for (e.g. ``("granules",)``).
     **option_fields
         Fields of :class:`SegmentOptions` (``mode="whole"``, ``batch_size=4``, ...), replacing
         those of ``options``.
@@ -532,7 +533,8 @@ def segment_micrograph_iter(
         key = (plan.shape, scaling)
         if key not in on_grid:
             on_grid[key] = resample(scaled[scaling], plan.shape)
-        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts, confidence)
+        wanted = bool(confidence) if isinstance(confidence, bool) else kind in confidence
+        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts, wanted)
         step = 0
         while True:
             try:
@@ -546,7 +548,7 @@ def segment_micrograph_iter(
         if opts.speck_nm and model.card.kind == "granules":
             lab = remove_small_objects(lab, opts.speck_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
-        if confidence:
+        if wanted:
             confs[kind] = cf
     return SegmentationResult(
         labels=labels,
