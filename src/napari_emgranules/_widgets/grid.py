@@ -176,7 +176,8 @@ class PointGridWidget(Container):
             self._viewer.layers.remove(old)
         layer = self._viewer.add_points(
             data, features=features, name=f"{_image_name(loc)} grid", scale=tuple(loc.scale)[-2:],
-            translate=tuple(loc.translate)[-2:], size=max(6.0, grid.spacing_px / 6), symbol="cross",
+            translate=tuple(loc.translate)[-2:], units=tuple(loc.units)[-2:],
+            size=max(6.0, grid.spacing_px / 6), symbol="cross",
             face_color=self._colours(features), border_width=0, metadata=meta)
         self._bind_keys(layer)
         self._current = -1
