@@ -279,11 +279,12 @@ def test_pixel_size_sources_constant():
         "metadata:zeiss-sem",
         "metadata:mrc",
         "metadata:dm",
+        "metadata:ome-zarr",
         "user",
         "model",
     }
     assert MICROGRAPH_SUFFIXES == (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".dm3", ".dm4", ".mrc",
-                                   ".st")
+                                   ".st", ".zarr")
 
 
 # ------------------------------------------------------------------------------------------

@@ -146,6 +146,7 @@ def test_every_manifest_widget_opens_in_workflow_order(make_napari_viewer):
 
     from napari_emgranules._widgets.density import DensityWidget
     from napari_emgranules._widgets.export import ExportWidget
+    from napari_emgranules._widgets.grid import PointGridWidget
     from napari_emgranules._widgets.review import ReviewWidget
     from napari_emgranules._widgets.segment import SegmentWidget
     from napari_emgranules._widgets.train import TrainWidget
@@ -153,13 +154,13 @@ def test_every_manifest_widget_opens_in_workflow_order(make_napari_viewer):
     manifest = npe2.PluginManifest.from_distribution(PLUGIN)
     names = [w.display_name for w in manifest.contributions.widgets]
     assert names == ["1. Segment", "2. Review and correct", "3. Export training data", "4. Train",
-                     "5. Density table"]
+                     "5. Density table", "6. Point grid"]
     menus = {menu: [item.command for item in items] for menu, items in manifest.contributions.menus.items()}
     assert "napari-emgranules.segment_widget" in menus["napari/layers/segment"]
     assert "napari-emgranules.density_widget" in menus["napari/layers/measure"]
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "synthetic-muscle")
-    classes = [SegmentWidget, ReviewWidget, ExportWidget, TrainWidget, DensityWidget]
+    classes = [SegmentWidget, ReviewWidget, ExportWidget, TrainWidget, DensityWidget, PointGridWidget]
     for name, cls in zip(names, classes, strict=True):
         dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
         assert isinstance(widget, cls), name
