@@ -44,24 +44,28 @@ def _outline(mask: np.ndarray, top: int, left: int) -> list[list[float]]:
     return coords
 
 
+def _particle_rings(particle_map: np.ndarray, particles: pd.DataFrame, kept_only: bool):
+    """(particle number, table row, closed outline) of each particle of the table, in order."""
+    rows = particles[particles["kept"]] if kept_only and len(particles) else particles
+    boxes = ndi.find_objects(np.asarray(particle_map))
+    for _, row in rows.iterrows():
+        k = int(row["particle"])
+        box = boxes[k - 1] if k - 1 < len(boxes) else None
+        if box is not None:
+            yield k, row, _outline(np.asarray(particle_map[box]) == k, box[0].start, box[1].start)
+
+
 def particles_geojson(particle_map: np.ndarray, particles: pd.DataFrame, *, pixel_size_nm: float,
                       image: str = "image", kept_only: bool = False) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of the particles (rows of ``particles``, labelled in
     ``particle_map`` by their ``particle`` number)."""
     granule = GRANULES_SCHEMA.classes[1]
-    rows = particles[particles["kept"]] if kept_only and len(particles) else particles
-    boxes = ndi.find_objects(np.asarray(particle_map))
     features = []
-    for _, row in rows.iterrows():
-        k = int(row["particle"])
-        box = boxes[k - 1] if k - 1 < len(boxes) else None
-        if box is None:
-            continue
-        mask = np.asarray(particle_map[box]) == k
+    for k, row, ring in _particle_rings(particle_map, particles, kept_only):
         measurements = {name: float(row[col]) for col, name in _MEASUREMENTS}
         features.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [_outline(mask, box[0].start, box[1].start)]},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
                 "objectType": "detection", "name": f"granule {k}",
                 "classification": {"name": "Glycogen granule", "color": _rgb(granule.color)},
@@ -94,16 +98,9 @@ def particles_imagej_rois(particle_map: np.ndarray, particles: pd.DataFrame, *,
     (<region>)``, with the outlines of :func:`particles_geojson` (x = column, y = row)."""
     from roifile import ImagejRoi
 
-    rows = particles[particles["kept"]] if kept_only and len(particles) else particles
-    boxes = ndi.find_objects(np.asarray(particle_map))
     rois = []
-    for _, row in rows.iterrows():
-        k = int(row["particle"])
-        box = boxes[k - 1] if k - 1 < len(boxes) else None
-        if box is None:
-            continue
-        ring = _outline(np.asarray(particle_map[box]) == k, box[0].start, box[1].start)[:-1]
-        rois.append(ImagejRoi.frompoints(np.asarray(ring, np.float32),
+    for k, row, ring in _particle_rings(particle_map, particles, kept_only):
+        rois.append(ImagejRoi.frompoints(np.asarray(ring[:-1], np.float32),
                                          name=f"granule {k} ({row['region']})"))
     return rois
 
