@@ -365,18 +365,14 @@ def main() -> None:
     args = ap.parse_args()
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     timings = mem = None
-    if args.resample:
-        block = _resample_markdown(run_resample(args.size, args.repeat), argv)
-        print(block)
-        if args.write_docs:
-            _write_docs("resample", block)
-        return
-    if args.startup:
-        block = _startup_markdown(run_startup(args.size, args.repeat), argv)
-        print(block)
-        if args.write_docs:
-            _write_docs("startup", block)
-        return
+    for key, run, markdown in (("resample", run_resample, _resample_markdown),
+                               ("startup", run_startup, _startup_markdown)):
+        if getattr(args, key):
+            block = markdown(run(args.size, args.repeat), argv)
+            print(block)
+            if args.write_docs:
+                _write_docs(key, block)
+            return
     if args.inprocess:
         inproc = run_inprocess([int(s) for s in args.sizes.split(",")],
                                [float(p) for p in args.pixel_sizes.split(",")], args.repeat,

@@ -178,6 +178,11 @@ def test_a_threshold_sweep_measures_each_threshold_from_one_forward_pass(serial_
     # ... and 0.85 measures what a run at --granule-threshold 0.85 labels (in the graph)
     single = batch(folder, tmp_path / "single", granule_threshold=0.85)
     np.testing.assert_allclose(tables[0.85]["granule_px"], single.regions["granule_px"], atol=2)
+    # a sweep beside the run's own 0.85: the label maps are 0.85's, the sweep is of the raw model
+    both = batch(folder, tmp_path / "both", granule_threshold=0.85, granule_thresholds=[0.3, 0.85])
+    pd.testing.assert_frame_equal(both.regions, single.regions, check_dtype=False, rtol=1e-12)
+    np.testing.assert_allclose(read_table(tmp_path / "both" / "regions.t0.3.csv")["granule_px"],
+                               tables[0.3]["granule_px"], atol=2)
     assert batch(folder, out, granule_thresholds=[0.3, 0.5, 0.85]).skipped == plain.done  # unchanged
     assert batch(folder, out, granule_thresholds=[0.3]).done == plain.done  # another sweep: redone
 

@@ -138,7 +138,8 @@ def test_a_calibration_fits_manual_against_automated_pf_and_says_so_in_every_row
     assert r["slope"] == pytest.approx(1.3, abs=0.05) and r["intercept"] == pytest.approx(0.004, abs=0.003)
     table = pd.DataFrame({"region": ["A", "I"], "pf": [0.01, 0.05]})
     out = cal.apply(table)
-    assert math_isnan(out["pf_calibrated"].iloc[0]) and out["pf_calibration"].iloc[0] == "none for this region"
+    assert np.isnan(out["pf_calibrated"].iloc[0])
+    assert out["pf_calibration"].iloc[0] == "none for this region"
     assert out["pf_calibrated"].iloc[1] == pytest.approx(r["intercept"] + r["slope"] * 0.05)
     assert out["pf_calibrated_low"].iloc[1] < out["pf_calibrated"].iloc[1] < out["pf_calibrated_high"].iloc[1]
     assert out["pf_calibration"].iloc[1] == "lab-2026"
@@ -147,7 +148,8 @@ def test_a_calibration_fits_manual_against_automated_pf_and_says_so_in_every_row
     with pytest.raises(FileExistsError):
         cal.save(path)
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
-    for bad, words in ((tmp_path / "bad.json", "not a pf calibration"), (tmp_path / "none.json", "no such file")):
+    for bad, words in ((tmp_path / "bad.json", "not a pf calibration"),
+                       (tmp_path / "none.json", "no such file")):
         with pytest.raises(PointGridError, match=words):
             PfCalibration.load(bad)
     with pytest.raises(PointGridError, match="at least 3 images"):
@@ -180,7 +182,3 @@ def test_grid_fits_and_measure_applies_a_calibration(cell, tmp_path, capsys):
     assert "pf_calibrated" not in plain.columns  # never silently
     assert main(["measure", str(tmp_path / "loc"), str(tmp_path / "gra"), "--out", str(tmp_path / "e.csv"),
                  "--pf-calibration", str(tmp_path / "manual.csv")]) == 2
-
-
-def math_isnan(x) -> bool:
-    return x != x

@@ -195,7 +195,8 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
     options = settings.options
     if sweep:  # the raw arg-max and probability; the run's own threshold and specks follow
         options = replace(options, granule_threshold=None, min_granule_nm=None)
-        models["granules_model"] = options.prepare(models["granules_model"])
+        # from the weights as loaded: the run's model may carry its threshold in the graph already
+        models["granules_model"] = options.prepare(_resolve_model(settings.granules_model, "granules"))
     result = run_to_completion(segment_micrograph_iter(
         loaded.micrograph, options=options, kinds=settings.kinds,
         confidence=True if settings.confidence else ("granules",) if sweep else False, **models))
