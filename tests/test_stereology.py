@@ -239,6 +239,22 @@ def test_calibration_is_cached(cal):
     assert vf_from_pf(0.1) == cal.vf(0.1)
 
 
+def test_vf_simulates_only_the_baskets_its_largest_pf_needs_and_equals_the_whole_grid():
+    narrow = DiameterDistribution.normal(31.0, 4.0)  # a distribution no other test calibrates
+    stereology._basket_node.cache_clear()
+    low = np.array([0.0, 0.02, 0.15, np.nan])
+    vf_low = vf_from_pf(low, diameters=narrow)
+    simulated = stereology._basket_node.cache_info().currsize
+    assert 1 <= simulated < 6  # the dense, slow top of the grid was not packed
+    whole = calibrate_baskets(narrow)
+    assert stereology._basket_node.cache_info().currsize == len(whole.vf_points)
+    assert np.array_equal(vf_low, whole.vf(low), equal_nan=True)
+    high = np.array([0.3, whole.pf_max * 0.99, 0.5])
+    assert np.array_equal(vf_from_pf(high, diameters=narrow), whole.vf(high))
+    with pytest.warns(OutOfCalibrationWarning):
+        assert math.isnan(vf_from_pf(min(1.0, whole.pf_max + 0.05), diameters=narrow))
+
+
 def test_calibration_and_its_arguments_are_checked(cal):
     with pytest.raises(ValueError, match="increase strictly"):
         Calibration((0.01, 0.005), (0.05, 0.1), (0.0, 0.0), cal.params, cal.diameters)

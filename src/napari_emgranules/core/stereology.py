@@ -128,6 +128,8 @@ METHODS: tuple[str, ...] = ("baskets", "analytical")
 _RSA_BATCH = 4096
 _RSA_GROUP = 256
 _RSA_MAX_TRIES = 20_000
+# The default calibration grid of calibrate_baskets (and so of vf_from_pf).
+_VF_MAX, _N_POINTS, _SEEDS = 0.3, 10, (0, 1, 2)
 
 
 def _finite(value: Any, name: str) -> float:
@@ -793,25 +795,61 @@ def _vf_grid(vf_max: float, n_points: int) -> np.ndarray:
     return vf_max * (np.arange(1, n_points + 1) / n_points) ** 1.5
 
 
+@functools.lru_cache(maxsize=512)
+def _basket_node(diameters: DiameterDistribution, params: StereologyParams, nominal: float,
+                 seeds: tuple[int, ...], size_nm: float) -> tuple[float, float, float]:
+    """Mean true ``vf``, mean ``pf`` and the ``pf`` spread between seeds of one grid point."""
+    vf, pf = np.empty(len(seeds)), np.empty(len(seeds))
+    for j, seed in enumerate(seeds):
+        image, vf[j] = render_basket(nominal, diameters, params, size_nm=size_nm, seed=seed)
+        pf[j] = image.mean()
+    return float(vf.mean()), float(pf.mean()), float(pf.std())
+
+
+def _calibrate(diameters: DiameterDistribution, params: StereologyParams, vf_max: float,
+               n_points: int, seeds: tuple[int, ...], size_nm: float,
+               up_to_pf: float = math.inf) -> Calibration:
+    """The calibration on the grid of :func:`_vf_grid`, its points up to the first whose ``pf``
+    reaches ``up_to_pf`` (all of them by default).
+
+    Each grid point is simulated (and cached) on its own, with the same seeds whatever the other
+    points, and :meth:`Calibration.vf` interpolates between the two points around a value only, so
+    a calibration cut after the point that covers the largest ``pf`` converts every ``pf`` up to it
+    exactly as the whole grid does; the points above it (dense granule masses, by far the slowest
+    to pack) are simulated only when a ``pf`` needs them.
+    """
+    start = time.perf_counter()
+    rows = []
+    for nominal in _vf_grid(vf_max, n_points):
+        rows.append(_basket_node(diameters, params, float(nominal), seeds, size_nm))
+        if rows[-1][1] >= up_to_pf:
+            break
+    logger.debug("basket calibration (%d of %d points x %d seeds) took %.2f s", len(rows), n_points,
+                 len(seeds), time.perf_counter() - start)
+    vf, pf, sd = (tuple(column) for column in zip(*rows))
+    return Calibration(vf, pf, sd, params, diameters)
+
+
 @functools.lru_cache(maxsize=32)
 def _calibrate_cached(diameters: DiameterDistribution, params: StereologyParams, vf_max: float,
                       n_points: int, seeds: tuple[int, ...], size_nm: float) -> Calibration:
-    start = time.perf_counter()
-    grid = _vf_grid(vf_max, n_points)
-    vf, pf = np.empty((n_points, len(seeds))), np.empty((n_points, len(seeds)))
-    for i, nominal in enumerate(grid):
-        for j, seed in enumerate(seeds):
-            image, vf[i, j] = render_basket(nominal, diameters, params, size_nm=size_nm, seed=seed)
-            pf[i, j] = image.mean()
-    logger.debug("basket calibration (%d x %d baskets) took %.2f s", n_points, len(seeds),
-                 time.perf_counter() - start)
-    return Calibration(tuple(vf.mean(axis=1).tolist()), tuple(pf.mean(axis=1).tolist()),
-                       tuple(pf.std(axis=1).tolist()), params, diameters)
+    return _calibrate(diameters, params, vf_max, n_points, seeds, size_nm)
+
+
+def _check_calibration_args(vf_max: float, n_points: int, seeds: Sequence[int],
+                            size_nm: float) -> tuple[float, int, tuple[int, ...], float]:
+    vf_max = _check_basket_vf(vf_max)
+    if vf_max == 0 or _positive_int(n_points, "n_points") < 2:
+        raise ValueError(f"need vf_max > 0 and n_points >= 2, got vf_max={vf_max}, n_points={n_points}")
+    seeds = tuple(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be one or more integers >= 0, got {seeds!r}")
+    return vf_max, int(n_points), tuple(map(int, seeds)), _finite(size_nm, "size_nm")
 
 
 def calibrate_baskets(diameters: DiameterDistribution = DEFAULT_DIAMETERS,
-                      params: StereologyParams = DEFAULT_PARAMS, *, vf_max: float = 0.3,
-                      n_points: int = 10, seeds: Sequence[int] = (0, 1, 2),
+                      params: StereologyParams = DEFAULT_PARAMS, *, vf_max: float = _VF_MAX,
+                      n_points: int = _N_POINTS, seeds: Sequence[int] = _SEEDS,
                       size_nm: float = DEFAULT_BASKET_NM) -> Calibration:
     """Fit the ``vf``-``pf`` relation on simulated baskets (cached).
 
@@ -845,14 +883,7 @@ def calibrate_baskets(diameters: DiameterDistribution = DEFAULT_DIAMETERS,
     ValueError
         If an argument is out of range or the points do not increase (too noisy).
     """
-    vf_max = _check_basket_vf(vf_max)
-    if vf_max == 0 or _positive_int(n_points, "n_points") < 2:
-        raise ValueError(f"need vf_max > 0 and n_points >= 2, got vf_max={vf_max}, n_points={n_points}")
-    seeds = tuple(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be one or more integers >= 0, got {seeds!r}")
-    return _calibrate_cached(diameters, params, vf_max, int(n_points), tuple(map(int, seeds)),
-                             _finite(size_nm, "size_nm"))
+    return _calibrate_cached(diameters, params, *_check_calibration_args(vf_max, n_points, seeds, size_nm))
 
 
 # --------------------------------------------------------------------------------------------
@@ -888,8 +919,11 @@ def vf_from_pf(pf: FloatOrArray, *, method: str = "baskets", diameters: Diameter
     """
     diameters = DEFAULT_DIAMETERS if diameters is None else diameters
     params = DEFAULT_PARAMS if params is None else params
-    if method == "baskets":
-        return calibrate_baskets(diameters, params).vf(pf)
+    if method == "baskets":  # the default grid, simulated only as far as the largest pf needs
+        arr, _ = _fraction_array(pf, "pf")
+        largest = float(np.nanmax(arr)) if np.isfinite(arr).any() else 0.0
+        return _calibrate(diameters, params, *_check_calibration_args(_VF_MAX, _N_POINTS, _SEEDS, DEFAULT_BASKET_NM),
+                          up_to_pf=largest).vf(pf)
     if method == "analytical":
         return analytical_vf(pf, diameters, params)
     raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
