@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .io import Micrograph, file_sha256, read_micrograph, write_image, write_labels
-from .measure import measure_segmentation, write_csv
+from .measure import code_counts, measure_segmentation, write_csv
 from .models import SegmentationModel, WeightsError
 from .montage import segment_large, tiled_bytes_per_pixel
 from .omezarr import OME_ZARR_SUFFIX, write_ome_zarr
@@ -269,7 +269,7 @@ def finish_image(result: SegmentationResult, written: bool, loaded: Loaded,
         notes += _measure(result, job, settings, out, rel)
     present = {}
     if "locations" in result.labels:  # the share of each region, for the summary line
-        counts = np.bincount(np.asarray(result.labels["locations"]).ravel(), minlength=256)
+        counts = code_counts(result.labels["locations"], 256)
         letters = result.models["locations"].schema.letters
         present = {letters[c]: round(float(counts[c] / counts.sum()), 4) for c in letters if counts[c]}
     return {"status": "done", "name": job.name, "path": job.path, "outputs": rel,

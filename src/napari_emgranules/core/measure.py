@@ -142,9 +142,26 @@ def _check_pixel_size(pixel_size_nm: float | None) -> float:
 # -------------------------------------------------------------------------------------------------
 # density table
 # -------------------------------------------------------------------------------------------------
+def code_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Pixels per code of a label map (``np.bincount`` of it, at least ``minlength`` long).
+
+    A map of a few 8-bit codes is counted by one comparison per code, which is several times
+    faster than a histogram that widens every pixel to 64 bits first.
+    """
+    labels = np.asarray(labels)
+    hi = int(labels.max()) if labels.size else -1
+    if labels.dtype != np.uint8 or hi >= 16:
+        return np.bincount(labels.ravel(), minlength=minlength)
+    counts = np.zeros(max(minlength, hi + 1), dtype=np.int64)
+    counts[:hi + 1] = [np.count_nonzero(labels == c) for c in range(hi + 1)]
+    return counts
+
+
 def _region_counts(loc: np.ndarray, mask: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels per code, and granule pixels per code (one pass over the image)."""
+    """Pixels per code, and granule pixels per code."""
     n = max(n, int(loc.max()) + 1)
+    if loc.dtype == np.uint8:
+        return code_counts(loc, n), np.bincount(loc[mask], minlength=n)
     both = np.bincount((loc.ravel().astype(np.intp) << 1) | mask.ravel(), minlength=2 * n)
     both = both.reshape(n, 2)
     return both.sum(axis=1), both[:, 1]

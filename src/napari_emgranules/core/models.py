@@ -437,16 +437,23 @@ class SegmentationModel:
                 logits = ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
                 if self.logit_offset is not None:  # a probability threshold (with_threshold)
                     logits = logits + np.asarray(self.logit_offset, np.float32)
-                labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
-                if what == "logits":
-                    outs = logits
-                elif what == "labels":
-                    outs = labels
+                t = float(self.card.temperature)
+                if self.n_classes == 2 and what != "logits":
+                    # two classes: one logit difference gives the label (ties go to class 0, as
+                    # in an arg-max) and the confidence, the sigmoid of its size, several times
+                    # faster than an arg-max and a softmax over the class axis on a CPU
+                    diff = logits[..., 1] - logits[..., 0]
+                    labels = ops.cast(diff > 0, "uint8")
+                    conf = ops.sigmoid(ops.abs(diff) if t == 1.0 else ops.abs(diff) / t)
+                    scaled = diff if t == 1.0 else diff / t
+                    probs = ops.stack([ops.sigmoid(-scaled), ops.sigmoid(scaled)], axis=-1)
                 else:
-                    t = float(self.card.temperature)
+                    labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
                     scaled = logits if t == 1.0 else logits / t  # calibrated confidence
                     probs = keras.layers.Softmax(axis=-1, name="probabilities")(scaled)
-                    outs = [labels, ops.max(probs, axis=-1)] if what == "labels+confidence" else probs
+                    conf = ops.max(probs, axis=-1)
+                outs = {"logits": logits, "labels": labels, "labels+confidence": [labels, conf],
+                        "probabilities": probs}[what]
                 model = keras.Model(self.keras_model.inputs, outs)
                 if self.jit:
                     model.compile(jit_compile=True)
