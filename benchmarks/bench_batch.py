@@ -3,6 +3,7 @@
     python benchmarks/bench_batch.py                         # N = 1, 4, 16 of 1024x1024; serial, processes:2
     python benchmarks/bench_batch.py --size 4096 --counts 1,4
     python benchmarks/bench_batch.py --montage 8192          # one montage segmented by tiles (bounded memory)
+    python benchmarks/bench_batch.py --counts 1 --schedulers "" --montage 16384 --montage-format ome-zarr
     python benchmarks/bench_batch.py --write-docs            # also update docs/benchmarks.md
     python benchmarks/bench_batch.py --sweep 0.3,0.5,0.85 --size 4096 --counts 4 --write-docs
                                                              # a threshold sweep vs one threshold
@@ -150,8 +151,24 @@ def throughput(size: int, counts: list[int], schedulers: list[str], tmp: Path, v
     return rows
 
 
-def montage(size: int, tmp: Path) -> dict:
-    """One uncompressed montage through batch with a small memory budget (segmented by tiles)."""
+def _as_ome_zarr(tif: Path, target: Path) -> Path:
+    """The montage TIFF as an OME-Zarr store (1024 px chunks, a pyramid), written through dask by
+    ome-zarr-py without holding the montage in memory."""
+    import dask.array as da
+    import tifffile
+    import zarr
+    from ome_zarr.writer import write_image
+
+    image = da.from_array(tifffile.memmap(tif, mode="r"), chunks=(1024, 1024))
+    write_image(image, zarr.open_group(str(target), mode="w"), axes="yx", scale={"y": 0.8, "x": 0.8},
+                axes_units={"y": "nanometer", "x": "nanometer"}, scale_factors=(2, 4),
+                storage_options={"chunks": (1024, 1024)})
+    return target
+
+
+def montage(size: int, tmp: Path, fmt: str = "tif") -> dict:
+    """One montage through batch with a small memory budget (segmented by tiles): an uncompressed
+    TIFF, or the same pixels as an OME-Zarr store (``fmt="ome-zarr"``)."""
     import numpy as np
     import tifffile
 
@@ -166,9 +183,11 @@ def montage(size: int, tmp: Path) -> dict:
             image[y:y + 2048, x:x + 2048] = tile[:size - y, :size - x]
     image.flush()
     del image
+    if fmt == "ome-zarr":
+        path = _as_ome_zarr(path, tmp / f"montage{size}.ome.zarr")
     budget = 2 * 2**30  # 2 GiB: far below what an in-memory pass of the montage needs
     r = run_child(_listing([path], tmp / "montage.csv"), tmp / "out-montage", "", budget)
-    return {"size": size, "wall_s": r["wall_s"], "batch_s": r["batch_s"],
+    return {"size": size, "format": fmt, "wall_s": r["wall_s"], "batch_s": r["batch_s"],
             "peak_rss_mb": r["peak_rss"] / 2**20, "budget_mb": budget / 2**20,
             "whole_estimate_mb": size * size * 200 / 2**20}
 
@@ -217,7 +236,9 @@ def report(rows: list[dict], size: int, command: str, big: dict | None, vf: str)
              "| peak RSS, all processes (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_row(r) for r in rows]
     if big:
-        lines += ["", f"One {big['size']}x{big['size']} uncompressed montage, memory budget "
+        what = "OME-Zarr montage (1024 px chunks)" if big["format"] == "ome-zarr" else \
+            "uncompressed montage"
+        lines += ["", f"One {big['size']}x{big['size']} {what}, memory budget "
                   f"{big['budget_mb']:,.0f} MB (segmented by tiles from a memory map): "
                   f"{big['batch_s']:.0f} s, peak RSS {big['peak_rss_mb']:,.0f} MB (a whole-image "
                   f"pass would need about {big['whole_estimate_mb']:,.0f} MB)."]
@@ -239,6 +260,8 @@ def main() -> None:
     parser.add_argument("--counts", default="1,4,16")
     parser.add_argument("--schedulers", default=",processes:2", help="comma list; empty = serial")
     parser.add_argument("--montage", type=int, default=0, metavar="SIZE", help="also one montage by tiles")
+    parser.add_argument("--montage-format", default="tif", choices=("tif", "ome-zarr"),
+                        help="the montage as an uncompressed TIFF (default) or an OME-Zarr store")
     parser.add_argument("--vf", default="baskets", choices=("baskets", "none"),
                         help="measure vf by baskets (default, as emgranules batch) or not at all")
     parser.add_argument("--sweep", metavar="P,P,...",
@@ -267,7 +290,7 @@ def main() -> None:
         return
     print("| scheduler | N | wall (s) | batch (s) | micrographs/s | steady | peak RSS (MB) |")
     rows = throughput(args.size, counts, args.schedulers.split(","), tmp, args.vf)
-    big = montage(args.montage, tmp) if args.montage else None
+    big = montage(args.montage, tmp, args.montage_format) if args.montage else None
     text = report(rows, args.size, command.strip(), big, args.vf)
     print(text)
     if args.write_docs:

@@ -33,7 +33,7 @@ from napari_emgranules.core.batch import (
     parse_scheduler,
     read_table,
 )
-from napari_emgranules.core.io import file_sha256, read_labels, write_image
+from napari_emgranules.core.io import MicrographError, file_sha256, read_labels, write_image
 from napari_emgranules.core.measure import measure_segmentation
 from napari_emgranules.core.segment import remove_small_objects, run_to_completion, segment_micrograph
 from napari_emgranules.core.synthetic import synthetic_micrograph
@@ -374,6 +374,51 @@ def test_large_montage_by_tiles_equals_in_memory_tiled(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_labels(tmp_path / "batch" / "locations" / "raw.tif"),
                                   expected.locations)
     assert not _temporaries(tmp_path / "out") and not _temporaries(tmp_path / "batch")
+
+
+def _ome_zarr_store(path: Path, image: np.ndarray, chunk: int = 64) -> Path:
+    import zarr
+    from ome_zarr.writer import write_image as write_ome_image
+
+    root = zarr.open_group(str(path), mode="w")
+    write_ome_image(image, root, axes="yx", scale={"y": 0.8, "x": 0.8},
+                    axes_units={"y": "nanometer", "x": "nanometer"}, scale_factors=(2,),
+                    storage_options={"chunks": (chunk, chunk)})
+    return path
+
+
+def test_ome_zarr_montage_by_tiles_equals_in_memory_tiled(tmp_path, monkeypatch):
+    image = synthetic_micrograph((200, 300), 0.8, seed=3, dtype="uint16").image
+    store = _ome_zarr_store(tmp_path / "cell.ome.zarr", image)  # 64 px chunks: 4 x 5 of them
+    monkeypatch.setattr(montage, "_REDUCE_ROWS", 32)
+    expected = segment_micrograph(image, 0.8, mode="tiled", max_window=384, halo=128)
+    result = montage.segment_large(store, tmp_path / "out", max_window=384, halo=128)
+    assert result.name == "cell" and result.pixel_size_source == "metadata:ome-zarr"
+    for kind in KINDS:
+        np.testing.assert_array_equal(result.labels[kind], expected.labels[kind], err_msg=kind)
+    # batch sizes the store from its metadata and takes the montage path beyond its budget
+    done = batch(store, tmp_path / "batch", memory_budget_bytes=1, max_window=384, halo=128)
+    entry = json.loads((tmp_path / "batch" / "manifest.json").read_text())["images"]["cell"]
+    assert done.done == ["cell"] and entry["large"] is True
+    assert entry["pixel_size_source"] == "metadata:ome-zarr"
+    np.testing.assert_array_equal(read_labels(tmp_path / "batch" / "granules" / "cell.tif"),
+                                  expected.granules)
+    assert not _temporaries(tmp_path / "out") and not _temporaries(tmp_path / "batch")
+
+
+def test_ome_zarr_montage_refuses_float_pixels_and_damaged_chunks(tmp_path):
+    image = synthetic_micrograph((200, 300), 0.8, seed=3, dtype="uint16").image
+    floats = _ome_zarr_store(tmp_path / "floats.ome.zarr", image.astype(np.float32))
+    with pytest.raises(MicrographError, match=r"floats\.ome\.zarr.*integer pixels.*float32"):
+        montage.segment_large(floats, tmp_path / "out")
+    damaged = _ome_zarr_store(tmp_path / "damaged.ome.zarr", image)
+    level0 = min((q for q in damaged.iterdir() if q.is_dir()), key=lambda q: q.name)  # "s0" or "0"
+    chunk = next(q for q in sorted(level0.rglob("*")) if q.is_file() and not q.name.startswith((".", "zarr")))
+    chunk.write_bytes(b"not a chunk")
+    with pytest.raises(MicrographError, match=r"damaged\.ome\.zarr.*chunks cannot be read"):
+        montage.segment_large(damaged, tmp_path / "out")
+    out = tmp_path / "out"
+    assert not _temporaries(out) and not list(out.rglob("*.tif"))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .io import Micrograph, file_sha256, read_micrograph, write_image, write_labels
+from .io import Micrograph, MicrographError, file_sha256, read_micrograph, write_image, write_labels
 from .measure import code_counts, measure_segmentation, write_csv
 from .models import SegmentationModel, WeightsError
 from .montage import segment_large, tiled_bytes_per_pixel
-from .omezarr import OME_ZARR_SUFFIX, write_ome_zarr
+from .omezarr import OME_ZARR_SUFFIX, is_ome_zarr, ome_zarr_level0, write_ome_zarr
 from .options import SegmentOptions
 from .progress import run_to_completion
 from .segment import (
@@ -131,18 +131,34 @@ class Loaded:
 
 
 def _too_large(path: Path, settings: ImageSettings) -> bool:
-    """True for a TIFF whose in-memory tiled segmentation would not fit the memory budget."""
+    """True for a TIFF or OME-Zarr micrograph whose in-memory tiled segmentation would not fit the
+    memory budget (sized from its header or metadata, without reading pixels)."""
+    budget = memory_budget(settings.options)
+    if settings.options.mode == "seed" or budget is None:
+        return False
+    shape = _stored_shape(path)
+    return shape is not None and shape[0] * shape[1] * tiled_bytes_per_pixel() > budget
+
+
+def _stored_shape(path: Path) -> tuple[int, int] | None:
+    """Rows and columns of a TIFF's first page or an OME-Zarr store's full resolution; None for
+    other files and for any it cannot tell (reading the file then says what is wrong)."""
     import tifffile
 
-    budget = memory_budget(settings.options)
-    if settings.options.mode == "seed" or budget is None or path.suffix.lower() not in (".tif", ".tiff"):
-        return False
+    if is_ome_zarr(path):
+        try:
+            plane, _facts = ome_zarr_level0(path)
+        except MicrographError:
+            return None
+        return int(plane.shape[0]), int(plane.shape[1])
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             rows, cols = tif.pages.first.shape[:2]
     except (tifffile.TiffFileError, OSError, IndexError, ValueError):
-        return False  # read_micrograph says what is wrong with the file
-    return rows * cols * tiled_bytes_per_pixel() > budget
+        return None
+    return int(rows), int(cols)
 
 
 @contextlib.contextmanager

@@ -543,13 +543,13 @@ def metadata_pixel_size_nm(path: PathLike) -> tuple[float, str] | None:
     Looks at OME-XML ``PhysicalSizeX``, ImageJ ``unit`` + resolution, FEI/Thermo
     (``[Scan] PixelWidth``) and Zeiss SEM (``AP_IMAGE_PIXEL_SIZE``) TIFF tags, TIFF resolution
     tags in centimetres (or inches, unless an editor default such as 72 dpi), PNG ``pHYs``, the
-    MRC header's voxel size and the Digital Micrograph calibration. Values outside 0.01-100
-    nm/px are ignored.
+    MRC header's voxel size, the Digital Micrograph calibration and an OME-Zarr store's level-0
+    ``scale`` with its axes' units. Values outside 0.01-100 nm/px are ignored.
 
     Parameters
     ----------
     path : str or os.PathLike
-        TIFF, PNG or JPEG file.
+        TIFF, PNG, JPEG, MRC, DM3/DM4 file or OME-Zarr store.
 
     Returns
     -------
@@ -583,6 +583,10 @@ def metadata_pixel_size_nm(path: PathLike) -> tuple[float, str] | None:
         from .emformats import em_pixel_size
 
         return em_pixel_size(p, fmt, what)
+    if fmt == "ome-zarr":
+        from .omezarr import ome_zarr_level0
+
+        return ome_zarr_level0(p, what)[1]["pixel"]
     return None  # JPEG density fields cannot express nanometre pixels
 
 

@@ -1,11 +1,14 @@
-"""Montages larger than memory: segment a TIFF by tiles, reading and writing only a band at a time.
+"""Montages larger than memory: segment a TIFF or OME-Zarr micrograph by tiles, reading and writing
+only a band at a time.
 
 :func:`segment_large_iter` gives the same label maps as :func:`~.segment.segment_micrograph_iter`
 in ``tiled`` mode with the same window and halo (the same windows, the same cross-fade, summed in
 the same order), but never holds the image, the class scores or the label maps whole:
 
 * the input is a memory map of the TIFF's pixels (:func:`tifffile.memmap`); a compressed TIFF is
-  first decoded strip by strip (or tile by tile) into a scratch memory map next to the outputs;
+  first decoded strip by strip (or tile by tile), and an OME-Zarr store's full resolution band of
+  chunks by band of chunks, into a scratch memory map next to the outputs (windows, levels and
+  resizing then read pixels in place, never decompressing a chunk twice);
 * windows are read from the map, reflect-padded by index arithmetic (as :meth:`TilePlan.pad`);
 * scores are summed in one band of window rows; rows no later window touches are reduced to labels
   and written into a memory-mapped, uncompressed output TIFF, which is renamed into place when done;
@@ -40,6 +43,7 @@ from .io import (  # _resolve_pixel_size: the same pixel-size rules as read_micr
     _resolve_pixel_size,
     atomic_output,
     metadata_pixel_size_nm,
+    micrograph_stem,
 )
 from .models import MULTIPLE, SegmentationModel, reduce_scores
 from .options import SegmentOptions
@@ -132,6 +136,48 @@ def _tiff_source(path: Path, scratch_dir: Path) -> Iterator[np.ndarray]:
     with _scratch(scratch_dir, path.stem, page.shape, page.dtype.newbyteorder("=")) as copy, \
             tifffile.TiffFile(path) as tif:
         _decode_into(tif.pages.first, copy)
+        yield copy
+
+
+def _ome_zarr_plane(path: Path) -> Any:
+    """An OME-Zarr store's full-resolution 2-D plane (lazy); refuses anything but integer gray."""
+    from .omezarr import ome_zarr_level0
+
+    plane, _facts = ome_zarr_level0(path)
+    if plane.dtype.kind not in "ui":
+        raise MicrographError(f"{path}: a montage segmented by tiles must have 8- or 16-bit integer "
+                              f"pixels, not {plane.dtype}; convert it first")
+    return plane
+
+
+def _band_rows(plane: Any) -> int:
+    """Rows per band when copying a chunked array: whole chunk rows, at least 256 rows."""
+    chunks = getattr(plane, "chunks", None)
+    height = int(chunks[0][0]) if chunks and isinstance(chunks[0], tuple) and chunks[0] else 256
+    return height * max(1, -(-256 // height))
+
+
+@contextlib.contextmanager
+def _source(path: Path, scratch_dir: Path) -> Iterator[np.ndarray]:
+    """The montage's pixels as a read-only memory map: a TIFF's own (:func:`_tiff_source`), or an
+    OME-Zarr store's full resolution decoded into a scratch copy a band of chunks at a time."""
+    from .omezarr import is_ome_zarr
+
+    if not is_ome_zarr(path):
+        with _tiff_source(path, scratch_dir) as src:
+            yield src
+        return
+    plane = _ome_zarr_plane(path)
+    logger.info("%s: OME-Zarr; decoding its full resolution into a scratch file in %s", path, scratch_dir)
+    shape = tuple(int(n) for n in plane.shape)
+    with _scratch(scratch_dir, micrograph_stem(path), shape, plane.dtype.newbyteorder("=")) as copy:
+        step = _band_rows(plane)
+        for r0 in range(0, shape[0], step):
+            try:
+                copy[r0:r0 + step] = np.asarray(plane[r0:r0 + step])
+            except Exception as exc:  # zarr and its codecs raise many kinds on a damaged chunk
+                raise MicrographError(f"{path}: its chunks cannot be read ({type(exc).__name__}: "
+                                      f"{exc})") from exc
         yield copy
 
 
@@ -313,14 +359,16 @@ def segment_large_iter(
     granules_model: SegmentationModel | str | os.PathLike | None = None,
     **option_fields: Any,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
-    """Segment a TIFF montage by tiles into ``out_dir/locations/<name>.tif`` and ``.../granules/``.
+    """Segment a montage by tiles into ``out_dir/locations/<name>.tif`` and ``.../granules/``.
 
     Parameters
     ----------
     path : path-like
         A 2-D gray 8/16-bit TIFF (uncompressed ones are read in place; compressed ones are first
-        decoded into a scratch file in ``out_dir``). For a model at another pixel size the montage
-        is resized to it by bands into a scratch file, and the probabilities resized back.
+        decoded into a scratch file in ``out_dir``) or an OME-Zarr store (its full resolution,
+        decoded into a scratch file a band of chunks at a time). For a model at another pixel
+        size the montage is resized to it by bands into a scratch file, and the probabilities
+        resized back.
     out_dir : path-like
         Output folder; the label maps are written as uncompressed TIFFs, atomically.
     name : str, optional
@@ -348,16 +396,16 @@ def segment_large_iter(
     Raises
     ------
     MicrographError
-        If the file is not a single 2-D gray integer TIFF.
+        If the file is not a single 2-D gray integer TIFF or OME-Zarr plane.
     """
     p, out = Path(path), Path(out_dir)
-    name = name or p.stem
+    name = name or micrograph_stem(p)
     opts = SegmentOptions.merged(options, **option_fields)
     models = {"locations": opts.prepare(_resolve_model(locations_model, "locations")),
               "granules": opts.prepare(_resolve_model(granules_model, "granules"))}
     budget = memory_budget(opts)
     halo, batch_size, max_window = opts.halo, opts.batch_size, opts.max_window
-    with _tiff_source(p, out) as src:
+    with _source(p, out) as src:
         px, source = _pixel_size(p, pixel_size_nm, force_pixel_size, models)
         shape = tuple(int(s) for s in src.shape)
         plans = {}

@@ -826,7 +826,7 @@ def _calibrate(diameters: DiameterDistribution, params: StereologyParams, vf_max
             break
     logger.debug("basket calibration (%d of %d points x %d seeds) took %.2f s", len(rows), n_points,
                  len(seeds), time.perf_counter() - start)
-    vf, pf, sd = (tuple(column) for column in zip(*rows))
+    vf, pf, sd = (tuple(column) for column in zip(*rows, strict=True))
     return Calibration(vf, pf, sd, params, diameters)
 
 
@@ -922,8 +922,8 @@ def vf_from_pf(pf: FloatOrArray, *, method: str = "baskets", diameters: Diameter
     if method == "baskets":  # the default grid, simulated only as far as the largest pf needs
         arr, _ = _fraction_array(pf, "pf")
         largest = float(np.nanmax(arr)) if np.isfinite(arr).any() else 0.0
-        return _calibrate(diameters, params, *_check_calibration_args(_VF_MAX, _N_POINTS, _SEEDS, DEFAULT_BASKET_NM),
-                          up_to_pf=largest).vf(pf)
+        grid = _check_calibration_args(_VF_MAX, _N_POINTS, _SEEDS, DEFAULT_BASKET_NM)
+        return _calibrate(diameters, params, *grid, up_to_pf=largest).vf(pf)
     if method == "analytical":
         return analytical_vf(pf, diameters, params)
     raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
