@@ -75,6 +75,28 @@ def test_upsampled_argmax_is_exact(target):
         np.testing.assert_array_equal(np.concatenate(bands), got)
 
 
+@pytest.mark.parametrize("target", [(1024, 800), (700, 203), (64, 50)])
+def test_two_class_scores_and_their_difference_give_the_arg_max(target):
+    rng = np.random.default_rng(4)
+    scores = ndi.gaussian_filter(rng.normal(size=(256, 200, 2)), (3, 3, 0)).astype(np.float32) * 10
+    brute = resample(scores, target).argmax(axis=-1)
+    for given in (scores, scores[..., 1] - scores[..., 0]):
+        got = upsample_argmax(given, target)
+        assert got.dtype == np.uint8 and got.shape == target
+        assert np.mean(got != brute) < 1e-5  # only exact float ties may differ
+
+
+def test_channels_resample_alike_and_bands_do_not_show():
+    rng = np.random.default_rng(5)
+    stack = rng.random((97, 131, 7), dtype=np.float32)  # rows not a multiple of the column band
+    for target in ((50, 300), (200, 64)):
+        whole = resample(stack, target)
+        assert whole.flags.c_contiguous
+        for c in (0, 6):
+            np.testing.assert_allclose(whole[..., c], resample(stack[..., c], target), rtol=1e-6,
+                                       atol=1e-6)
+
+
 def test_model_grid_shape_keeps_near_equal_pixel_sizes():
     assert model_grid_shape((4096, 2048), 0.25) == (1024, 512)
     assert model_grid_shape((4096, 2048), 1.005) == (4096, 2048)

@@ -9,9 +9,9 @@ import pytest
 
 from napari_emgranules.core.io import Micrograph, MicrographError, write_image
 from napari_emgranules.core.models import default_model
+from napari_emgranules.core.resample import resample
 from napari_emgranules.core.segment import (
     _predict_tiled,
-    _predict_whole,
     input_scaler,
     run_to_completion,
     segment_micrograph,
@@ -72,18 +72,31 @@ def test_8_and_16_bit_versions_of_an_image_segment_alike(small):
 def test_other_pixel_sizes_are_resampled_to_the_model_and_back(small, monkeypatch):
     seen = []
     model = default_model("granules")
-    original = type(model).predict_logits
+    original = type(model).predict_scores
 
     def spy(self, batch):
         seen.append(np.asarray(batch).shape)
-        return original(self, batch)
+        out = original(self, batch)
+        scores.append(out)
+        return out
 
-    monkeypatch.setattr(type(model), "predict_logits", spy)
-    result = segment_micrograph(small.image, pixel_size_nm=1.6, mode="whole", kinds=("granules",))
+    scores = []
+    monkeypatch.setattr(type(model), "predict_scores", spy)
+    result = segment_micrograph(small.image, pixel_size_nm=1.6, mode="whole", kinds=("granules",),
+                                min_granule_nm=None)
     assert result.granules.shape == small.image.shape
     assert result.pixel_size_source == "user"
     # 384x520 at 1.6 nm/px is 768x1040 at the model's 0.8 nm/px, padded to 768x1152
     assert seen == [(1, 768, 1152)]
+    # two classes come back as their logit difference: its resampled sign is the resampled arg-max
+    logits = model.predict_logits(np.zeros((1, 128, 128), np.float32))
+    np.testing.assert_allclose(model.predict_scores(np.zeros((1, 128, 128), np.float32)),
+                               logits[..., 1] - logits[..., 0], atol=1e-5)
+    d = scores[0][0][pad_to_multiple(np.zeros((768, 1040), np.float32), 128)[1]]
+    both = np.stack([np.zeros_like(d), d], -1)
+    expected = resample(both, small.image.shape).argmax(-1)
+    near_tie = np.abs(resample(d, small.image.shape)) < 1e-4
+    assert (result.granules == expected)[~near_tie].all()
 
 
 def test_tiled_agrees_with_whole(small):
@@ -96,7 +109,8 @@ def test_tiled_agrees_with_whole(small):
     """
     x = to_unit_float(synthetic_micrograph((640, 768), seed=9).image)
     model = default_model("granules")
-    logits, _ = run_to_completion(_predict_whole(model, x, want_scores=True, confidence=False))
+    padded, crop = pad_to_multiple(x, 128)
+    logits = model.predict_logits(padded[None])[0][crop]
     logits = logits / model.card.temperature  # the calibrated probabilities tiled mode blends
     whole = np.exp(logits - logits.max(-1, keepdims=True))
     whole /= whole.sum(-1, keepdims=True)

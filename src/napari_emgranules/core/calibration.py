@@ -100,10 +100,26 @@ def fit_temperature(samples: Iterable[Sequence[np.ndarray]], max_pixels: int = M
 
 def softmax_max(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The confidence (largest softmax probability) of ``logits / temperature``, float32."""
-    s = np.asarray(logits, np.float32) / np.float32(temperature)
+    s = np.asarray(logits, np.float32)
+    if s.shape[-1] == 2:  # the sigmoid of the logit difference's size: one channel, not two
+        return _difference_confidence(s[..., 1] - s[..., 0], temperature)
+    s = s / np.float32(temperature)
     s = s - s.max(axis=-1, keepdims=True)
     e = np.exp(s)
     return (1.0 / e.sum(axis=-1)).astype(np.float32)
+
+
+def scores_confidence(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """:func:`softmax_max` of ``(h, w, c)`` logits, or of a two-class model's logit difference
+    given as ``(h, w)`` (:meth:`~.models.SegmentationModel.predict_scores`)."""
+    s = np.asarray(scores, np.float32)
+    return softmax_max(s, temperature) if s.ndim != 2 else _difference_confidence(s, temperature)
+
+
+def _difference_confidence(difference: np.ndarray, temperature: float) -> np.ndarray:
+    """The larger of two softmax probabilities from their logits' difference: a sigmoid."""
+    d = np.abs(difference) / np.float32(temperature)
+    return (np.float32(1) / (np.float32(1) + np.exp(-d))).astype(np.float32)
 
 
 def calibration_measures(confidence: np.ndarray, correct: np.ndarray, bins: int = 15,

@@ -604,6 +604,10 @@ class OnnxSegmentationModel(SegmentationModel):
             return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
         return np.asarray(self._run(["probabilities"], batch)[0], np.float32)
 
+    def predict_scores(self, batch: np.ndarray) -> np.ndarray:
+        z = self.predict_logits(batch)
+        return z[..., 1] - z[..., 0] if z.shape[-1] == 2 else z
+
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.output_kind != "logits":
             raise ValueError(f"{self.path}: the network outputs probabilities, not logits")

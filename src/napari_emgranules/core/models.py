@@ -424,7 +424,8 @@ class SegmentationModel:
         return int(self.keras_model.count_params())
 
     def _inference_model(self, what: str):
-        """A Keras model mapping images to ``labels``, ``labels+confidence`` or ``probabilities``.
+        """A Keras model mapping images to ``labels``, ``labels+confidence``, ``probabilities``,
+        ``logits`` or (two classes) the logit ``difference``.
 
         The reductions run inside the graph, so only uint8 labels (and one float per pixel for
         confidence) come back from the device instead of every class's logits.
@@ -453,7 +454,9 @@ class SegmentationModel:
                     probs = keras.layers.Softmax(axis=-1, name="probabilities")(scaled)
                     conf = ops.max(probs, axis=-1)
                 outs = {"logits": logits, "labels": labels, "labels+confidence": [labels, conf],
-                        "probabilities": probs}[what]
+                        "probabilities": probs}.get(what)
+                if what == "difference":  # two classes: the logit difference alone
+                    outs = logits[..., 1] - logits[..., 0]
                 model = keras.Model(self.keras_model.inputs, outs)
                 if self.jit:
                     model.compile(jit_compile=True)
@@ -479,6 +482,15 @@ class SegmentationModel:
         """Softmax probabilities, float32 ``(n, h, w, n_classes)``."""
         x = _as_batch(batch)
         return np.asarray(self._inference_model("probabilities").predict_on_batch(x),
+                          dtype=np.float32)
+
+    def predict_scores(self, batch: np.ndarray) -> np.ndarray:
+        """What resampling to another grid needs: the logits, or for a two-class model the
+        difference of its two logits, ``(n, h, w)`` (half the data; its sign is the label, and
+        resampling is linear, so the sign of the resampled difference is the resampled arg-max)."""
+        if self.n_classes != 2:
+            return self.predict_logits(batch)
+        return np.asarray(self._inference_model("difference").predict_on_batch(_as_batch(batch)),
                           dtype=np.float32)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:

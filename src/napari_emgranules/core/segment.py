@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import softmax_max
+from .calibration import scores_confidence
 from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
 from .options import MIN_GRANULE_NM, MODES, SegmentOptions
@@ -277,10 +277,10 @@ def _resolve_model(model: SegmentationModel | str | os.PathLike | None, kind: st
 def _predict_whole(model: SegmentationModel, x: np.ndarray, want_scores: bool,
                    confidence: bool = True):
     padded, crop = pad_to_multiple(x, MULTIPLE)
-    if want_scores:  # logits (and confidence) on the model's grid, for upsample_argmax
-        logits = model.predict_logits(padded[None])[0][crop]
+    if want_scores:  # logits or their difference (and confidence) on the model's grid
+        scores = model.predict_scores(padded[None])[0][crop]
         yield 1
-        return logits, softmax_max(logits, model.card.temperature) if confidence else None
+        return scores, scores_confidence(scores, model.card.temperature) if confidence else None
     labels, conf = model.predict_labels(padded[None], confidence)
     yield 1
     return labels[0][crop], None if conf is None else conf[0][crop]
