@@ -19,9 +19,12 @@ from .core.options import MODES
 # helpers
 # -------------------------------------------------------------------------------------------------
 def _schema_argument(value: str, task: str | None):
-    """``--schema``: a JSON file (a ClassSchema, e.g. a dataset's schema.json) or class names."""
-    from .core.schema import ClassSchema, SchemaError
+    """``--schema``: a schema's name (``locations-mito``), a JSON file (a ClassSchema, e.g. a
+    dataset's schema.json) or class names."""
+    from .core.schema import NAMED_SCHEMAS, ClassSchema, SchemaError
 
+    if value in NAMED_SCHEMAS:
+        return NAMED_SCHEMAS[value]
     p = Path(value)
     if p.suffix.lower() == ".json" or p.is_file():
         try:
@@ -241,9 +244,10 @@ def _add_schema_options(p: argparse.ArgumentParser, required_kind: bool) -> None
     p.add_argument("--model", dest="kind", choices=("locations", "granules", "new"),
                    required=required_kind,
                    help="which model the labels are for; 'new' for a new task (needs --schema)")
-    p.add_argument("--schema", metavar="NAMES|FILE",
-                   help="classes of a new task: comma-separated names, code 0 first "
-                        "(e.g. background,membrane), or a schema JSON file")
+    p.add_argument("--schema", metavar="NAME|NAMES|FILE",
+                   help="the classes: 'locations-mito' (Locations with mitochondria apart from "
+                        "the Z disk, code 7), or for a new task comma-separated names, code 0 "
+                        "first (e.g. background,membrane), or a schema JSON file")
     p.add_argument("--task", metavar="NAME", help="name of a new task (default: custom)")
 
 

@@ -20,7 +20,9 @@ __all__ = [
     "ClassSchema",
     "SchemaError",
     "LOCATIONS_SCHEMA",
+    "LOCATIONS_MITO_SCHEMA",
     "GRANULES_SCHEMA",
+    "NAMED_SCHEMAS",
     "default_schema",
     "UNLABELLED",
 ]
@@ -247,6 +249,19 @@ LOCATIONS_SCHEMA = ClassSchema(
 )
 """Default Locations schema (DESIGN.md): only codes 1..5 enter the density table."""
 
+LOCATIONS_MITO_SCHEMA = ClassSchema(
+    "locations",
+    (
+        *LOCATIONS_SCHEMA.classes[:3],
+        ClassInfo(3, "Z", "Z disk", "#4363d8", measured=True),
+        *LOCATIONS_SCHEMA.classes[4:],
+        ClassInfo(7, "M", "mitochondria", "#42d4f4", measured=True),
+    ),
+)
+"""Locations with mitochondria apart from the Z disk (code 7, letter M): the default schema's
+codes 0-6 unchanged, so a Locations model of the default schema is widened to it by one class
+(:func:`~.train.train` starts M from the joined class's weights), and tables get an M row beside Z."""
+
 GRANULES_SCHEMA = ClassSchema(
     "granules",
     (
@@ -255,6 +270,12 @@ GRANULES_SCHEMA = ClassSchema(
     ),
 )
 """Default Granules schema: 0 background, 1 granule."""
+
+
+NAMED_SCHEMAS: dict[str, ClassSchema] = {
+    "locations": LOCATIONS_SCHEMA, "locations-mito": LOCATIONS_MITO_SCHEMA, "granules": GRANULES_SCHEMA,
+}
+"""The schemas ``--schema`` knows by name."""
 
 
 def default_schema(kind: str) -> ClassSchema:

@@ -54,6 +54,9 @@ SEGMENT_ALIASES: Mapping[str, Mapping[str, str]] = {
 }
 
 
+_MITOCHONDRIA_ALIASES = ("mitochondria", "mitochondrion", "mito", "mitos")
+
+
 class SegmentationFileError(ValueError):
     """A ``.seg.nrrd`` file that cannot be read as a label map of the schema (message names it)."""
 
@@ -86,6 +89,9 @@ def _class_table(schema: ClassSchema, segment_map: Mapping[str, int] | None) -> 
     for c in schema.classes:
         table[_norm(c.name)] = c.code
         table[_norm(c.letter)] = c.code
+    mito = table.get("mitochondria")  # a schema with mitochondria of their own takes every alias
+    if mito is not None and mito != by_letter.get("Z"):
+        table.update({alias: mito for alias in _MITOCHONDRIA_ALIASES})
     for name, code in (segment_map or {}).items():
         table[_norm(name)] = int(code)
     return table

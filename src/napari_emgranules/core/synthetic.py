@@ -283,7 +283,8 @@ class SyntheticMicrograph:
     Locations schema (0 U, 1 A, 2 I, 3 Z, 4 S, 5 N, 6 O); ``granules`` is uint8 with 1 = granule;
     ``true_pixel_fractions`` maps each measured region letter to granule px / region px (NaN if
     the region is absent); ``drawn`` records the values drawn for this cell (angle, sarcomere
-    length, target granule fractions, noise, ...).
+    length, target granule fractions, noise, ...); ``mitochondria`` marks the mitochondria among
+    the Z pixels (see :meth:`locations_with_mitochondria`).
     """
 
     image: np.ndarray
@@ -293,6 +294,15 @@ class SyntheticMicrograph:
     true_pixel_fractions: dict[str, float]
     seed: int
     drawn: dict[str, Any] = field(default_factory=dict)
+    mitochondria: np.ndarray | None = None
+
+    def locations_with_mitochondria(self) -> np.ndarray:
+        """``locations`` in :data:`~.schema.LOCATIONS_MITO_SCHEMA`: the mitochondria (code 3
+        here, with the Z disk) as code 7."""
+        out = self.locations.copy()
+        if self.mitochondria is not None:
+            out[self.mitochondria] = 7
+        return out
 
 
 def synthetic_micrograph(shape: tuple[int, int] = (4096, 4096), pixel_size_nm: float = 0.8,
@@ -334,7 +344,8 @@ def synthetic_micrograph(shape: tuple[int, int] = (4096, 4096), pixel_size_nm: f
     cell.precipitate()
     image = cell.imaging(dt)
     fractions = region_pixel_fractions(cell.loc, granules, LOCATIONS_SCHEMA)
-    return SyntheticMicrograph(image, cell.loc, granules, ps, fractions, int(seed), cell.drawn)
+    return SyntheticMicrograph(image, cell.loc, granules, ps, fractions, int(seed), cell.drawn,
+                               cell.mito & (cell.loc == Z_DISK))
 
 
 def sample_micrograph(size: int = 2048) -> SyntheticMicrograph:
@@ -487,6 +498,7 @@ class _Cell:
         self.loc = np.empty(shape, np.uint8)
         self.grey = np.empty(shape, np.float32)
         self.blocked = np.zeros(shape, bool)  # no glycogen here (nucleus, mitochondria, ...)
+        self.mito = np.zeros(shape, bool)  # mitochondria (labelled Z like the Z disk)
         self._appearance()
 
     def _appearance(self) -> None:
@@ -530,11 +542,12 @@ class _Cell:
         return ys, xs, self.u[ys, xs] - np.float32(uc), self.v[ys, xs] - np.float32(vc)
 
     def _ellipse(self, uc, vc, au, av, *, lumen, membrane_nm, codes, label=None, block=False,
-                 inner=None):
+                 inner=None, mark=None):
         """A membrane-bound ellipse (axes au along, av across the fibre); returns its mask.
 
         Drawn only over pixels whose code is in ``codes``; ``label`` relabels them; ``inner``
-        (a function of du, dv, rho) overrides the lumen grey (cristae, chromatin).
+        (a function of du, dv, rho) overrides the lumen grey (cristae, chromatin); ``mark`` (a
+        boolean image) records its pixels.
         """
         win = self._window(uc, vc, max(au, av))
         if win is None:
@@ -553,6 +566,8 @@ class _Cell:
             lsl[inside] = label
         if block:
             self.blocked[ys, xs] |= inside
+        if mark is not None:
+            mark[ys, xs] |= inside
         return inside
 
     # -- structures -----------------------------------------------------------------------------
@@ -723,7 +738,7 @@ class _Cell:
             return np.where((rho > 1 - 2.2 * e) & (rho <= 1 - e), np.float32(0.55), val)
 
         self._ellipse(uc, vc, au, av, lumen=0.45, membrane_nm=7, codes=codes, label=Z_DISK,
-                      block=True, inner=inner)
+                      block=True, inner=inner, mark=self.mito)
 
     def intermyofibrillar(self) -> None:
         """Mitochondria at the Z lines, triads at the A-I junctions and SR tubules in spaces."""

@@ -45,6 +45,7 @@ from .models import (
     MULTIPLE,
     ModelCard,
     SegmentationModel,
+    WeightsError,
     build_unet,
     default_model,
     load_model,
@@ -689,6 +690,54 @@ def _clone(model: SegmentationModel, card: ModelCard) -> SegmentationModel:
     return SegmentationModel(net, card)
 
 
+def _extends(schema: ClassSchema, base: ClassSchema) -> bool:
+    """``schema`` is ``base`` with classes added after its codes and letters (e.g. mitochondria
+    apart from the Z disk)."""
+    def head(classes):
+        return [(c.code, c.letter) for c in classes]
+
+    return (schema.kind == base.kind and schema.n_classes > base.n_classes
+            and head(schema.classes[:base.n_classes]) == head(base.classes))
+
+
+def _widened(model: SegmentationModel, card: ModelCard) -> SegmentationModel:
+    """A trainable copy of ``model`` with a head for ``card.schema``'s added classes.
+
+    Each added class starts as a copy of the class it was part of (the one whose name holds its
+    name: mitochondria from "Z disk + mitochondria"; else the background) with its bias lowered by
+    2, so the widened model labels every pixel as the original does until training separates them.
+    """
+    old, new = model.card.schema, card.schema
+    weights = model.keras_model.get_weights()
+    kernel, bias = weights[-2], weights[-1]
+    kernel = np.concatenate([kernel, np.zeros(kernel.shape[:-1] + (new.n_classes - old.n_classes,),
+                                              kernel.dtype)], axis=-1)
+    bias = np.concatenate([bias, np.zeros(new.n_classes - old.n_classes, bias.dtype)])
+    squash = lambda name: "".join(ch for ch in name.lower() if ch.isalnum())  # noqa: E731
+    for i, cls in enumerate(new.classes[old.n_classes:], old.n_classes):
+        parent = next((j for j, c in enumerate(old.classes) if squash(cls.name)
+                       and squash(cls.name) in squash(c.name)), 0)
+        kernel[..., i] = kernel[..., parent]
+        bias[i] = bias[parent] - 2.0
+    net = build_unet(card.architecture, new.n_classes)
+    net.set_weights([*weights[:-2], kernel, bias])
+    return SegmentationModel(net, card)
+
+
+def _load_start(path, kind: str | None, schema: ClassSchema | None) -> SegmentationModel:
+    """Starting weights from a file: in ``schema`` (a lab's own names and colours), or as stored
+    when ``schema`` adds classes to them (the model is widened after)."""
+    try:
+        return load_model(path, kind, schema=schema)
+    except WeightsError:
+        if schema is None:
+            raise
+        base = load_model(path, kind)
+        if not _extends(schema, base.card.schema):
+            raise
+        return base
+
+
 def _starting_model(
     model, kind: str | None, schema: ClassSchema | None, architecture: str | None, fresh: bool,
     data_pixel_size: float, seed: int,
@@ -696,16 +745,23 @@ def _starting_model(
     """Resolve what to train: (trainable model, description of the starting weights)."""
     if model is not None and fresh:
         raise TrainingError("give starting weights or fresh=True, not both")
+    if model is None and not fresh and schema is not None and schema.kind in ("locations", "granules") \
+            and _extends(schema, default_schema(schema.kind)) and default_model(schema.kind).card.trained:
+        model = default_model(schema.kind)  # the bundled model, widened to the added classes
     if model is not None:
-        base = model if isinstance(model, SegmentationModel) else load_model(model, kind, schema=schema)
+        base = model if isinstance(model, SegmentationModel) else _load_start(model, kind, schema)
         if kind is not None and base.kind != kind:
             raise TrainingError(f"the starting model is a {base.kind} model, not {kind}")
-        if schema is not None and schema.n_classes != base.n_classes:
+        if schema is not None and schema.n_classes != base.n_classes \
+                and not _extends(schema, base.card.schema):
             raise TrainingError(f"the starting model has {base.n_classes} classes, the schema "
                                 f"{schema.n_classes}: train a new model (fresh) for a new schema")
         card = replace(base.card, schema=schema or base.card.schema,
                        provenance=dict(base.card.provenance))
         source = str(base.card.provenance.get("source") or repr(base))
+        if schema is not None and schema.n_classes > base.n_classes:
+            added = ", ".join(c.name for c in schema.classes[base.n_classes:])
+            return _widened(base, card), f"{source} widened by {added}"
         return _clone(base, card), source if base.card.trained else "untrained " + source
     if schema is None:
         if kind is None:
@@ -1369,7 +1425,9 @@ def train_iter(
         ``"locations"``, ``"granules"``, or the name of a new task (then ``schema`` is needed).
     schema : ClassSchema, optional
         Classes of a new task (e.g. ``ClassSchema.from_names("membranes", ["background",
-        "membrane"])``); labels are checked against it.
+        "membrane"])``); labels are checked against it. A schema that adds classes to the
+        starting model's (:data:`~.schema.LOCATIONS_MITO_SCHEMA`: mitochondria apart from the Z
+        disk) widens its head: each added class starts from the class it was part of.
     architecture : {"unet_model7", "unet_model"}, optional
         Network for a fresh model: Locations' by default for ``locations``, else Granules' (its
         first block has 4 filters, which is cheaper at full resolution).
