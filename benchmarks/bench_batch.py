@@ -53,7 +53,8 @@ def child(args: argparse.Namespace) -> None:
     thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
     gen = batch_iter(args.inputs, args.out, scheduler=args.scheduler or None,
                      memory_budget_bytes=args.budget or None, granule_thresholds=thresholds,
-                     measure_kwargs={"section_nm": None} if args.vf == "none" else None)
+                     measure_kwargs={"section_nm": None} if args.vf == "none" else None,
+                     tables=not args.no_tables)
     while True:
         try:
             event = next(gen)
@@ -86,12 +87,13 @@ def _tree_rss(proc) -> int:
 
 
 def run_child(inputs: Path, out: Path, scheduler: str, budget: int = 0, vf: str = "baskets",
-              thresholds: str = "") -> dict:
+              thresholds: str = "", tables: bool = True) -> dict:
     """Run one batch in a child process; its timings and the peak RSS of its process tree."""
     import psutil
 
     cmd = [sys.executable, __file__, "--child", "--inputs", str(inputs), "--out", str(out),
            "--scheduler", scheduler, "--budget", str(budget), "--vf", vf, "--thresholds", thresholds]
+    cmd += [] if tables else ["--no-tables"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -166,7 +168,7 @@ def _as_ome_zarr(tif: Path, target: Path) -> Path:
     return target
 
 
-def montage(size: int, tmp: Path, fmt: str = "tif") -> dict:
+def montage(size: int, tmp: Path, fmt: str = "tif", tables: bool = True) -> dict:
     """One montage through batch with a small memory budget (segmented by tiles): an uncompressed
     TIFF, or the same pixels as an OME-Zarr store (``fmt="ome-zarr"``)."""
     import numpy as np
@@ -186,8 +188,8 @@ def montage(size: int, tmp: Path, fmt: str = "tif") -> dict:
     if fmt == "ome-zarr":
         path = _as_ome_zarr(path, tmp / f"montage{size}.ome.zarr")
     budget = 2 * 2**30  # 2 GiB: far below what an in-memory pass of the montage needs
-    r = run_child(_listing([path], tmp / "montage.csv"), tmp / "out-montage", "", budget)
-    return {"size": size, "format": fmt, "wall_s": r["wall_s"], "batch_s": r["batch_s"],
+    r = run_child(_listing([path], tmp / "montage.csv"), tmp / "out-montage", "", budget, tables=tables)
+    return {"size": size, "format": fmt, "tables": tables, "wall_s": r["wall_s"], "batch_s": r["batch_s"],
             "peak_rss_mb": r["peak_rss"] / 2**20, "budget_mb": budget / 2**20,
             "whole_estimate_mb": size * size * 200 / 2**20}
 
@@ -238,6 +240,7 @@ def report(rows: list[dict], size: int, command: str, big: dict | None, vf: str)
     if big:
         what = "OME-Zarr montage (1024 px chunks)" if big["format"] == "ome-zarr" else \
             "uncompressed montage"
+        what += "" if big["tables"] else ", label maps only (no tables)"
         lines += ["", f"One {big['size']}x{big['size']} {what}, memory budget "
                   f"{big['budget_mb']:,.0f} MB (segmented by tiles from a memory map): "
                   f"{big['batch_s']:.0f} s, peak RSS {big['peak_rss_mb']:,.0f} MB (a whole-image "
@@ -262,6 +265,9 @@ def main() -> None:
     parser.add_argument("--montage", type=int, default=0, metavar="SIZE", help="also one montage by tiles")
     parser.add_argument("--montage-format", default="tif", choices=("tif", "ome-zarr"),
                         help="the montage as an uncompressed TIFF (default) or an OME-Zarr store")
+    parser.add_argument("--montage-labels-only", action="store_true",
+                        help="the montage's label maps only (segmentation's own peak memory)")
+    parser.add_argument("--no-tables", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vf", default="baskets", choices=("baskets", "none"),
                         help="measure vf by baskets (default, as emgranules batch) or not at all")
     parser.add_argument("--sweep", metavar="P,P,...",
@@ -290,7 +296,8 @@ def main() -> None:
         return
     print("| scheduler | N | wall (s) | batch (s) | micrographs/s | steady | peak RSS (MB) |")
     rows = throughput(args.size, counts, args.schedulers.split(","), tmp, args.vf)
-    big = montage(args.montage, tmp, args.montage_format) if args.montage else None
+    big = montage(args.montage, tmp, args.montage_format, not args.montage_labels_only) \
+        if args.montage else None
     text = report(rows, args.size, command.strip(), big, args.vf)
     print(text)
     if args.write_docs:
