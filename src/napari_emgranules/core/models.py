@@ -439,25 +439,24 @@ class SegmentationModel:
                 if self.logit_offset is not None:  # a probability threshold (with_threshold)
                     logits = logits + np.asarray(self.logit_offset, np.float32)
                 t = float(self.card.temperature)
-                if self.n_classes == 2 and what != "logits":
+                named = {"logits": logits}  # (the graph keeps only what the output needs)
+                if self.n_classes == 2:
                     # two classes: one logit difference gives the label (ties go to class 0, as
                     # in an arg-max) and the confidence, the sigmoid of its size, several times
                     # faster than an arg-max and a softmax over the class axis on a CPU
-                    diff = logits[..., 1] - logits[..., 0]
+                    diff = named["difference"] = logits[..., 1] - logits[..., 0]
                     labels = ops.cast(diff > 0, "uint8")
-                    conf = ops.sigmoid(ops.abs(diff) if t == 1.0 else ops.abs(diff) / t)
-                    scaled = diff if t == 1.0 else diff / t
+                    scaled = diff if t == 1.0 else diff / t  # calibrated confidence
+                    conf = ops.sigmoid(ops.abs(scaled))
                     probs = ops.stack([ops.sigmoid(-scaled), ops.sigmoid(scaled)], axis=-1)
                 else:
                     labels = ops.cast(ops.argmax(logits, axis=-1), "uint8")
                     scaled = logits if t == 1.0 else logits / t  # calibrated confidence
                     probs = keras.layers.Softmax(axis=-1, name="probabilities")(scaled)
                     conf = ops.max(probs, axis=-1)
-                outs = {"logits": logits, "labels": labels, "labels+confidence": [labels, conf],
-                        "probabilities": probs}.get(what)
-                if what == "difference":  # two classes: the logit difference alone
-                    outs = logits[..., 1] - logits[..., 0]
-                model = keras.Model(self.keras_model.inputs, outs)
+                named.update({"labels": labels, "labels+confidence": [labels, conf],
+                              "probabilities": probs})
+                model = keras.Model(self.keras_model.inputs, named[what])
                 if self.jit:
                     model.compile(jit_compile=True)
                 self._fns[key] = model
