@@ -71,3 +71,13 @@ def test_the_bundled_model_widened_to_mitochondria_labels_as_before(cell):
     other = ClassSchema.from_names("locations", [f"c{i}" for i in range(8)])
     with pytest.raises(TrainingError, match="train a new model"):
         _starting_model(base, "locations", other, None, False, 3.2, 0)
+
+
+def test_rehearsal_makes_mitochondria_truth_for_the_schema_with_them():
+    from napari_emgranules.core.rehearsal import rehearsal_images, rehearsal_kind
+
+    assert rehearsal_kind(LOCATIONS_MITO_SCHEMA) == "locations-mito"
+    ((_, joined),) = rehearsal_images("locations", 3.2, 1, 512, seed=1)
+    ((_, apart),) = rehearsal_images("locations-mito", 3.2, 1, 512, seed=1)
+    assert 7 not in joined and (apart == 7).any()
+    np.testing.assert_array_equal(np.where(apart == 7, 3, apart), joined)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema
+from .schema import GRANULES_SCHEMA, LOCATIONS_MITO_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema
 
 #: ``look`` values of :func:`rehearsal_images`.
 REHEARSAL_LOOKS = ("random", "matched")
@@ -27,11 +27,19 @@ _MIN_CLASS_PIXELS = 200  # fewer labelled pixels of a class than this: its level
 
 
 def rehearsal_kind(schema: ClassSchema) -> str | None:
-    """``"locations"`` or ``"granules"`` when the generator makes truth for ``schema``, else None."""
-    for kind, known in (("locations", LOCATIONS_SCHEMA), ("granules", GRANULES_SCHEMA)):
+    """``"locations"``, ``"locations-mito"`` or ``"granules"`` when the generator makes truth for
+    ``schema``, else None."""
+    for kind, known in (("locations", LOCATIONS_SCHEMA), ("locations-mito", LOCATIONS_MITO_SCHEMA),
+                        ("granules", GRANULES_SCHEMA)):
         if schema.to_dict() == known.to_dict():
             return kind
     return None
+
+
+def _truth(m, kind: str) -> np.ndarray:
+    if kind == "granules":
+        return m.granules
+    return m.locations_with_mitochondria() if kind == "locations-mito" else m.locations
 
 
 def class_quantiles(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
@@ -99,7 +107,7 @@ def rehearsal_images(kind: str, pixel_size_nm: float, n: int, side: int, seed: i
     for i in range(n):
         s = 900_000 + 1000 * int(seed) + i  # apart from the seeds the defaults were trained on
         m = synthetic_micrograph((side, side), pixel_size_nm, seed=s, params=randomised_params(s))
-        labels = (m.locations if kind == "locations" else m.granules).astype(np.uint16)
+        labels = _truth(m, kind).astype(np.uint16)
         x = input_scaler(m.image, scaling)(m.image)
         if look:
             x = match_look(x, labels, look)

@@ -1157,7 +1157,7 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
 REHEARSAL_IMAGES, REHEARSAL_SIDE = 6, 1024
 #: Share of rehearsal crops when fine-tuning and :attr:`TrainConfig.rehearsal` is not given, by
 #: kind (``python benchmarks/recipe_sweep.py``: docs/correction_loop.md).
-REHEARSAL_DEFAULT = {"locations": 0.75, "granules": 0.0}
+REHEARSAL_DEFAULT = {"locations": 0.75, "locations-mito": 0.75, "granules": 0.0}
 
 
 def _rehearsal_samples(run: _Run, fine_tuning: bool,
