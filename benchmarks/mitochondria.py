@@ -15,6 +15,7 @@ well as the bundled model does). Writes ``docs/mitochondria.md`` and a picture w
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import sys
@@ -81,8 +82,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=3, help="held-out micrographs")
     parser.add_argument("--side", type=int, default=1024, help="micrograph side in px (3.2 nm/px)")
     parser.add_argument("--max-minutes", type=float, default=6.0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for the run, e.g. rehearsal_validation=True")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    options = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     import warnings
 
@@ -105,7 +109,7 @@ def main() -> None:
     before, before_preds = scores(start, tests)
     t0 = time.perf_counter()
     result = train(pairs, tmp / "run", kind="locations", schema=LOCATIONS_MITO_SCHEMA,
-                   max_minutes=args.max_minutes)
+                   max_minutes=args.max_minutes, **options)
     minutes = (time.perf_counter() - t0) / 60
     after, after_preds = scores(result.model, tests)
     names = list(before)
@@ -124,8 +128,8 @@ def main() -> None:
         "",
         f"{args.train} training and {args.test} held-out synthetic micrographs of {side}x{side} px at "
         f"{px} nm/px (seeds 7000+ and 8000+, the generator's default look); training stopped "
-        f"after {minutes:.1f} min (best epoch {result.best_epoch}, validation on a held-out strip "
-        "of each micrograph, rehearsal on synthetic micrographs with the same truth).",
+        f"after {minutes:.1f} min (best epoch {result.best_epoch} of {len(result.history) - 1}; "
+        f"settings: {', '.join(args.set) or 'the defaults'}).",
         "",
         "| model | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),

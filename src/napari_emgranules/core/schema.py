@@ -272,6 +272,12 @@ GRANULES_SCHEMA = ClassSchema(
 """Default Granules schema: 0 background, 1 granule."""
 
 
+def name_key(name: str) -> str:
+    """A class or segment name compared without case, spaces or punctuation (``"Z-disc"`` ->
+    ``"zdisc"``)."""
+    return "".join(ch for ch in str(name).lower() if ch.isascii() and ch.isalnum())
+
+
 NAMED_SCHEMAS: dict[str, ClassSchema] = {
     "locations": LOCATIONS_SCHEMA, "locations-mito": LOCATIONS_MITO_SCHEMA, "granules": GRANULES_SCHEMA,
 }

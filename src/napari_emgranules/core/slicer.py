@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema
+from .schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, ClassSchema, name_key
 
 #: Segment names (normalised: lower case, letters and digits only) and the class letter they mean,
 #: per schema name.
@@ -61,10 +61,6 @@ class SegmentationFileError(ValueError):
     """A ``.seg.nrrd`` file that cannot be read as a label map of the schema (message names it)."""
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
 def is_seg_nrrd(path: str | os.PathLike) -> bool:
     """True for a file name ending in ``.nrrd`` (``.seg.nrrd`` is 3D Slicer's)."""
     return str(path).lower().endswith(".nrrd")
@@ -87,20 +83,20 @@ def _class_table(schema: ClassSchema, segment_map: Mapping[str, int] | None) -> 
         if letter in by_letter:
             table[alias] = by_letter[letter]
     for c in schema.classes:
-        table[_norm(c.name)] = c.code
-        table[_norm(c.letter)] = c.code
+        table[name_key(c.name)] = c.code
+        table[name_key(c.letter)] = c.code
     mito = table.get("mitochondria")  # a schema with mitochondria of their own takes every alias
     if mito is not None and mito != by_letter.get("Z"):
         table.update({alias: mito for alias in _MITOCHONDRIA_ALIASES})
     for name, code in (segment_map or {}).items():
-        table[_norm(name)] = int(code)
+        table[name_key(name)] = int(code)
     return table
 
 
 def guess_kind(names: list[str]) -> str | None:
     """The model a set of segment names is for: "locations", "granules", or None (both or neither)."""
-    kinds = {kind for kind, table in SEGMENT_ALIASES.items() for n in names if _norm(n) in table
-             and not (kind == "granules" and table[_norm(n)] == "B")}
+    kinds = {kind for kind, table in SEGMENT_ALIASES.items() for n in names if name_key(n) in table
+             and not (kind == "granules" and table[name_key(n)] == "B")}
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -175,12 +171,13 @@ def read_seg_nrrd(path: str | os.PathLike, schema: ClassSchema | None = None, *,
     labels = np.full(planes.shape[1:], UNLABELLED, np.uint16)
     mapped: dict[str, int] = {}
     left_out: list[str] = []
-    order = sorted(segments.items(), key=lambda kv: table.get(_norm(kv[1].get("Name", "")), -1) in measured)
+    order = sorted(segments.items(),
+                   key=lambda kv: table.get(name_key(kv[1].get("Name", "")), -1) in measured)
     for _, seg in order:  # unmeasured first, measured last: a measured class wins an overlap
         name = str(seg.get("Name", ""))
-        code = table.get(_norm(name))
+        code = table.get(name_key(name))
         if code is None:
-            left_out.append(name if _norm(name) not in other else f"{name} (the other model's)")
+            left_out.append(name if name_key(name) not in other else f"{name} (the other model's)")
             continue
         if not 0 <= code < schema.n_classes:
             raise SegmentationFileError(f"{p}: segment {name!r} maps to code {code}, not a class of "

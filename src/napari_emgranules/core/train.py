@@ -54,7 +54,7 @@ from .models import (
 from .progress import run_to_completion
 from .rehearsal import REHEARSAL_LOOKS, class_quantiles, rehearsal_images, rehearsal_kind
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample
-from .schema import UNLABELLED, ClassSchema, default_schema
+from .schema import UNLABELLED, ClassSchema, default_schema, name_key
 from .segment import (
     _nearest,
     block_means,
@@ -713,10 +713,9 @@ def _widened(model: SegmentationModel, card: ModelCard) -> SegmentationModel:
     kernel = np.concatenate([kernel, np.zeros(kernel.shape[:-1] + (new.n_classes - old.n_classes,),
                                               kernel.dtype)], axis=-1)
     bias = np.concatenate([bias, np.zeros(new.n_classes - old.n_classes, bias.dtype)])
-    squash = lambda name: "".join(ch for ch in name.lower() if ch.isalnum())  # noqa: E731
     for i, cls in enumerate(new.classes[old.n_classes:], old.n_classes):
-        parent = next((j for j, c in enumerate(old.classes) if squash(cls.name)
-                       and squash(cls.name) in squash(c.name)), 0)
+        parent = next((j for j, c in enumerate(old.classes) if name_key(cls.name)
+                       and name_key(cls.name) in name_key(c.name)), 0)
         kernel[..., i] = kernel[..., parent]
         bias[i] = bias[parent] - 2.0
     net = build_unet(card.architecture, new.n_classes)
