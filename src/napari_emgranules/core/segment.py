@@ -69,9 +69,10 @@ __all__ = [
 ]
 
 SEED_TILE = 1024
-# Peak memory growth per input pixel of one whole-image forward pass on the CPU: measured 175 B/px
-# (Locations) and 108 B/px (Granules) with `python benchmarks/bench_segment.py --memory`
-# (docs/benchmarks.md); 200 leaves a margin.
+# Peak memory growth per input pixel of one whole-image forward pass on the CPU: measured 193 B/px
+# (Locations) and 92 B/px (Granules) with `python benchmarks/bench_segment.py --memory`
+# (docs/benchmarks.md, 2026-12-04); 200 covers both (the default budget, half the available
+# memory, leaves the rest of the margin).
 _BYTES_PER_PIXEL = 200
 _RESAMPLE_TOLERANCE = RESAMPLE_TOLERANCE  # kept for older imports
 
