@@ -374,8 +374,11 @@ def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_
     from scipy import ndimage as ndi
 
     min_px = math.pi / 4 * (float(min_diameter_nm) / float(pixel_size_nm)) ** 2
-    if labels.dtype == np.uint8 and labels.max() < 16:  # a few codes: one comparison each beats
-        codes = range(int(labels.max()) + 1)            # a histogram or np.unique's sort
+    hi = int(labels.max()) if labels.size else 0
+    if labels.dtype == np.uint8 and hi < 16:  # a few codes: one comparison each (below)
+        codes = range(hi + 1)
+    elif labels.dtype == np.uint8:  # a histogram is much faster than np.unique's sort
+        codes = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
     else:
         codes = np.unique(labels)
     for code in codes:

@@ -54,9 +54,6 @@ SEGMENT_ALIASES: Mapping[str, Mapping[str, str]] = {
 }
 
 
-_MITOCHONDRIA_ALIASES = ("mitochondria", "mitochondrion", "mito", "mitos")
-
-
 class SegmentationFileError(ValueError):
     """A ``.seg.nrrd`` file that cannot be read as a label map of the schema (message names it)."""
 
@@ -87,7 +84,8 @@ def _class_table(schema: ClassSchema, segment_map: Mapping[str, int] | None) -> 
         table[name_key(c.letter)] = c.code
     mito = table.get("mitochondria")  # a schema with mitochondria of their own takes every alias
     if mito is not None and mito != by_letter.get("Z"):
-        table.update({alias: mito for alias in _MITOCHONDRIA_ALIASES})
+        table.update({alias: mito for alias in SEGMENT_ALIASES.get(schema.kind, {})
+                      if alias.startswith("mito")})
     for name, code in (segment_map or {}).items():
         table[name_key(name)] = int(code)
     return table
