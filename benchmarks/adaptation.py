@@ -409,16 +409,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _without_work(argv: list[str]) -> list[str]:
-    """The command line for the report, without ``--work DIR`` (a path of this machine only)."""
+    """The command line for the report, without the folders it names (``--work``, ``--out``,
+    ``--json``: paths of this machine only; the results are the same wherever they go)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a == "--work":
+        elif a in _PATH_OPTIONS:
             skip = True
-        elif not a.startswith("--work="):
+        elif not a.startswith(tuple(f"{o}=" for o in _PATH_OPTIONS)):
             out.append(a)
     return out
+
+
+_PATH_OPTIONS = ("--work", "--out", "--json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,9 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "size": args.size, "n_test": args.test,
         "extra": extra, "families": {}, "pictures_dir": args.out.parent}
+    # the pictures sit beside the markdown; the JSON names no path of this machine
 
     def save() -> None:
-        texts = {args.json: json.dumps(report, indent=1, default=str), args.out: markdown(report)}
+        saved = {k: v for k, v in report.items() if k != "pictures_dir"}  # a path of this machine
+        texts = {args.json: json.dumps(saved, indent=1, default=str), args.out: markdown(report)}
         for path, text in texts.items():
             with atomic_output(path) as tmp:
                 tmp.write_text(text, encoding="utf-8")

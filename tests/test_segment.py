@@ -12,10 +12,12 @@ from napari_emgranules.core.models import default_model
 from napari_emgranules.core.resample import resample
 from napari_emgranules.core.segment import (
     _predict_tiled,
+    input_levels,
     input_scaler,
     run_to_completion,
     segment_micrograph,
     segment_micrograph_iter,
+    stretch,
     to_unit_float,
 )
 from napari_emgranules.core.synthetic import synthetic_micrograph
@@ -59,6 +61,21 @@ def test_scaling_by_dtype_range_as_the_seed():
     assert to_unit_float(f) is f or np.array_equal(to_unit_float(f), f)
     with pytest.warns(UserWarning, match="scaled"):
         np.testing.assert_allclose(to_unit_float(np.array([[2.0, 4.0]])), [[0, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("scaling", ["dtype-range", "percentile"])
+def test_scaling_a_large_image_by_table_gives_the_same_numbers(dtype, scaling):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, np.iinfo(dtype).max, (600, 700), endpoint=True).astype(dtype)
+    expected = to_unit_float(image)
+    if scaling == "percentile":
+        expected = stretch(expected, input_levels(image))
+    scale = input_scaler(image, scaling)
+    got = scale(image)  # large: through the per-grey-level table
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(scale(image[:20, :30]), expected[:20, :30])  # small: directly
 
 
 def test_8_and_16_bit_versions_of_an_image_segment_alike(small):

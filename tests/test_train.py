@@ -13,13 +13,19 @@ from napari_emgranules.core._backend import get_keras
 from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
 from napari_emgranules.core.models import WeightsError, load_model, save_model
 from napari_emgranules.core.progress import run_to_completion
-from napari_emgranules.core.schema import GRANULES_SCHEMA, ClassSchema
+from napari_emgranules.core.schema import (
+    GRANULES_SCHEMA,
+    LOCATIONS_MITO_SCHEMA,
+    LOCATIONS_SCHEMA,
+    ClassSchema,
+)
 from napari_emgranules.core.train import (
     TrainConfig,
     TrainingError,
     augment_pair,
     balanced_class_weights,
     class_frequencies,
+    fine_tuning_rate,
     train,
     train_iter,
 )
@@ -290,3 +296,10 @@ def test_a_fresh_network_starts_with_live_layers_and_the_class_prior():
     _bias_to_priors(net, freqs)
     bias = net.get_layer("logits").get_weights()[1]
     np.testing.assert_allclose(np.exp(bias) / np.exp(bias).sum(), freqs, rtol=1e-5)
+
+
+def test_fine_tuning_rate_is_lower_for_region_models():
+    """Measured (docs/correction_loop.md): Locations fine-tunes at 5e-5, other kinds at 5e-4."""
+    assert fine_tuning_rate(LOCATIONS_SCHEMA) == fine_tuning_rate(LOCATIONS_MITO_SCHEMA) == 5e-5
+    assert fine_tuning_rate(GRANULES_SCHEMA) == fine_tuning_rate(BLOBS) == 5e-4
+    assert fine_tuning_rate(LOCATIONS_SCHEMA, fine_tuning=False) == 2e-3

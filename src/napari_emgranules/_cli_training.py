@@ -315,7 +315,8 @@ def add_parsers(sub) -> None:
                     help="default: enough crops to cover the training pixels once")
     tr.add_argument("--optimizer", choices=("nadam", "adam"),
                     help="default nadam from scratch, adam when fine-tuning")
-    tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 / 5e-4 fine-tuning)")
+    tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 from scratch; fine-tuning "
+                    "5e-5 Locations, 5e-4 others)")
     tr.add_argument("--clip-norm", type=float, metavar="N",
                     help="clip the gradient's global norm (e.g. 1.0; steadies training from scratch)")
     tr.add_argument("--class-weights", metavar="none|balanced|W,W,...",

@@ -184,7 +184,8 @@ class TrainWidget(Container):
         # -- the recipe
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=TrainConfig.epochs)
         self.learning_rate = LineEdit(label="learning rate", value="")
-        self.learning_rate.tooltip = "Blank: the recipe's (5e-4 fine-tuning, 2e-3 from scratch)"
+        self.learning_rate.tooltip = ("Blank: the recipe's (fine-tuning 5e-5 Locations, 5e-4 "
+                                      "others; 2e-3 from scratch)")
         self.flips = CheckBox(text="flips", value=TrainConfig.flips)
         self.rotate90 = CheckBox(text="rotate 90", value=TrainConfig.rotate90)
         flips_row = Container(widgets=[self.flips, self.rotate90], layout="horizontal", labels=False,

@@ -159,7 +159,9 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     if a.dtype == bool:
         return a.astype(np.float32)
     if a.dtype.kind == "u":
-        return (a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)).astype(np.float32)
+        out = a.astype(np.float32)
+        out /= np.float32(np.iinfo(a.dtype).max)
+        return out
     if a.dtype.kind == "i":
         info = np.iinfo(a.dtype)
         return ((a.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
@@ -242,11 +244,27 @@ def input_scaler(image, scaling: str = "dtype-range"):
     tile of one micrograph is scaled alike.
     """
     if scaling == "dtype-range":
-        return to_unit_float
+        return _by_table(to_unit_float)
     if scaling != "percentile":
         raise ValueError(f"unknown input scaling {scaling!r}")
     levels = input_levels(image)
-    return lambda piece: stretch(to_unit_float(piece), levels)
+    return _by_table(lambda piece: stretch(to_unit_float(piece), levels))
+
+
+def _by_table(scale):
+    """``scale`` for any piece; 8- and 16-bit pieces through a table of its value for every grey
+    level: the same float32 numbers in one gather, instead of one pass over the piece per step."""
+    tables: dict[np.dtype, np.ndarray] = {}
+
+    def scaled(piece):
+        a = np.asarray(piece)
+        if a.dtype not in (np.uint8, np.uint16) or a.size < 4 * 65536:
+            return scale(a)
+        if a.dtype not in tables:
+            tables[a.dtype] = scale(np.arange(np.iinfo(a.dtype).max + 1, dtype=a.dtype))
+        return tables[a.dtype][a]
+
+    return scaled
 
 
 def _nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -111,7 +111,8 @@ class TrainConfig:
     optimizer : {"nadam", "adam"}, optional
         Default: Nadam when training from scratch, Adam when fine-tuning (the original recipe).
     learning_rate : float, optional
-        Default: 2e-3 from scratch, 5e-4 when fine-tuning (the original recipe).
+        Default: 2e-3 from scratch; when fine-tuning, 5e-5 for Locations models and 5e-4 (the
+        original recipe) for the others (:data:`FINE_TUNING_LR`).
     clip_norm : float, optional
         Clip the gradient's global norm to this (None = no clipping). The original networks have
         no normalisation layers; from scratch, clipping (with Adam 5e-4) keeps them from
@@ -1147,9 +1148,22 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     if share > 0:
         run.rehearsal, run.rehearsal_val = _rehearsal_samples(run, fine_tuning, share)
         run.rehearsal_share = share if run.rehearsal else 0.0
-    lr = config.learning_rate or (5e-4 if fine_tuning else 2e-3)
+    lr = config.learning_rate or fine_tuning_rate(card.schema, fine_tuning)
     _compile(run, lr)
     return run, state
+
+
+#: Adam's learning rate when fine-tuning a trained model, by kind (the original recipe's 5e-4 for
+#: every other kind). Locations learns a new look without first losing what it knew at 5e-5
+#: (``python benchmarks/adaptation.py``: docs/correction_loop.md).
+FINE_TUNING_LR = {"locations": 5e-5, "locations-mito": 5e-5}
+
+
+def fine_tuning_rate(schema: ClassSchema, fine_tuning: bool = True) -> float:
+    """The default learning rate: 2e-3 from scratch; when fine-tuning, by the model's kind."""
+    if not fine_tuning:
+        return 2e-3
+    return FINE_TUNING_LR.get(rehearsal_kind(schema) or "", 5e-4)
 
 
 #: Rehearsal micrographs made per run, and their side at the model's pixel size (px).
