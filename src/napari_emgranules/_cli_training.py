@@ -126,7 +126,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
             "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
             "rehearsal_look": args.rehearsal_look,
-            "rehearsal_validation": args.rehearsal_validation or None,
+            "rehearsal_validation": args.rehearsal_validation,
             "max_class_loss": args.max_class_loss}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
@@ -340,9 +340,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--rehearsal-look", choices=("matched", "random"),
                     help="rehearsal micrographs in the training data's grey levels per class "
                          "(matched, default) or in the generator's random looks")
-    tr.add_argument("--rehearsal-validation", action="store_true",
+    tr.add_argument("--rehearsal-validation", action=argparse.BooleanOptionalAction, default=None,
                     help="with rehearsal: also validate on 2 synthetic micrographs in the data's look "
-                         "(best epoch by the mean of both mean IoUs)")
+                         "(best epoch by the mean of both mean IoUs; on by default)")
     tr.add_argument("--max-class-loss", type=float, default=0.05, metavar="IOU",
                     help="when fine-tuning, keep an epoch only if no class lost more than this IoU "
                          "on the validation data against the starting model (default 0.05; 1 = off)")

@@ -161,7 +161,8 @@ class TrainConfig:
     rehearsal_validation : bool
         With rehearsal: also validate on two more generator micrographs in the same look, and
         choose the best epoch by the mean of their mean IoU and the held-out data's (a model that
-        only memorises the user's micrograph is then not "best").
+        only memorises the user's micrograph is then not "best"). On by default (measured:
+        docs/correction_loop.md).
     max_class_loss : float or None
         When fine-tuning: an epoch can replace the kept weights only if no class that the starting
         weights already got right (validation IoU >= :data:`CLASS_GUARD_MIN_START_IOU`, at least
@@ -203,7 +204,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     rehearsal: float | None = None
     rehearsal_look: str = "matched"
-    rehearsal_validation: bool = False
+    rehearsal_validation: bool = True
     max_class_loss: float | None = 0.05
     seed: int = 0
     max_minutes: float | None = None
