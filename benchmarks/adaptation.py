@@ -454,7 +454,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "size": args.size, "n_test": args.test,
         "extra": extra, "families": {}, "pictures_dir": args.out.parent}
-    # the pictures sit beside the markdown; the JSON names no path of this machine
 
     def save() -> None:
         saved = {k: v for k, v in report.items() if k != "pictures_dir"}  # a path of this machine

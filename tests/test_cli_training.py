@@ -142,3 +142,14 @@ def test_training_commands_refuse_bad_input_with_one_message(exported, tmp_path,
     assert code == 2, err
     assert message in err and err.count(ERROR) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists() or not files_under(tmp_path / "run")
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--rehearsal-validation"], True),
+                                                (["--no-rehearsal-validation"], False)])
+def test_train_rehearsal_validation_is_on_unless_turned_off(flag, expected, tmp_path):
+    from napari_emgranules._cli_training import _train_options
+    from napari_emgranules.cli import build_parser
+    from napari_emgranules.core.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "pairs", "--out", str(tmp_path), *flag])
+    assert TrainConfig(**_train_options(args)).rehearsal_validation is expected
