@@ -72,6 +72,17 @@ def test_false_granules_go_by_click_or_box():
     assert not granules_in_box(np.zeros_like(truth), (0, 0), (10, 10)).any()
 
 
+def test_a_granule_with_a_diagonal_pixel_goes_whole():
+    """A granule is one 8-connected object (as measured): a pixel touching it only at a corner
+    goes with it, by click and by box."""
+    labels = np.zeros((64, 64), np.uint8)
+    labels[20:26, 20:26] = 1
+    labels[26, 26] = 1  # touches the square at a corner only
+    assert granules_at(labels, (22, 22)).sum() == 37
+    assert granules_in_box(labels, (10, 10), (40, 40)).sum() == 37
+    assert granules_at(labels, (26, 26)).sum() == 37
+
+
 def test_a_region_is_refilled_as_far_as_it_looks_like_the_click():
     rng = np.random.default_rng(0)
     labels = np.full((120, 120), 4, np.uint8)  # the model said "space" everywhere

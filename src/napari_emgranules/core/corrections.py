@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 #: Granule diameters (nm) a click may fit: glycogen beta particles are about 15-40 nm.
 MIN_DIAMETER_NM, MAX_DIAMETER_NM = 8.0, 60.0
+_EIGHT = np.ones((3, 3), bool)  # a granule is one 8-connected object, as in the measurement
 _MIN_DEPTH_SIGMAS = 4.0  # a particle is darker than its surroundings by this many noise sigmas
 
 
@@ -93,8 +94,9 @@ def _window(shape, y0: float, y1: float, x0: float, x1: float, margin: int) -> t
 
 
 def granules_at(granules: np.ndarray, point, *, reach_px: int = 3, window_px: int = 256) -> np.ndarray:
-    """The connected granule(s) (label 1) at ``point`` or within ``reach_px`` of it (a mask; empty
-    when there is none). Only a ``window_px`` neighbourhood is searched (granules are small)."""
+    """The connected granule(s) (label 1, 8-connected) at ``point`` or within ``reach_px`` of it
+    (a mask; empty when there is none). Only a ``window_px`` neighbourhood is searched (granules
+    are small)."""
     lab = np.asarray(granules)
     y, x = _check_point(lab.shape, point)
     near = _window(lab.shape, y, y, x, x, reach_px)
@@ -102,7 +104,7 @@ def granules_at(granules: np.ndarray, point, *, reach_px: int = 3, window_px: in
     if not (lab[near] == 1).any():
         return out
     win = _window(lab.shape, y, y, x, x, window_px // 2)
-    components, _ = ndi.label(lab[win] == 1)
+    components, _ = ndi.label(lab[win] == 1, structure=_EIGHT)
     oy, ox = win[0].start, win[1].start
     ids = np.unique(components[near[0].start - oy:near[0].stop - oy, near[1].start - ox:near[1].stop - ox])
     out[win] = np.isin(components, ids[ids > 0])
@@ -110,13 +112,13 @@ def granules_at(granules: np.ndarray, point, *, reach_px: int = 3, window_px: in
 
 
 def granules_in_box(granules: np.ndarray, corner0, corner1, *, margin_px: int = 64) -> np.ndarray:
-    """Every connected granule (label 1) whose centre lies in the box between two corners."""
+    """Every connected granule (label 1, 8-connected) whose centre lies in the box between two corners."""
     lab = np.asarray(granules)
     (ya, xa), (yb, xb) = (tuple(float(v) for v in c) for c in (corner0, corner1))
     top, bottom, left, right = min(ya, yb), max(ya, yb), min(xa, xb), max(xa, xb)
     out = np.zeros(lab.shape, bool)
     win = _window(lab.shape, top, bottom, left, right, margin_px)
-    components, n = ndi.label(lab[win] == 1)
+    components, n = ndi.label(lab[win] == 1, structure=_EIGHT)
     if n == 0:
         return out
     centres = np.asarray(ndi.center_of_mass(np.ones(components.shape), components, range(1, n + 1)))
