@@ -25,6 +25,7 @@ from napari_emgranules.core.train import (
     augment_pair,
     balanced_class_weights,
     class_frequencies,
+    epoch_weights_path,
     fine_tuning_rate,
     train,
     train_iter,
@@ -111,6 +112,20 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(blob_pairs, tmp_path):
     # more epochs can be asked of a finished run
     _, more = run_events(train_iter(blob_pairs, out, resume=True, epochs=4))
     assert list(more.history["epoch"]) == [1, 2, 3, 4]
+
+
+def test_every_epoch_can_be_kept(blob_pairs, tmp_path):
+    out = tmp_path / "run"
+    result = train(blob_pairs, out, kind="blobs", schema=BLOBS, seed=3, keep_epochs=True,
+                   **{**FAST, "epochs": 2})
+    kept = sorted(p.name for p in (out / "epochs").glob("*.weights.h5"))
+    assert kept == ["epoch-001.weights.h5", "epoch-002.weights.h5"]
+    assert epoch_weights_path(out, 2) == out / "epochs" / "epoch-002.weights.h5"
+    best = load_model(epoch_weights_path(out, result.best_epoch)).keras_model.get_weights()
+    for a, b in zip(best, load_model(result.weights_path).keras_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    train(blob_pairs, tmp_path / "plain", kind="blobs", schema=BLOBS, **{**FAST, "epochs": 1})
+    assert not (tmp_path / "plain" / "epochs").exists()  # off by default
 
 
 def test_resume_needs_a_run_and_the_same_data(blob_pairs, tmp_path):

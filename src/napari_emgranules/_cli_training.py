@@ -127,7 +127,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
             "rehearsal_look": args.rehearsal_look,
             "rehearsal_validation": args.rehearsal_validation,
-            "max_class_loss": args.max_class_loss}
+            "max_class_loss": args.max_class_loss, "keep_epochs": args.keep_epochs or None}
     cw = args.class_weights
     if cw not in (None, "none", "balanced"):
         try:
@@ -355,6 +355,9 @@ def add_parsers(sub) -> None:
                     help="how the trained model scales its input (default: the starting model's): "
                          "dtype-range as the original networks, or percentile (each micrograph "
                          "stretched by its own grey levels)")
+    tr.add_argument("--keep-epochs", action="store_true",
+                    help="also keep every epoch's weights in OUT/epochs/ (the best weights are "
+                         "kept either way)")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last finished epoch")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")

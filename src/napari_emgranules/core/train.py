@@ -75,6 +75,7 @@ __all__ = [
     "class_frequencies",
     "balanced_class_weights",
     "augment_pair",
+    "epoch_weights_path",
 ]
 
 _MAX_ANCHORS = 200_000  # labelled pixels kept per image to place crops around
@@ -178,6 +179,9 @@ class TrainConfig:
         How the trained model scales its input (its card says so to every later use). ``None``
         (default) keeps the starting model's; ``"percentile"`` stretches each micrograph by its own
         grey levels (:func:`~napari_emgranules.core.segment.input_scaler`).
+    keep_epochs : bool
+        Also keep every epoch's weights, as ``epochs/epoch-NNN.weights.h5`` in the run folder (to
+        compare or go back to any epoch afterwards; the best weights are kept either way).
     """
 
     epochs: int = 50
@@ -209,6 +213,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     input_scaling: str | None = None
+    keep_epochs: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_weights, str):
@@ -1330,6 +1335,8 @@ def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     if improved:
         run.cm_best = None if cm is None else cm.tolist()
         _save_best(run, logs)
+    if cfg.keep_epochs:
+        save_model(run.model, epoch_weights_path(run.out, run.epoch), overwrite=True)
     if cfg.reduce_lr_patience is not None and w.wait_lr >= cfg.reduce_lr_patience:
         new_lr = max(cfg.min_learning_rate, lr * cfg.reduce_lr_factor)
         if new_lr < lr:
@@ -1348,6 +1355,11 @@ def _end_epoch(run: _Run, logs: dict[str, float]) -> bool:
     except Exception as exc:  # a plot must never lose a training run
         logger.warning("could not draw history.png: %s", exc)
     return improved
+
+
+def epoch_weights_path(out_dir: str | os.PathLike, epoch: int) -> Path:
+    """Where a run with :attr:`TrainConfig.keep_epochs` keeps the weights of ``epoch``."""
+    return Path(out_dir) / "epochs" / f"epoch-{int(epoch):03d}.weights.h5"
 
 
 def _save_best(run: _Run, logs: dict[str, float]) -> None:
