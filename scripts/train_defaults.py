@@ -121,7 +121,11 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None
     # Adam rather than the original Nadam 2e-3, which made these normalisation-free networks
     # collapse to a constant output from scratch; core.train also starts a fresh network with
     # data-scaled convolutions and its output bias at the class priors.
-    recipe = {"batch_size": 2, "learning_rate": 5e-4, **RECIPES[kind], **(overrides or {})}
+    # Rehearsal and the class guard are for a user's few micrographs: here every micrograph is
+    # synthetic already, and continuing the defaults from their own weights (--start) must not
+    # turn them on (75% of the crops would come from six rehearsal images).
+    recipe = {"batch_size": 2, "learning_rate": 5e-4, "rehearsal": 0.0, "max_class_loss": None,
+              **RECIPES[kind], **(overrides or {})}
     config = TrainConfig(epochs=epochs, rotate90=True, seed=seed, optimizer="adam", **recipe)
     resume = (out / "checkpoint" / "state.json").exists()
     if resume:
