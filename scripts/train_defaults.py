@@ -107,8 +107,32 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
               f"{time.perf_counter() - t:.1f} s", flush=True)
 
 
+FRESH_SEED0 = 20_000  # fresh training micrographs: seeds 20000-99999 (benchmarks use 100000+)
+
+
+def fresh_maker(kind: str, n: int, size: int, appearance: str):
+    """``fresh_data`` for core.train: round ``r`` (1, 2, ...) gives ``n`` new ``size`` px
+    micrographs (seeds ``FRESH_SEED0 + (r - 1) n ...``, looks as :func:`appearance_of`, pixel
+    sizes as :func:`pixel_size_of`), the same ones for the same round."""
+    from napari_emgranules.core.synthetic import synthetic_micrograph
+
+    def make(round_: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        first = FRESH_SEED0 + (round_ - 1) * n
+        if first + n > 100_000:
+            raise SystemExit(f"round {round_}: fresh seeds would reach the benchmarks' (100000+); "
+                             "use fewer rounds or micrographs")
+        out = []
+        for seed in range(first, first + n):
+            ps = pixel_size_of(seed)
+            m = synthetic_micrograph((size, size), ps, seed=seed, params=appearance_of(seed, appearance))
+            out.append((m.image, m.locations if kind == "locations" else m.granules, ps))
+        return out
+
+    return make
+
+
 def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None = None,
-               overrides: dict | None = None, run: str | None = None) -> Path:
+               overrides: dict | None = None, run: str | None = None, fresh=None) -> Path:
     """Train ``kind`` from scratch or from ``start`` weights (resuming a killed run).
 
     ``overrides`` replace recipe settings (``--set``); ``run`` names the run folder (default
@@ -129,10 +153,11 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None
     config = TrainConfig(epochs=epochs, rotate90=True, seed=seed, optimizer="adam", **recipe)
     resume = (out / "checkpoint" / "state.json").exists()
     if resume:
-        gen = train_iter(work / "data" / "train" / kind, out, resume=True, epochs=epochs)
+        gen = train_iter(work / "data" / "train" / kind, out, resume=True, epochs=epochs,
+                         fresh_data=fresh)
     elif start is not None:  # continue an earlier run's weights (fine-tuning: Adam, no re-init)
         gen = train_iter(work / "data" / "train" / kind, out, model=start, kind=kind,
-                         validation=work / "data" / "val" / kind, config=config)
+                         validation=work / "data" / "val" / kind, config=config, fresh_data=fresh)
     else:
         schema = default_schema(kind)
         arch = "unet_model7" if kind == "locations" else "unet_model"
@@ -140,7 +165,7 @@ def train_kind(work: Path, kind: str, epochs: int, seed: int, start: Path | None
                                   ModelCard(kind, arch, schema, pixel_size_nm=PIXEL_SIZES[kind],
                                             provenance={"trained": False}))
         gen = train_iter(work / "data" / "train" / kind, out, model=start, kind=kind,
-                         validation=work / "data" / "val" / kind, config=config)
+                         validation=work / "data" / "val" / kind, config=config, fresh_data=fresh)
     t = time.perf_counter()
     try:
         while True:
@@ -218,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting, e.g. --set contrast=0.6 (repeatable)")
     parser.add_argument("--run", metavar="NAME", help="run folder under WORK/runs (default: the kind)")
+    parser.add_argument("--fresh-every", type=int, metavar="K",
+                        help="every K epochs, train on --fresh-micrographs new micrographs instead "
+                             "(seeds from 20000): the network cannot learn a fixed set by heart")
+    parser.add_argument("--fresh-micrographs", type=int, default=16, metavar="N")
+    parser.add_argument("--fresh-size", type=int, default=2048, metavar="PX",
+                        help="side of a fresh micrograph (default 2048)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0 = its default)")
     args = parser.parse_args(argv)
@@ -242,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/train_defaults.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if "data" in steps:
         make_data(args.work, args.micrographs, args.validation, args.size, kinds, args.appearance)
+    if args.fresh_every:
+        overrides["fresh_data_every"] = args.fresh_every
     for kind in kinds:
         if "train" in steps:
-            train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run)
+            fresh = (fresh_maker(kind, args.fresh_micrographs, args.fresh_size, args.appearance)
+                     if args.fresh_every else None)
+            train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run, fresh)
         if "install" in steps:
             install(args.work, kind, command, args.run, overrides)
     return 0

@@ -318,3 +318,42 @@ def test_fine_tuning_rate_is_lower_for_region_models():
     assert fine_tuning_rate(LOCATIONS_SCHEMA) == fine_tuning_rate(LOCATIONS_MITO_SCHEMA) == 5e-5
     assert fine_tuning_rate(GRANULES_SCHEMA) == fine_tuning_rate(BLOBS) == 5e-4
     assert fine_tuning_rate(LOCATIONS_SCHEMA, fine_tuning=False) == 2e-3
+
+
+def test_training_images_can_be_renewed_every_few_epochs(blob_pairs, tmp_path):
+    asked = []
+
+    def fresh(r):
+        asked.append(r)
+        image, labels = blob_image(100 + r)
+        return [(image, labels, 0.8)]
+
+    out = tmp_path / "run"
+    gen = train_iter(blob_pairs, out, kind="blobs", schema=BLOBS, seed=4, fresh_data=fresh,
+                     fresh_data_every=1, **FAST)
+    finished = 0
+    for event in gen:
+        finished += event.end_of_epoch
+        if finished == 2:
+            break
+    gen.close()
+    assert asked == [1, 2]  # new images after epochs 1 and 2
+    asked.clear()
+    _, result = run_events(train_iter(blob_pairs, out, resume=True, fresh_data=fresh))
+    assert asked == [2]  # the resumed run trains epoch 3 on round 2's images again; none after it
+    assert list(result.history["epoch"]) == [1, 2, 3]
+    assert any("fresh_data every 1 epoch" in n for n in result.notes)
+
+
+def test_renewed_training_images_are_checked(blob_pairs, tmp_path):
+    with pytest.raises(TrainingError, match="fresh_data_every needs fresh_data"):
+        run_events(train_iter(blob_pairs, tmp_path / "a", kind="blobs", schema=BLOBS,
+                              fresh_data_every=2, **FAST))
+    with pytest.raises(ValueError, match="fresh_data_every"):
+        TrainConfig(fresh_data_every=0)
+    image, labels = blob_image(7)
+    with pytest.raises(TrainingError, match=r"fresh_data\(1\) item 0: a 2-D image"):
+        run_events(train_iter(blob_pairs, tmp_path / "b", kind="blobs", schema=BLOBS,
+                              fresh_data=lambda r: [(image, labels[:10], 0.8)], fresh_data_every=1,
+                              **FAST))
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,11 @@ class TrainConfig:
         How the trained model scales its input (its card says so to every later use). ``None``
         (default) keeps the starting model's; ``"percentile"`` stretches each micrograph by its own
         grey levels (:func:`~napari_emgranules.core.segment.input_scaler`).
+    fresh_data_every : int, optional
+        With :func:`train_iter`'s ``fresh_data``: every this many epochs the training images are
+        replaced by new ones that it makes (e.g. new synthetic micrographs), so that a model
+        trained on generated data does not learn a fixed set of them by heart. Validation data
+        stay the same.
     keep_epochs : bool
         Also keep every epoch's weights, as ``epochs/epoch-NNN.weights.h5`` in the run folder (to
         compare or go back to any epoch afterwards; the best weights are kept either way).
@@ -213,6 +218,7 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     input_scaling: str | None = None
+    fresh_data_every: int | None = None
     keep_epochs: bool = False
 
     def __post_init__(self) -> None:
@@ -225,6 +231,11 @@ class TrainConfig:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.crop < MULTIPLE or self.crop % MULTIPLE:
             problems.append(f"crop must be a multiple of {MULTIPLE}, got {self.crop}")
+        if self.fresh_data_every is not None and (isinstance(self.fresh_data_every, bool)
+                                                  or int(self.fresh_data_every) != self.fresh_data_every
+                                                  or self.fresh_data_every < 1):
+            problems.append(f"fresh_data_every must be a whole number of epochs >= 1, got "
+                            f"{self.fresh_data_every!r}")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             problems.append(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if self.optimizer not in (None, "nadam", "adam"):
@@ -454,6 +465,34 @@ def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float,
         name = pairs[0].source if len(pairs) > 1 else pairs[0].name
         samples.append(_Sample(name, x, labels))
     return samples
+
+
+def _fresh_samples(items, card: ModelCard, round_: int) -> list[_Sample]:
+    """Training images from ``(image, labels, pixel_size_nm)`` arrays (``fresh_data``), scaled and
+    resampled to the model's pixel size as exported pairs are."""
+    from .segment import input_scaler
+
+    out = []
+    for i, item in enumerate(items):
+        try:
+            image, labels, px = item
+        except (TypeError, ValueError):
+            raise TrainingError(f"fresh_data({round_}) item {i}: give (image, labels, "
+                                f"pixel_size_nm), got {type(item).__name__}") from None
+        image, labels = np.asarray(image), np.asarray(labels)
+        if image.ndim != 2 or image.shape != labels.shape:
+            raise TrainingError(f"fresh_data({round_}) item {i}: a 2-D image and labels of its "
+                                f"shape are needed, got {image.shape} and {labels.shape}")
+        card.schema.check_labels(labels, f"fresh_data({round_}) item {i}", allow_unlabelled=True)
+        x = np.asarray(input_scaler(image, card.input_scaling)(image), np.float32)
+        lab = labels.astype(np.uint16, copy=False)
+        factor = float(px) / card.pixel_size_nm
+        if abs(factor - 1.0) > RESAMPLE_TOLERANCE:
+            x, lab = _resample_pair(x, lab, factor)
+        out.append(_Sample(f"fresh-{round_}-{i}", x, lab))
+    if not out:
+        raise TrainingError(f"fresh_data({round_}) gave no images")
+    return out
 
 
 def _hold_out_blocks(samples: list[_Sample], fraction: float, seed: int,
@@ -1430,6 +1469,7 @@ def train_iter(
     resume: bool = False,
     name: str | None = None,
     pixel_size_nm: float | None = None,
+    fresh_data: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray, float]]] | None = None,
     **options: Any,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train or fine-tune a model, yielding progress after every batch; returns a TrainResult.
@@ -1470,6 +1510,12 @@ def train_iter(
         Stem of the weights file; default the model kind.
     pixel_size_nm : float, optional
         Pixel size of micrograph files that carry none (pair folders record their own).
+    fresh_data : callable, optional
+        With ``config.fresh_data_every = K``: ``fresh_data(r)`` gives the training images of round
+        ``r`` (epochs ``r*K+1`` to ``(r+1)*K``; round 0 is ``data``) as ``(image, labels,
+        pixel_size_nm)`` arrays, e.g. new synthetic micrographs (``scripts/train_defaults.py
+        --fresh-every``). It must give the same images for the same ``r`` (a resumed run asks
+        again).
 
     Raises
     ------
@@ -1481,8 +1527,18 @@ def train_iter(
                           architecture=architecture, fresh=fresh, validation=validation,
                           config=config, resume=resume, name=name, pixel_size_nm=pixel_size_nm,
                           options=options)
+    every = run.config.fresh_data_every
+    if every and fresh_data is None:
+        raise TrainingError("fresh_data_every needs fresh_data: a function giving the new "
+                            "training images of each round")
+    if not every:
+        fresh_data = None
     if state is not None:
         _restore(run, state)
+        if fresh_data is not None and run.epoch >= every:
+            run.samples = _fresh_samples(fresh_data(run.epoch // every), run.card, run.epoch // every)
+    if fresh_data is not None:
+        run.notes.append(f"training images: new ones from fresh_data every {every} epoch(s)")
     out.mkdir(parents=True, exist_ok=True)
     if state is None and run.val_samples and run.start != "fresh" \
             and not run.start.startswith("untrained"):
@@ -1502,6 +1558,10 @@ def train_iter(
             break
         logs["seconds"] = time.perf_counter() - t0  # optimisation steps only (throughput)
         improved = _end_epoch(run, logs)
+        if fresh_data is not None and run.epoch % every == 0 and run.epoch < run.config.epochs \
+                and not run.stopped:
+            r = run.epoch // every
+            run.samples = _fresh_samples(fresh_data(r), run.card, r)
         shown = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
         yield TrainProgress(
             run.epoch, run.config.epochs, run.steps, run.steps, shown, end_of_epoch=True,
