@@ -9,10 +9,9 @@ the label agreement of the seed's non-overlapping tiles.
     python benchmarks/mode_agreement.py --size 2048 --windows 512,1024 --halos 128,256 \
         --json docs/mode_agreement.json
 
-Weights: the bundled defaults (untrained random weights in this version, so the figures are an upper
-bound on disagreement: a random network spreads its sensitivity over its whole receptive field,
-whereas a trained one concentrates it near the pixel), or ``--locations-weights`` /
-``--granules-weights``.
+Weights: the bundled defaults, or ``--locations-weights`` / ``--granules-weights``. Each network
+gets the micrograph scaled as its card says (``input_scaling``) on the micrograph's own grid (the
+question is how windows agree with one pass, which does not depend on the pixel size).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from napari_emgranules.core.segment import (
     _predict_seed,
     _predict_tiled,
     run_to_completion,
-    to_unit_float,
+    input_scaler,
 )
 from napari_emgranules.core.synthetic import synthetic_micrograph
 from napari_emgranules.core.tiling import TilePlan, pad_to_multiple
@@ -80,7 +79,6 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
     s = synthetic_micrograph((args.size, args.size), seed=args.seed)
-    x = to_unit_float(s.image)
     windows = [int(w) for w in args.windows.split(",")]
     halos = [int(h) for h in args.halos.split(",")]
     rows = []
@@ -90,6 +88,7 @@ def main() -> None:
                            ("granules", args.granules_weights)):
             model = load_model(path, kind)
             trained = "trained" if model.card.trained else "untrained"
+            x = input_scaler(s.image, model.card.input_scaling)(s.image)
             for row in compare(model, x, windows, halos):
                 row["weights"] = trained
                 rows.append(row)

@@ -117,12 +117,14 @@ def test_other_pixel_sizes_are_resampled_to_the_model_and_back(small, monkeypatc
 
 
 def test_tiled_agrees_with_whole(small):
-    """Bound: away from the image edge, tiled probabilities match whole within 5e-3.
+    """Bound: away from the image edge, tiled probabilities match whole within 0.03.
 
     Windows sit on the whole pass's 128-px grid, so a window sees exactly what the whole pass sees
-    except zero padding at its own edges; those effects fall in the halo, which the cross-fade
-    discards. Labels can then only differ where the top two classes are closer than that bound
-    (measured: benchmarks/mode_agreement.py, docs/benchmarks.md).
+    except zero padding at its own edges; those effects mostly fall in the halo, which the
+    cross-fade discards. The trained Granules network still feels a little of them 128 px in
+    (max 0.012-0.018 with the 128 px halo, measured: benchmarks/mode_agreement.py,
+    docs/benchmarks.md); a window off the grid or a wrong cross-fade differs by far more (labels
+    agreed on 59-67% before the grid was fixed). Labels can only differ at near-ties.
     """
     x = to_unit_float(synthetic_micrograph((640, 768), seed=9).image)
     model = default_model("granules")
@@ -138,7 +140,7 @@ def test_tiled_agrees_with_whole(small):
     np.testing.assert_allclose(best, tiled.max(-1), rtol=1e-5)
     inner = (slice(128, -128), slice(128, -128))
     diff = np.abs(tiled - whole)
-    assert diff[inner].max() < 5e-3
+    assert diff[inner].max() < 3e-2
     assert diff.mean() < 2e-3
     top2 = np.sort(whole, -1)
     margin = top2[..., -1] - top2[..., -2]
@@ -281,7 +283,9 @@ def test_segment_drops_granule_specks_unless_asked_not_to(small):
 
     comp, n = ndi.label(clean.granules, structure=np.ones((3, 3)))
     if n:
-        assert np.bincount(comp.ravel())[1:].min() >= np.pi / 4 * (8 / 0.8) ** 2
+        from napari_emgranules.core.options import MIN_GRANULE_NM
+
+        assert np.bincount(comp.ravel())[1:].min() >= np.pi / 4 * (MIN_GRANULE_NM / 0.8) ** 2
 
 
 def test_mixed_precision_segmentation_agrees_with_float32(small):

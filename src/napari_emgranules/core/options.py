@@ -25,8 +25,13 @@ __all__ = ["MODES", "MIN_GRANULE_NM", "PRECISIONS", "SegmentOptions"]
 MODES = ("auto", "whole", "tiled", "seed")
 """Inference modes (:mod:`~.segment`)."""
 
-MIN_GRANULE_NM = 8.0
-"""Default smallest granule diameter kept in the Granules label map (nm)."""
+MIN_GRANULE_NM = 12.0
+"""Default smallest granule diameter kept in the Granules label map (nm).
+
+Glycogen beta particles are 15-40 nm across; 12 nm leaves room for masks drawn tight and a pixel
+size 20% off. Measured on synthetic micrographs of six looks (docs/accuracy.md): against 8 nm it
+removed 6-40% of the false granules and raised granule F1 in all six.
+"""
 
 
 @dataclass(frozen=True)
