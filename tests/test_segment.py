@@ -195,6 +195,19 @@ def test_auto_mode_tiles_when_the_whole_image_would_not_fit(small):
     assert r.mode == "tiled"
 
 
+def test_auto_mode_judges_memory_on_the_models_grid():
+    """A coarse micrograph is upsampled for the Granules model (0.8 nm/px): 256 px at 3.2 nm/px is
+    1024 px there, which must not go through one whole pass a budget for 512 px cannot hold."""
+    from napari_emgranules.core.segment import estimate_memory_bytes
+
+    coarse = synthetic_micrograph((256, 256), 3.2, seed=4)
+    budget = estimate_memory_bytes((512, 512))
+    assert estimate_memory_bytes(coarse.image.shape) <= budget  # the image itself would fit
+    r = segment_micrograph(coarse.image, 3.2, kinds=("granules",), memory_budget_bytes=budget)
+    assert r.mode == "tiled"
+    assert r.granules.shape == coarse.image.shape
+
+
 def test_micrograph_files_and_objects(tmp_path, small):
     path = write_image(tmp_path / "cell.tif", small.image, pixel_size_nm=0.8)
     result = segment_micrograph(path, mode="whole", kinds=("granules",))

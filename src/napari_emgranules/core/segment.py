@@ -543,7 +543,12 @@ def segment_micrograph_iter(
         # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
         micrograph = replace(micrograph, pixel_size_nm=min(m.card.pixel_size_nm
                                                            for m in models.values()))
-    mode, window = _choose_mode(opts.mode, micrograph.shape, memory_budget(opts), opts.max_window,
+    # the networks run on their own grids: a coarse micrograph grows there (12.5 -> 0.8 nm/px is
+    # 16 times the side), and "whole" must fit on the largest of them
+    grids = [model_grid_shape(micrograph.shape, micrograph.pixel_size_nm / m.card.pixel_size_nm)
+             for m in models.values()]
+    largest = max([micrograph.shape, *grids], key=lambda shape: shape[0] * shape[1])
+    mode, window = _choose_mode(opts.mode, largest, memory_budget(opts), opts.max_window,
                                 opts.batch_size)
     plans = {kind: _plan(micrograph, model, mode, window, opts, kind) for kind, model in models.items()}
     scaled = {scaling: input_scaler(micrograph.data, scaling)(micrograph.data)
