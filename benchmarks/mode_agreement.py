@@ -26,8 +26,8 @@ from napari_emgranules.core.models import load_model
 from napari_emgranules.core.segment import (
     _predict_seed,
     _predict_tiled,
-    run_to_completion,
     input_scaler,
+    run_to_completion,
 )
 from napari_emgranules.core.synthetic import synthetic_micrograph
 from napari_emgranules.core.tiling import TilePlan, pad_to_multiple

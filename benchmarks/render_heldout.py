@@ -4,7 +4,8 @@
 
 One 2048 x 2048 micrograph (0.8 nm/px, seed 300000 + k) of each held-out family: the micrograph,
 the Locations truth and each model set's Locations (schema colours), and a 400 px crop (the one
-richest in true granules) with the true granules (green) and each set's granules (red). Writes ``docs/heldout-<family>.png``.
+richest in true granules) with the true granules (green) and each set's granules (red). Writes
+``docs/heldout-<family>.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _granule_rich_crop(granules: np.ndarray, side: int) -> tuple[slice, slice]:
-    """The ``side``-px square (on a half-side grid, inside the image) holding the most true granule px."""
+    """The ``side``-px square (on a half-side grid) holding the most true granule pixels."""
     step = side // 2
     best, where = -1, (0, 0)
     for y in range(0, granules.shape[0] - side + 1, step):
