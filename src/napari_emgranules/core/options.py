@@ -29,7 +29,8 @@ MIN_GRANULE_NM = 12.0
 """Default smallest granule diameter kept in the Granules label map (nm).
 
 Glycogen beta particles are 15-40 nm across; 12 nm leaves room for masks drawn tight and a pixel
-size 20% off. Measured on synthetic micrographs of six looks (docs/accuracy.md): against 8 nm it
+size 20% off. Measured on synthetic micrographs of six looks (benchmarks/granule_min_size.py,
+docs/granule_min_size.md): against 8 nm it
 removed 6-40% of the false granules and raised granule F1 in all six.
 """
 
