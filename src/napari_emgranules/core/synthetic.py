@@ -667,8 +667,16 @@ class _Cell:
         wob = (0.03 * um * np.sin((np.arange(int(2 * self.half_u) + 2) - self.half_u)
                                   * (2 * np.pi / lam) + ph)).astype(np.float32)
         vs = self.v * np.float32(side)
-        vs -= np.take(wob, self.iu, mode="clip")
+        shift = np.take(wob, self.iu, mode="clip")
+        vs -= shift
         region = vs > np.float32(inner)
+        # The periphery begins at the outermost myofibril: where its wavy edge stands off the
+        # fibril, the space it leaves is periphery too, never an intermyofibrillar space (S
+        # lies between two myofibrils). The tables are per whole pixel across the fibres: a pixel
+        # off the edge is space or fibril by the side its centre lies on.
+        shift += vs
+        region |= (shift > np.float32(inner - 1.0)) & (self.loc == S_SPACE)
+        del shift
         self.loc[region], self.grey[region] = N_REGION, self.G["N"]
         self.drawn.update(periphery=True, periphery_width_um=(sarcolemma - inner) / um)
         self.n_band = (side, inner, sarcolemma)
