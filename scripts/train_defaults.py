@@ -110,14 +110,14 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
 FRESH_SEED0 = 20_000  # fresh training micrographs: seeds 20000-99999 (benchmarks use 100000+)
 
 
-def fresh_maker(kind: str, n: int, size: int, appearance: str):
+def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRESH_SEED0):
     """``fresh_data`` for core.train: round ``r`` (1, 2, ...) gives ``n`` new ``size`` px
-    micrographs (seeds ``FRESH_SEED0 + (r - 1) n ...``, looks as :func:`appearance_of`, pixel
+    micrographs (seeds ``seed0 + (r - 1) n ...``, looks as :func:`appearance_of`, pixel
     sizes as :func:`pixel_size_of`), the same ones for the same round."""
     from napari_emgranules.core.synthetic import synthetic_micrograph
 
     def make(round_: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        first = FRESH_SEED0 + (round_ - 1) * n
+        first = seed0 + (round_ - 1) * n
         if first + n > 100_000:
             raise SystemExit(f"round {round_}: fresh seeds would reach the benchmarks' (100000+); "
                              "use fewer rounds or micrographs")
@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="every K epochs, train on --fresh-micrographs new micrographs instead "
                              "(seeds from 20000): the network cannot learn a fixed set by heart")
     parser.add_argument("--fresh-micrographs", type=int, default=16, metavar="N")
+    parser.add_argument("--fresh-seed", type=int, default=FRESH_SEED0, metavar="SEED",
+                        help="seed of the first fresh micrograph (default 20000; a run that "
+                             "continues an earlier one starts past the seeds it used)")
     parser.add_argument("--fresh-size", type=int, default=2048, metavar="PX",
                         help="side of a fresh micrograph (default 2048)")
     parser.add_argument("--threads", type=int, default=0,
@@ -277,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["fresh_data_every"] = args.fresh_every
     for kind in kinds:
         if "train" in steps:
-            fresh = (fresh_maker(kind, args.fresh_micrographs, args.fresh_size, args.appearance)
-                     if args.fresh_every else None)
+            fresh = (fresh_maker(kind, args.fresh_micrographs, args.fresh_size, args.appearance,
+                                 args.fresh_seed) if args.fresh_every else None)
             train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run, fresh)
         if "install" in steps:
             install(args.work, kind, command, args.run, overrides)
