@@ -54,7 +54,7 @@ from napari_emgranules.core.metrics import (
 )
 from napari_emgranules.core.models import SegmentationModel, default_model, load_model
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
-from napari_emgranules.core.segment import segment_micrograph
+from napari_emgranules.core.segment import MIN_GRANULE_NM, segment_micrograph
 from napari_emgranules.core.synthetic import (
     HELDOUT_FAMILIES,
     TRAINING_FAMILIES,
@@ -433,7 +433,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"({s['cpus']} CPUs, {s['platform']}, Python {s['python']}, Keras backend {s['backend']}; "
              f"{report['elapsed_s']:.0f} s). Do not edit by hand: rerun the command.", "",
              f"Targets: Locations mean IoU >= {TARGETS['locations_mean_iou']}, granule object F1 >= "
-             f"{TARGETS['granule_object_f1']}, per-region |pf error| <= {TARGETS['pf_abs_error']}.", ""]
+             f"{TARGETS['granule_object_f1']}, per-region |pf error| <= {TARGETS['pf_abs_error']}. "
+             f"Segmented with `mode={s['mode']}`; granule particles smaller than "
+             f"{s.get('min_granule_nm', '?')} nm removed (the package default).", ""]
     lines += _summary_lines(report["conditions"])
     lines += _models_section(report["models"])
     lines += _conditions_section(report["conditions"], s["size"])
@@ -519,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - start,
         "settings": {"size": args.size, "per_condition": args.per_condition, "seed_base": SEED_BASE,
                      "seed_stride": SEED_STRIDE, "mode": "auto", "object_iou_threshold": 0.5,
+                     "min_granule_nm": MIN_GRANULE_NM,
                      "cpus": os.cpu_count(), "platform": platform.platform(),
                      "python": platform.python_version(), "backend": backend_name()},
         "targets": TARGETS,
