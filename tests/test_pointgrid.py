@@ -77,7 +77,10 @@ def test_manual_scores_equal_to_the_truth_agree_perfectly(cell, tmp_path):
     manual = grid_table(manual_points)
     per_image, summary = agreement(automated, manual)
     assert (per_image["difference"].fillna(0) == 0).all()
-    assert (summary["bias"] == 0).all() and np.allclose(summary["ccc"], 1.0)
+    # a region the micrograph does not show (here S) has no bias; every other one agrees exactly
+    shown = summary["bias"].notna()
+    assert shown.sum() >= 4
+    assert (summary["bias"][shown] == 0).all() and np.allclose(summary["ccc"][shown], 1.0)
     assert lins_ccc([0.1, 0.2, 0.3], [0.2, 0.3, 0.4]) < 1  # a bias lowers concordance
 
 
