@@ -5,6 +5,7 @@
         --granules runs/gran/granules.weights.h5 --size 4096 --per-condition 2
     python benchmarks/accuracy.py --quick                          # 1024 x 1024, 1 image each
     python benchmarks/accuracy.py --quick --conditions in-range,pixel-1.0
+    python benchmarks/accuracy.py --views 1,1 --json bench-out/views-1-1.json   # one view each
 
 For every condition (default generator settings, fixed fibre angles, other pixel sizes, more noise,
 low contrast) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
@@ -52,7 +53,7 @@ from napari_emgranules.core.metrics import (
     match_objects,
     region_pixel_fractions,
 )
-from napari_emgranules.core.models import SegmentationModel, default_model, load_model
+from napari_emgranules.core.models import VIEWS, SegmentationModel, default_model, load_model
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
 from napari_emgranules.core.segment import MIN_GRANULE_NM, segment_micrograph
 from napari_emgranules.core.synthetic import (
@@ -168,6 +169,7 @@ def model_info(model: SegmentationModel) -> dict[str, Any]:
         "trained": card.trained,
         "architecture": card.architecture,
         "pixel_size_nm": float(card.pixel_size_nm),
+        "views": model.views,
         "provenance": {k: v for k, v in prov.items() if k != "source"},
     }
 
@@ -353,9 +355,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _models_section(models: list[dict[str, Any]]) -> list[str]:
     rows = [[m["kind"], f"`{m['weights']}`", f"`{m['sha256_12']}`",
              "trained" if m["trained"] else "**UNTRAINED** (random weights)", m["architecture"],
-             f"{m['pixel_size_nm']:g}"] for m in models]
+             f"{m['pixel_size_nm']:g}", str(m.get("views", 1))] for m in models]
     lines = ["## Models", ""] + _table(
-        ["model", "weights", "sha256 (12)", "state", "architecture", "nm/px"], rows)
+        ["model", "weights", "sha256 (12)", "state", "architecture", "nm/px", "views"], rows)
     if not all(m["trained"] for m in models):
         lines += ["", "> **Warning:** at least one model has untrained random weights: these numbers "
                   "measure noise, not the method."]
@@ -481,6 +483,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md", help="markdown report")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "accuracy.json", help="JSON report")
     ap.add_argument("--quick", action="store_true", help="1024 x 1024 px, 1 image per condition")
+    ap.add_argument("--views", metavar="L,G",
+                    help="symmetric views the Locations and Granules models average (1, 2, 4 or 8 "
+                         "each; default: each model card's)")
     args = ap.parse_args(argv)
     if args.size is None:
         args.size = 1024 if args.quick else 4096
@@ -493,6 +498,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown condition(s) {unknown}; choose from {', '.join(CONDITION_BY_KEY)}")
     args.selected = [(i, c) for i, c in enumerate(CONDITIONS) if c.key in keys]
+    args.view_counts = (None, None)
+    if args.views:
+        try:
+            args.view_counts = tuple(int(v) for v in args.views.split(","))
+        except ValueError:
+            args.view_counts = ()
+        if len(args.view_counts) != 2 or any(v not in VIEWS for v in args.view_counts):
+            ap.error(f"--views {args.views!r}: give two of {', '.join(map(str, VIEWS))}, e.g. 8,1")
     return args
 
 
@@ -509,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line(argv)
     print(command, flush=True)
     start = time.perf_counter()
-    models = {"locations": get_model(args.locations, "locations"),
-              "granules": get_model(args.granules, "granules")}
+    models = {"locations": get_model(args.locations, "locations").with_views(args.view_counts[0]),
+              "granules": get_model(args.granules, "granules").with_views(args.view_counts[1])}
     results = [run_condition(k, cond, models, args.size, args.per_condition).summary()
                for k, cond in args.selected]
     from napari_emgranules.core._backend import backend_name

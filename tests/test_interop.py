@@ -389,3 +389,16 @@ def test_cli_export_model_bad_input(granules_onnx, tmp_path, capsys, args, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_exports_hold_one_view_and_say_how_many_the_package_averaged(granules_onnx, keras_granules):
+    from napari_emgranules.core.interop import _export_card
+
+    card = _export_card(keras_granules.with_views(4), "onnx", 17)
+    assert card["views"] == 1 and card["provenance"]["export"]["views_in_napari_emgranules"] == 4
+    plain = _export_card(keras_granules, "onnx", 17)
+    assert "views_in_napari_emgranules" not in plain["provenance"]["export"]
+    onnx_model = load_model(granules_onnx)
+    assert onnx_model.views == 1 and onnx_model.with_views(None) is onnx_model
+    with pytest.raises(ValueError, match="applies to Keras weights only"):
+        onnx_model.with_views(4)

@@ -502,3 +502,66 @@ def test_mixed_precision_and_compiled_inference_match_float32(precision, jit):
     assert model.for_inference() is model
     with pytest.raises(ValueError, match="precision must be one of"):
         model.for_inference("int8")
+
+
+# -------------------------------------------------------------------------------------------------
+# symmetric views at inference
+# -------------------------------------------------------------------------------------------------
+def _turned(x: np.ndarray, k: int, transposed: bool) -> np.ndarray:
+    y = np.swapaxes(x, 1, 2) if transposed else x
+    return np.rot90(y, k, axes=(1, 2))
+
+
+def _turned_back(y: np.ndarray, k: int, transposed: bool) -> np.ndarray:
+    y = np.rot90(y, -k, axes=(1, 2))
+    return np.swapaxes(y, 1, 2) if transposed else y
+
+
+@pytest.mark.parametrize("views, group", [
+    (2, [(0, False), (0, True)]),
+    (4, [(k, False) for k in range(4)]),
+    (8, [(k, t) for t in (False, True) for k in range(4)]),
+])
+def test_views_average_the_logits_of_each_turned_input_turned_back(granules_model, views, group):
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 128, 256, 1), dtype=np.float32)  # not square: turns change the shape
+    single = granules_model.predict_logits
+    expected = np.mean([_turned_back(single(np.ascontiguousarray(_turned(x, k, t))), k, t)
+                        for k, t in group], axis=0)
+    variant = granules_model.with_views(views)
+    assert variant is granules_model.with_views(views) and variant.views == views
+    assert granules_model.views == 1  # the model itself is unchanged
+    np.testing.assert_allclose(variant.predict_logits(x), expected, atol=1e-5)
+    labels, _ = variant.predict_labels(x)
+    np.testing.assert_array_equal(labels, (expected[..., 1] > expected[..., 0]).astype(np.uint8))
+    # an averaged prediction of a symmetric view group does not change when the input is turned
+    if views == 8:
+        turned = variant.predict_logits(np.ascontiguousarray(_turned(x, 1, True)))
+        np.testing.assert_allclose(_turned_back(turned, 1, True), expected, atol=1e-5)
+
+
+def test_views_travel_in_the_card_and_options(tmp_path, granules_model, batch):
+    from napari_emgranules.core.options import SegmentOptions
+
+    model = SegmentationModel(granules_model.keras_model, ModelCard("granules", "unet_model",
+                                                                    granules_model.card.schema, views=4))
+    path = save_model(model, tmp_path / "v")
+    assert json.loads(sidecar_path(path).read_text())["views"] == 4
+    loaded = load_model(path)
+    assert loaded.views == 4
+    np.testing.assert_allclose(loaded.predict_logits(batch), model.predict_logits(batch), atol=1e-6)
+    assert SegmentOptions().prepare(loaded).views == 4  # the card's number by default
+    assert SegmentOptions(views=1).prepare(loaded).views == 1
+    assert loaded.with_threshold(0.7).views == 4 and loaded.for_inference("float32", True).views == 4
+    with pytest.raises(ValueError, match="views must be one of 1, 2, 4, 8"):
+        SegmentOptions(views=3)
+    with pytest.raises(ValueError, match="views must be one of"):
+        loaded.with_views(0)
+    side = json.loads(sidecar_path(path).read_text())
+    for bad in (3, -1):
+        sidecar_path(path).write_text(json.dumps({**side, "views": bad}))
+        with pytest.raises(WeightsError, match="views must be one of"):
+            load_model(path)
+    sidecar_path(path).write_text(json.dumps({**side, "views": "many"}))
+    with pytest.raises(WeightsError, match="malformed model card"):
+        load_model(path)

@@ -47,6 +47,7 @@ def _output_folder(value: str) -> Path:
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     """The segmentation options (:class:`~.core.options.SegmentOptions`), the models and the pixel
     size: one argument group for ``segment`` and ``batch``; :func:`segment_options` reads it."""
+    from .core.models import VIEWS
     from .core.options import MIN_GRANULE_NM, MODES, PRECISIONS
 
     group = parser.add_argument_group("segmentation")
@@ -77,6 +78,10 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                             "are for GPUs with tensor cores)")
     group.add_argument("--jit", action="store_true",
                        help="compile the networks (XLA / jax.jit): pays off over many images")
+    group.add_argument("--views", type=int, choices=VIEWS, metavar="N",
+                       help="symmetric views of the input each network averages (1, 2, 4 or 8; "
+                            "each view is one more forward pass; default each model card's: "
+                            "the bundled Locations model 8, Granules 1)")
 
 
 def add_label_format_argument(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +101,7 @@ def segment_options(args: argparse.Namespace):
         return SegmentOptions(mode=args.mode, max_window=args.max_window, halo=args.halo,
                               batch_size=args.batch_size, min_granule_nm=args.min_granule or None,
                               precision=args.precision, jit=args.jit,
-                              granule_threshold=args.granule_threshold)
+                              granule_threshold=args.granule_threshold, views=args.views)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

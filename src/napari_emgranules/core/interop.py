@@ -248,7 +248,9 @@ def _export_card(model: SegmentationModel, fmt: str, opset: int | None,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    return {**card.to_dict(), "provenance": prov}
+    if model.views != 1:  # the file holds the network, which other runtimes run on one view
+        prov["export"]["views_in_napari_emgranules"] = model.views
+    return {**card.to_dict(), "views": 1, "provenance": prov}
 
 
 def _output_kind(model: SegmentationModel) -> str:
@@ -525,6 +527,7 @@ class OnnxSegmentationModel(SegmentationModel):
         self.path = Path(path)
         self.card = card
         self.output_kind = output_kind
+        self._views = 1  # ONNX Runtime runs the network as stored: one view
         self._fns = {}
         self._lock = threading.Lock()
         self._n_params = int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer
@@ -561,6 +564,13 @@ class OnnxSegmentationModel(SegmentationModel):
             return self
         raise ValueError(f"{self.path}: a granule probability threshold applies to Keras weights "
                          "only (the ONNX graph ends in its own arg-max)")
+
+    def with_views(self, views: int | None) -> OnnxSegmentationModel:
+        """Itself for one view; averaging symmetric views needs the Keras weights."""
+        if views is None or views == 1:
+            return self
+        raise ValueError(f"{self.path}: averaging {views} symmetric views applies to Keras weights "
+                         "only (ONNX Runtime runs the stored network on one view)")
 
     def count_params(self) -> int:
         return self._n_params

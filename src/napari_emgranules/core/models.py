@@ -79,6 +79,16 @@ MULTIPLE = 128
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 """Compute precisions :meth:`SegmentationModel.for_inference` offers."""
 
+VIEWS = (1, 2, 4, 8)
+"""Numbers of symmetric views a model can average at inference (:attr:`ModelCard.views`)."""
+
+_VIEW_GROUPS = {  # (transpose?, then mirror these axes of (n, h, w, c)): symmetry groups of the square
+    1: [(False, ())],
+    2: [(False, ()), (True, ())],  # the input and its transpose
+    4: [(False, ()), (True, (1,)), (False, (1, 2)), (True, (2,))],  # quarter turns 0, 90, 180, 270
+    8: [(t, axes) for t in (False, True) for axes in ((), (1,), (2,), (1, 2))],
+}
+
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "unet_model7": {
         "kind": "locations",
@@ -219,6 +229,11 @@ class ModelCard:
         Softmax temperature of the confidence (1 = the network's own softmax): fitted on
         micrographs the network did not train on (:mod:`~napari_emgranules.core.calibration`),
         so that a confidence of 0.8 is right about 80% of the time. Labels do not depend on it.
+    views : int
+        How many symmetric views of the input the network sees at inference, their logits
+        averaged in the graph before the labels are taken (:data:`VIEWS`): 1 = the input as it
+        is; 2 = and its transpose; 4 = its four quarter turns; 8 = the quarter turns of the input
+        and of its transpose. Each view is one more forward pass; the weights are the same.
     provenance : dict
         Free-form record: ``trained`` (bool), ``data``, ``epochs``, ``date``, ``package_version``,
         ``source`` (file it was loaded from), ``source_format``.
@@ -231,6 +246,7 @@ class ModelCard:
     input_scaling: str = "dtype-range"
     provenance: dict[str, Any] = field(default_factory=dict)
     temperature: float = 1.0
+    views: int = 1
 
     FORMAT = "napari-emgranules.model-card/1"
 
@@ -253,6 +269,7 @@ class ModelCard:
             "pixel_size_nm": float(self.pixel_size_nm),
             "input_scaling": self.input_scaling,
             "temperature": float(self.temperature),
+            "views": int(self.views),
             "provenance": self.provenance,
         }
 
@@ -270,6 +287,7 @@ class ModelCard:
                 input_scaling=str(data.get("input_scaling", "dtype-range")),
                 provenance=dict(data.get("provenance") or {}),
                 temperature=float(data.get("temperature", 1.0)),
+                views=int(data.get("views", 1)),
             )
         except WeightsError:
             raise
@@ -280,6 +298,9 @@ class ModelCard:
         if not 0.05 <= card.temperature <= 20:  # also NaN
             raise WeightsError(f"{where}: implausible temperature {card.temperature} "
                                "(a calibrated softmax temperature lies in 0.05-20)")
+        if card.views not in VIEWS:
+            raise WeightsError(f"{where}: views must be one of {', '.join(map(str, VIEWS))}, got "
+                               f"{card.views}")
         if card.input_scaling not in INPUT_SCALINGS:
             raise WeightsError(f"{where}: unsupported input_scaling {card.input_scaling!r} "
                                f"(known: {', '.join(INPUT_SCALINGS)})")
@@ -331,11 +352,14 @@ class SegmentationModel:
     """
 
     def __init__(self, keras_model, card: ModelCard, *, jit: bool = False,
-                 logit_offset: Sequence[float] | None = None):
+                 logit_offset: Sequence[float] | None = None, views: int | None = None):
         self.keras_model = keras_model
         self.card = card
         self.jit = jit
         self.logit_offset = None if logit_offset is None else tuple(float(v) for v in logit_offset)
+        if views is not None and views not in VIEWS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, got {views!r}")
+        self._views = views
         self._fns: dict[tuple, Callable] = {}
         self._variants: dict[tuple, SegmentationModel] = {}
         self._lock = threading.Lock()
@@ -362,7 +386,26 @@ class SegmentationModel:
             if key not in self._variants:
                 shift = -float(self.card.temperature) * math.log(t / (1 - t))
                 self._variants[key] = SegmentationModel(self.keras_model, self.card, jit=self.jit,
-                                                        logit_offset=(0.0, shift))
+                                                        logit_offset=(0.0, shift), views=self._views)
+            return self._variants[key]
+
+    @property
+    def views(self) -> int:
+        """Symmetric views averaged at inference: this copy's, else the card's (:attr:`ModelCard.views`)."""
+        return self._views if self._views is not None else int(self.card.views)
+
+    def with_views(self, views: int | None) -> SegmentationModel:
+        """This model averaging ``views`` symmetric views of the input (None: the card's number)."""
+        if views is None or views == self.views:
+            return self
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, got {views!r}")
+        key = ("views", int(views))
+        with self._lock:
+            if key not in self._variants:
+                self._variants[key] = SegmentationModel(self.keras_model, self.card, jit=self.jit,
+                                                        logit_offset=self.logit_offset,
+                                                        views=int(views))
             return self._variants[key]
 
     def for_inference(self, precision: str = "float32", jit: bool = False) -> SegmentationModel:
@@ -388,7 +431,8 @@ class SegmentationModel:
             if key not in self._variants:
                 net = self.keras_model if precision == "float32" else self._rebuilt(precision)
                 self._variants[key] = SegmentationModel(net, self.card, jit=bool(jit),
-                                                        logit_offset=self.logit_offset)
+                                                        logit_offset=self.logit_offset,
+                                                        views=self._views)
             return self._variants[key]
 
     def _rebuilt(self, precision: str):
@@ -430,12 +474,12 @@ class SegmentationModel:
         The reductions run inside the graph, so only uint8 labels (and one float per pixel for
         confidence) come back from the device instead of every class's logits.
         """
-        key = (what, float(self.card.temperature))  # a re-calibrated card gets a new graph
+        key = (what, float(self.card.temperature), self.views)  # a re-calibrated card: a new graph
         with self._lock:
             if key not in self._fns:
                 keras = get_keras()
                 ops = keras.ops
-                logits = ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
+                logits = self._view_logits(keras)
                 if self.logit_offset is not None:  # a probability threshold (with_threshold)
                     logits = logits + np.asarray(self.logit_offset, np.float32)
                 t = float(self.card.temperature)
@@ -461,6 +505,27 @@ class SegmentationModel:
                     model.compile(jit_compile=True)
                 self._fns[key] = model
             return self._fns[key]
+
+    def _view_logits(self, keras):
+        """The network's float32 logits averaged over :attr:`views` symmetric views of the input
+        (each view's logits turned back before the average), as a symbolic tensor of the inputs.
+
+        The views form a symmetry group of the square, so the average treats no orientation
+        specially: 2 = the input and its transpose (mirrored on the diagonal); 4 = the four
+        quarter turns; 8 = the four quarter turns of the input and of its transpose.
+        """
+        ops = keras.ops
+        if self.views == 1:
+            return ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
+        x = self.keras_model.inputs[0]
+        total = None
+        for transposed, axes in _VIEW_GROUPS[self.views]:  # each view: transpose, then mirror
+            y = ops.transpose(x, (0, 2, 1, 3)) if transposed else x
+            y = ops.cast(self.keras_model(ops.flip(y, axes) if axes else y), "float32")
+            y = ops.flip(y, axes) if axes else y
+            y = ops.transpose(y, (0, 2, 1, 3)) if transposed else y
+            total = y if total is None else total + y
+        return total / float(self.views)
 
     def predict_labels(
         self, batch: np.ndarray, confidence: bool = True
@@ -834,8 +899,11 @@ def load_model(
     fmt = weights_format(p)
     stat_target = Path(str(p) + ".index") if fmt == "tf-checkpoint" and not p.exists() else p
     st = stat_target.stat()
+    side = sidecar_path(p)
+    side_st = side.stat() if side.is_file() else None  # a changed card is a new model too
     key = (str(p.resolve()), st.st_mtime_ns, st.st_size, kind,
-           json.dumps(schema.to_dict()) if schema else None, pixel_size_nm)
+           json.dumps(schema.to_dict()) if schema else None, pixel_size_nm,
+           side_st and (side_st.st_mtime_ns, side_st.st_size))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]

@@ -18,7 +18,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .models import MULTIPLE, PRECISIONS, SegmentationModel
+from .models import MULTIPLE, PRECISIONS, VIEWS, SegmentationModel
 
 __all__ = ["MODES", "MIN_GRANULE_NM", "PRECISIONS", "SegmentOptions"]
 
@@ -61,6 +61,9 @@ class SegmentOptions:
         Compile the networks (XLA / ``jax.jit``).
     granule_threshold : float, optional
         Granule where the calibrated probability is at least this (default: the arg-max, 0.5).
+    views : int, optional
+        Symmetric views of the input each network averages (1, 2, 4 or 8; more views, more passes):
+        default each model card's (:attr:`~.models.ModelCard.views`).
 
     Raises
     ------
@@ -77,6 +80,7 @@ class SegmentOptions:
     precision: str = "float32"
     jit: bool = False
     granule_threshold: float | None = None
+    views: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,6 +110,8 @@ class SegmentOptions:
                                                        and 0 < self.granule_threshold < 1):
             problems.append(f"the granule threshold must lie between 0 and 1, got "
                             f"{self.granule_threshold}")
+        if self.views is not None and self.views not in VIEWS:
+            problems.append(f"views must be one of {', '.join(map(str, VIEWS))}, got {self.views!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -139,7 +145,7 @@ class SegmentOptions:
     def prepare(self, model: SegmentationModel) -> SegmentationModel:
         """``model`` in these options' precision and compilation, with the granule threshold when it
         is a Granules model (cached copies; the model itself is unchanged)."""
-        model = model.for_inference(self.precision, self.jit)
+        model = model.for_inference(self.precision, self.jit).with_views(self.views)
         return model.with_threshold(self.granule_threshold) if model.card.kind == "granules" else model
 
     def record(self) -> dict[str, Any]:
