@@ -2,6 +2,8 @@
 
     python benchmarks/compare_accuracy.py --before bench-out/accuracy-old.json \
         --after docs/accuracy.json --out docs/generalisation.md
+    python benchmarks/compare_accuracy.py --before A.json --after B.json --out page.md \
+        --append --title "A second comparison"     # one more section at the end of page.md
 
 For every condition in both reports: Locations mean IoU, granule object F1, false granules per
 um^2 (image / A band) and the largest per-region pf error, before -> after, with the targets.
@@ -57,10 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--title", default="Default models before and after domain-randomised training")
     ap.add_argument("--note", default="", help="a paragraph put under the title")
+    ap.add_argument("--append", action="store_true",
+                    help="add the comparison as a section at the end of --out (which must exist)")
     args = ap.parse_args(argv)
+    if args.append and not args.out.is_file():
+        ap.error(f"--append: {args.out} does not exist yet; make it without --append first")
     before, after = (json.loads(p.read_text()) for p in (args.before, args.after))
     command = "python benchmarks/compare_accuracy.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-    lines = [f"# {args.title}", "", f"Made by `{command}` from two runs of `benchmarks/accuracy.py`:",
+    lines = [f"{'##' if args.append else '#'} {args.title}", "",
+             f"Made by `{command}` from two runs of `benchmarks/accuracy.py`:",
              f"- before: `{before['command']}` ({before['generated']})",
              f"- after: `{after['command']}` ({after['generated']})", ""]
     if args.note:
@@ -68,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["Targets: Locations mean IoU >= 0.85, granule F1 >= 0.90, false granules <= 0.5 per "
               "um^2, max pf error <= 0.01.", ""]
     lines += table(before, after) + [""]
+    text = "\n".join(lines)
+    if args.append:
+        text = args.out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text
     with atomic_output(args.out) as tmp:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 
