@@ -89,6 +89,52 @@ _VIEW_GROUPS = {  # (transpose?, then mirror these axes of (n, h, w, c)): symmet
     8: [(t, axes) for t in (False, True) for axes in ((), (1,), (2,), (1, 2))],
 }
 
+def _view(ops, x, transposed: bool, axes: tuple[int, ...]):
+    """One symmetric view of a batch ``(n, h, w, c)``: transpose (if asked), then mirror ``axes``."""
+    y = ops.transpose(x, (0, 2, 1, 3)) if transposed else x
+    return ops.flip(y, axes) if axes else y
+
+
+def _unview(ops, y, transposed: bool, axes: tuple[int, ...]):
+    """:func:`_view` undone."""
+    y = ops.flip(y, axes) if axes else y
+    return ops.transpose(y, (0, 2, 1, 3)) if transposed else y
+
+
+_VIEW_MEAN_LAYER = None
+
+
+def _view_mean_layer(keras):
+    """The Keras layer class that averages a network's float32 logits over a view group in a
+    loop (:meth:`SegmentationModel._view_logits`); made on first use, as Keras is imported late."""
+    global _VIEW_MEAN_LAYER
+    if _VIEW_MEAN_LAYER is None:
+        ops = keras.ops
+
+        class ViewMean(keras.layers.Layer):
+            def __init__(self, net, group, n_classes: int, **kwargs):
+                super().__init__(**kwargs)
+                self.net, self.group, self.n_classes = net, list(group), int(n_classes)
+
+            def call(self, x):
+                views = [lambda z, v=v: _view(ops, z, *v) for v in self.group]
+                backs = [lambda z, v=v: _unview(ops, z, *v) for v in self.group]
+
+                def body(i, total):
+                    y = ops.cast(self.net(ops.switch(i, views, x)), "float32")
+                    return total + ops.switch(i, backs, y)
+
+                shape = ops.shape(x)
+                zero = ops.zeros((shape[0], shape[1], shape[2], self.n_classes), "float32")
+                return ops.fori_loop(0, len(self.group), body, zero) / float(len(self.group))
+
+            def compute_output_shape(self, input_shape):
+                return (*input_shape[:3], self.n_classes)
+
+        _VIEW_MEAN_LAYER = ViewMean
+    return _VIEW_MEAN_LAYER
+
+
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "unet_model7": {
         "kind": "locations",
@@ -512,18 +558,24 @@ class SegmentationModel:
 
         The views form a symmetry group of the square, so the average treats no orientation
         specially: 2 = the input and its transpose (mirrored on the diagonal); 4 = the four
-        quarter turns; 8 = the four quarter turns of the input and of its transpose.
+        quarter turns; 8 = the four quarter turns of the input and of its transpose. On
+        TensorFlow the views run as a loop around one copy of the network: the same sums, but
+        the graph is traced with one network instead of ``views`` (a fresh process's first
+        pass: about 1.6 s less for 8 Locations views, ``benchmarks/bench_segment.py --startup``).
+        JAX compiles a switch only between branches of one shape, and XLA (``jit``) compiles the
+        whole graph anyway, so there (and on torch, which runs eagerly) the views stay unrolled.
         """
         ops = keras.ops
         if self.views == 1:
             return ops.cast(self.keras_model.outputs[0], "float32")  # also under mixed precision
         x = self.keras_model.inputs[0]
+        group = _VIEW_GROUPS[self.views]
+        if keras.backend.backend() == "tensorflow" and not self.jit:
+            return _view_mean_layer(keras)(self.keras_model, group, self.n_classes)(x)
         total = None
-        for transposed, axes in _VIEW_GROUPS[self.views]:  # each view: transpose, then mirror
-            y = ops.transpose(x, (0, 2, 1, 3)) if transposed else x
-            y = ops.cast(self.keras_model(ops.flip(y, axes) if axes else y), "float32")
-            y = ops.flip(y, axes) if axes else y
-            y = ops.transpose(y, (0, 2, 1, 3)) if transposed else y
+        for transposed, axes in group:
+            y = ops.cast(self.keras_model(_view(ops, x, transposed, axes)), "float32")
+            y = _unview(ops, y, transposed, axes)
             total = y if total is None else total + y
         return total / float(self.views)
 
