@@ -561,7 +561,7 @@ class SegmentationModel:
         quarter turns; 8 = the four quarter turns of the input and of its transpose. On
         TensorFlow the views run as a loop around one copy of the network: the same sums, but
         the graph is traced with one network instead of ``views`` (a fresh process's first
-        pass: about 1.6 s less for 8 Locations views, ``benchmarks/bench_segment.py --startup``).
+        pass: about 1.3 s less for 8 Locations views, ``benchmarks/bench_segment.py --startup``).
         JAX compiles a switch only between branches of one shape, and XLA (``jit``) compiles the
         whole graph anyway, so there (and on torch, which runs eagerly) the views stay unrolled.
         """
