@@ -1,7 +1,10 @@
-"""Which smallest granule size (``--min-granule``) to keep: F1 and false granules per setting.
+"""Which smallest granule size (``--min-granule``) to keep, and at which granule probability
+(``--granule-threshold``): F1 and false granules per setting.
 
     python benchmarks/granule_min_size.py                 # writes docs/granule_min_size.md
     python benchmarks/granule_min_size.py --sizes 0,8,12 --conditions in-range --per-condition 1
+    python benchmarks/granule_min_size.py --sizes 12 --thresholds 0.5,0.6,0.7,0.8,0.9 \
+        --out docs/granule_threshold.md
 
 Each condition's micrographs are those of ``benchmarks/accuracy.py`` (same seeds, 4096 x 4096 px),
 segmented once with the bundled defaults and no speck removal; every size is then applied to the
@@ -9,6 +12,11 @@ same Granules output (objects 8-connected, smaller than a disc of that diameter 
 scored: granule object F1 (IoU >= 0.5 matches) and false granules per um^2 (predicted particles
 touching no true granule, as in ``accuracy.py``). Also the 1st and 5th percentiles of the true
 granules' diameters, and of the false ones'.
+
+With ``--thresholds`` each probability threshold is applied to the same pass's calibrated granule
+probability at the micrograph's grid (the confidence where a pixel is labelled granule, one minus
+it elsewhere) before the sizes; ``--granule-threshold`` in ``segment`` thresholds on the model's
+own grid, which is the same grid for micrographs at the Granules model's 0.8 nm/px.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ def diameters_nm(mask: np.ndarray, pixel_size_nm: float) -> tuple[np.ndarray, np
     return 2 * np.sqrt(area / np.pi) * pixel_size_nm, lab, n
 
 
-def run(conditions: list[str], sizes: list[float], size_px: int, per_condition: int) -> list[dict]:
+def run(conditions: list[str], sizes: list[float], size_px: int, per_condition: int,
+        thresholds: list[float] = (0.5,)) -> list[dict]:
     models = {k: acc.get_model(None, k) for k in ("locations", "granules")}
     index = {c.key: (k, c) for k, c in enumerate(acc.CONDITIONS)}
     rows = []
@@ -53,7 +62,8 @@ def run(conditions: list[str], sizes: list[float], size_px: int, per_condition: 
             raise SystemExit(f"unknown condition {key!r}; known: {', '.join(index)}")
         k, cond = index[key]
         params = acc.make_params(cond)
-        tally = {s: np.zeros(4, np.int64) for s in sizes}  # tp, n_true, n_pred, n_false
+        settings = [(th, s) for th in thresholds for s in sizes]
+        tally = {st: np.zeros(4, np.int64) for st in settings}  # tp, n_true, n_pred, n_false
         area_um2, true_d, false_d = 0.0, [], []
         for i in range(per_condition):
             truth = acc.generate(cond, params, size_px, acc.SEED_BASE + k * acc.SEED_STRIDE + i)
@@ -62,47 +72,66 @@ def run(conditions: list[str], sizes: list[float], size_px: int, per_condition: 
                 warnings.simplefilter("ignore")
                 seg = segment_micrograph(truth.image, px, mode="auto", min_granule_nm=None,
                                          locations_model=models["locations"],
-                                         granules_model=models["granules"])
+                                         granules_model=models["granules"],
+                                         confidence=("granules",))
             area_um2 += truth.image.size * (px / 1000.0) ** 2
             true_mask = truth.granules == 1
             true_d.append(diameters_nm(true_mask, px)[0])
-            d, lab, n = diameters_nm(seg.granules == 1, px)
-            touches = np.asarray(ndi.maximum(true_mask, lab, np.arange(1, n + 1)), bool) if n else \
-                np.zeros(0, bool)
-            false_d.append(d[~touches])
-            for s in sizes:
-                pred = seg.granules == 1
-                if s > 0:
-                    pred = remove_small_objects(pred.astype(np.uint8), s, px) == 1
-                m = match_objects(true_mask, pred, iou_threshold=0.5)
-                tally[s] += (m.tp, m.n_true, m.n_pred, int(((d >= s) & ~touches).sum()))
+            conf = seg.confidence["granules"]
+            p_granule = np.where(seg.granules == 1, conf, 1.0 - conf)
+            for th in thresholds:
+                raw = seg.granules == 1 if th == 0.5 else p_granule >= th
+                d, lab, n = diameters_nm(raw, px)
+                touches = np.asarray(ndi.maximum(true_mask, lab, np.arange(1, n + 1)), bool) if n else \
+                    np.zeros(0, bool)
+                if th == thresholds[0]:
+                    false_d.append(d[~touches])
+                for s in sizes:
+                    pred = raw
+                    if s > 0:
+                        pred = remove_small_objects(pred.astype(np.uint8), s, px) == 1
+                    m = match_objects(true_mask, pred, iou_threshold=0.5)
+                    tally[th, s] += (m.tp, m.n_true, m.n_pred, int(((d >= s) & ~touches).sum()))
             print(f"{cond.name:>22s} seed {acc.SEED_BASE + k * acc.SEED_STRIDE + i} done", flush=True)
         td, fd = np.concatenate(true_d), np.concatenate(false_d)
         rows.append({
             "condition": cond.name,
             "true_d_p1_p5": np.percentile(td, [1, 5]).round(1).tolist() if td.size else None,
             "false_d_p50_p90": np.percentile(fd, [50, 90]).round(1).tolist() if fd.size else None,
-            "by_size": {s: {"f1": 2 * t[0] / (t[1] + t[2]) if t[1] + t[2] else float("nan"),
-                            "false_per_um2": t[3] / area_um2, "n_pred": int(t[2])}
-                        for s, t in tally.items()}})
+            "by_setting": {st: {"f1": 2 * t[0] / (t[1] + t[2]) if t[1] + t[2] else float("nan"),
+                                "false_per_um2": t[3] / area_um2, "n_pred": int(t[2])}
+                           for st, t in tally.items()}})
     return rows
 
 
-def markdown(rows: list[dict], sizes: list[float], command: str, elapsed: float) -> str:
+def _label(threshold: float, size: float, thresholds: list[float]) -> str:
+    size_text = f"{size:g} nm{' (default)' if size == MIN_GRANULE_NM else ''}"
+    if thresholds == [0.5]:
+        return size_text
+    return f"p >= {threshold:g}{' (arg-max)' if threshold == 0.5 else ''}, {size_text}"
+
+
+def markdown(rows: list[dict], sizes: list[float], command: str, elapsed: float,
+             thresholds: list[float] = (0.5,)) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = " | ".join(f"{s:g} nm{' (default)' if s == MIN_GRANULE_NM else ''}" for s in sizes)
-    out = ["# Smallest granule kept: F1 and false granules", "",
+    thresholds = list(thresholds)
+    settings = [(th, s) for th in thresholds for s in sizes]
+    head = " | ".join(_label(th, s, thresholds) for th, s in settings)
+    what = ("each size removes smaller 8-connected granules from that output" if thresholds == [0.5] else
+            "each setting keeps the pixels whose calibrated granule probability reaches the threshold, "
+            "then removes 8-connected granules smaller than the size")
+    out = ["# Smallest granule kept" + ("" if thresholds == [0.5] else ", and granule probability threshold")
+           + ": F1 and false granules", "",
            f"Generated by `{command}` on {when} ({elapsed:.0f} s). Do not edit by hand: rerun the "
            "command.", "",
            "The micrographs of `benchmarks/accuracy.py` (same seeds), segmented once by the bundled "
-           "defaults without speck removal; each size removes smaller 8-connected granules from that "
-           "output. Cells: granule object F1 / false granules per um^2 (particles touching no true "
-           "granule). Glycogen beta particles are 15-40 nm across.", "",
+           f"defaults without speck removal; {what}. Cells: granule object F1 / false granules per "
+           "um^2 (particles touching no true granule). Glycogen beta particles are 15-40 nm across.", "",
            f"| condition | true diameter p1, p5 (nm) | false diameter p50, p90 (nm) | {head} |",
-           "|---|---|---|" + "---|" * len(sizes)]
+           "|---|---|---|" + "---|" * len(settings)]
     for r in rows:
-        cells = " | ".join(f"{r['by_size'][s]['f1']:.3f} / {r['by_size'][s]['false_per_um2']:.2f}"
-                           for s in sizes)
+        cells = " | ".join(f"{r['by_setting'][st]['f1']:.3f} / {r['by_setting'][st]['false_per_um2']:.2f}"
+                           for st in settings)
         fmt = lambda v: ", ".join(f"{x:g}" for x in v) if v else "-"  # noqa: E731
         out.append(f"| {r['condition']} | {fmt(r['true_d_p1_p5'])} | {fmt(r['false_d_p50_p90'])} | "
                    f"{cells} |")
@@ -114,15 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default=DEFAULT_CONDITIONS)
     ap.add_argument("--sizes", default="0,8,10,12,14,16,18", help="diameters in nm, comma-separated")
     ap.add_argument("--size", type=int, default=4096, help="micrograph side (px)")
+    ap.add_argument("--thresholds", default="0.5",
+                    help="granule probability thresholds, comma-separated (0.5 = the arg-max)")
     ap.add_argument("--per-condition", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "granule_min_size.md")
     args = ap.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",")]
+    thresholds = [float(s) for s in args.thresholds.split(",")]
+    if not all(0 < th < 1 for th in thresholds):
+        ap.error(f"--thresholds must lie between 0 and 1, got {args.thresholds}")
     command = acc.command_line(argv).replace("benchmarks/accuracy.py", "benchmarks/granule_min_size.py")
     t0 = time.perf_counter()
-    rows = run(args.conditions.split(","), sizes, args.size, args.per_condition)
+    rows = run(args.conditions.split(","), sizes, args.size, args.per_condition, thresholds)
     with atomic_output(args.out) as tmp:
-        Path(tmp).write_text(markdown(rows, sizes, command, time.perf_counter() - t0), encoding="utf-8")
+        text = markdown(rows, sizes, command, time.perf_counter() - t0, thresholds)
+        Path(tmp).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
     return 0
 

@@ -100,6 +100,28 @@ def test_train_then_evaluate(exported, tmp_path):
     code, out, _ = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--json", "--quiet")
     summary = json.loads(out)["summary"]
     assert summary["n_images"] == 12 and 0 <= summary["pixel_accuracy"] <= 1
+    # --granule-thresholds: one row per threshold (0.5 is the plain evaluation), the best named
+    code, out, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--json", "--quiet",
+                             "--granule-thresholds", "0.05,0.5,0.95", "--out", report)
+    assert code == 0, err
+    sweep = json.loads(out)
+    rows = {r["threshold"]: r for r in sweep["thresholds"]}
+    assert list(rows) == [0.05, 0.5, 0.95]
+    letter = load_training_pairs(root / "pairs").schema.letters[1]
+    assert rows[0.5]["iou"] == pytest.approx(summary[f"iou_{letter}"])
+    assert rows[0.05]["objects_true"] == rows[0.95]["objects_true"] > 0  # the truth's blobs
+    assert all(0 <= r["object_f1"] <= 1 for r in rows.values())
+    assert sweep["best_f1_threshold"] in rows and (report / "thresholds.csv").is_file()
+    code, _, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--quiet",
+                           "--granule-thresholds", "0.5,0.7", "--out", report)
+    assert code == 2 and "thresholds.csv exists already" in err
+    for bad, message in (("0.5,1.5", "between 0 and 1"), ("0.5,x", "not numbers")):
+        code, _, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--quiet",
+                               "--granule-thresholds", bad)
+        assert code == 2 and message in err and len(error_lines(err)) == 1
+    code, _, err = run_cli("evaluate", run / "blobs.weights.h5", root / "pairs", "--quiet",
+                           "--granule-thresholds", "0.5", "--predictions", tmp_path / "pred2")
+    assert code == 2 and "--predictions" in err and not (tmp_path / "pred2").exists()
 
 
 def test_train_on_whole_micrographs_and_partial_labels(exported, tmp_path):

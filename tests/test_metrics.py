@@ -388,3 +388,14 @@ def test_region_pixel_fractions_count_granules_per_measured_region():
     assert all(np.isnan(pf[k]) for k in "ZSN")  # absent regions
     with pytest.raises(ValueError):
         region_pixel_fractions(loc, gran[:2])
+
+
+def test_threshold_sweep_refuses_what_it_cannot_sweep(tmp_path):
+    from napari_emgranules.core.metrics import threshold_sweep
+    from napari_emgranules.core.models import default_model
+
+    with pytest.raises(ValueError, match="two-class model; locations has 7 classes"):
+        threshold_sweep(default_model("locations"), tmp_path, [0.5])
+    for bad, message in (([], "at least one threshold"), ([0.5, 1.0], "between 0 and 1, got 1")):
+        with pytest.raises(ValueError, match=message):
+            threshold_sweep(default_model("granules"), tmp_path, bad)

@@ -212,6 +212,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.progress import run_to_completion
 
     model = load_model(args.weights, args.kind)
+    if args.granule_thresholds:
+        return _evaluate_thresholds(model, args)
     if args.out:
         from .core.metrics import REPORT_FILES
 
@@ -234,6 +236,51 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         written = report.write(args.out, overwrite=args.overwrite)
         print(f"report: {', '.join(str(w) for w in written)}", file=sys.stderr)
+    return EXIT_OK
+
+
+THRESHOLDS_FILE = "thresholds.csv"
+
+
+def _evaluate_thresholds(model, args: argparse.Namespace) -> int:
+    """``evaluate --granule-thresholds``: one table row per threshold, and the best F1."""
+    from tqdm import tqdm
+
+    from .core.metrics import threshold_sweep
+
+    if args.predictions:
+        raise CliError("--predictions writes one threshold's label maps: use it without "
+                       "--granule-thresholds (with --granule-threshold in segment)")
+    try:
+        values = [float(v) for v in args.granule_thresholds.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--granule-thresholds: not numbers: {args.granule_thresholds!r}") from None
+    target = Path(args.out) / THRESHOLDS_FILE if args.out else None
+    if target is not None and target.exists() and not args.overwrite:
+        raise CliError(f"{target} exists already; use --overwrite or another --out")
+    with tqdm(unit="image", file=sys.stderr, leave=False, disable=args.quiet) as bar:
+        def advance(ev):
+            bar.update(1)
+        try:
+            table = threshold_sweep(model, args.data, values, mode=args.mode,
+                                    iou_threshold=args.iou_threshold, progress=advance)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    best = table.loc[table["object_f1"].idxmax()]
+    if args.json:
+        print(json.dumps({"thresholds": table.to_dict(orient="records"),
+                          "best_f1_threshold": float(best["threshold"])}, indent=2, default=float))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"best object F1 {best['object_f1']:.4f} at p >= {best['threshold']:g}: segment and "
+              f"batch with --granule-threshold {best['threshold']:g}")
+    if target is not None:
+        from .core.io import atomic_output
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(target) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"report: {target}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -376,6 +423,11 @@ def add_parsers(sub) -> None:
     ev.add_argument("--mode", default="auto", choices=MODES)
     ev.add_argument("--iou-threshold", type=float, default=0.5,
                     help="IoU for an object (granule) match (default 0.5)")
+    ev.add_argument("--granule-thresholds", metavar="P,P,...",
+                    help="a two-class model (Granules): score each probability threshold (e.g. "
+                         "0.3,0.5,0.7; 0.5 = the arg-max) and name the best F1, to choose "
+                         "segment's --granule-threshold on corrected pairs; --out gets "
+                         f"{THRESHOLDS_FILE}")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.add_argument("--overwrite", action="store_true", help="replace report files in --out")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")

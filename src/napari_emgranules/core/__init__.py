@@ -41,6 +41,7 @@ from .metrics import (
     evaluate_iter,
     evaluate_predictions,
     region_pixel_fractions,
+    threshold_sweep,
 )
 from .models import (
     ModelCard,
@@ -110,7 +111,7 @@ __all__ = [
     "DatasetError", "TrainingPair", "TrainingSet", "export_training_pairs", "load_training_pairs",
     "pairs_from_files",
     "EvaluationReport", "ObjectMatch", "evaluate", "evaluate_iter", "evaluate_predictions",
-    "region_pixel_fractions",
+    "region_pixel_fractions", "threshold_sweep",
     "Measurement", "ParticleFilter", "density_table", "granule_particles", "measure_labels",
     "measure_segmentation", "tile_density_tables", "write_seed_tables", "z_disk_widths",
     "DiameterDistribution", "StereologyParams", "analytical_vf", "calibrate_baskets",
