@@ -10,7 +10,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from napari_emgranules.core._backend import get_keras
-from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs
+from napari_emgranules.core.dataset import export_training_pairs, load_training_pairs, pairs_from_files
+from napari_emgranules.core.io import write_image, write_labels
 from napari_emgranules.core.models import WeightsError, load_model, save_model
 from napari_emgranules.core.progress import run_to_completion
 from napari_emgranules.core.schema import (
@@ -27,6 +28,7 @@ from napari_emgranules.core.train import (
     class_frequencies,
     epoch_weights_path,
     fine_tuning_rate,
+    prior_class_weights,
     train,
     train_iter,
 )
@@ -216,6 +218,39 @@ def test_balanced_class_weights_favour_rare_classes():
     w = balanced_class_weights(f)
     assert w[1] > 4 * w[0] and w[2] == 1.0
     assert (f * w).sum() == pytest.approx(1.0)
+
+
+def test_prior_class_weights_give_the_labelled_pixels_the_expected_class_mix():
+    labelled = np.array([0.8, 0.2, 0.0])  # strokes: granules over-represented, class 2 absent
+    expected = np.array([0.97, 0.03, 0.0])
+    w = prior_class_weights(labelled, expected)
+    weighted = labelled * w
+    np.testing.assert_allclose(weighted[:2] / weighted[:2].sum(), expected[:2], rtol=1e-6)
+    assert (labelled * w).sum() == pytest.approx(1.0) and w[2] == 1.0
+    # a class the starting model never finds is not silenced entirely
+    assert prior_class_weights(np.array([0.5, 0.5]), np.array([1.0, 0.0]))[1] == pytest.approx(1 / 20)
+
+
+def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
+    assert TrainConfig(class_weights="prior").class_weights == "prior"
+    with pytest.raises(TrainingError, match="needs a trained model to fine-tune"):
+        train(blob_pairs, tmp_path / "fresh", kind="blobs", schema=BLOBS, class_weights="prior",
+              **FAST)
+    assert not any((tmp_path / "fresh").glob("*.weights.h5"))
+    # fine-tuning on partial labels that over-represent the blobs: the blobs weigh less
+    first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=5,
+                  **{**FAST, "epochs": 1})
+    image, labels = blob_image(11, (256, 256))
+    strokes = np.full(labels.shape, 65535, np.uint16)
+    strokes[labels == 1] = 1  # every blob pixel, but only a few rows of background
+    strokes[::32][labels[::32] == 0] = 0
+    write_image(tmp_path / "strokes.tif", image, pixel_size_nm=0.8)
+    write_labels(tmp_path / "strokes_labels.tif", strokes)
+    data = pairs_from_files([(tmp_path / "strokes.tif", tmp_path / "strokes_labels.tif")], schema=BLOBS)
+    tuned = train(data, tmp_path / "tuned", model=first.weights_path, class_weights="prior",
+                  **{**FAST, "epochs": 1, "val_fraction": 0.0})
+    weights = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]["class_weights"]
+    assert weights[1] < weights[0]
 
 
 def test_granules_fine_tuning_from_a_saved_model(tmp_path):

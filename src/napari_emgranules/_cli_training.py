@@ -117,6 +117,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # train
 # -------------------------------------------------------------------------------------------------
 def _train_options(args: argparse.Namespace) -> dict:
+    from .core.train import CLASS_WEIGHT_MODES
+
     opts = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop,
             "steps_per_epoch": args.steps_per_epoch, "optimizer": args.optimizer,
             "learning_rate": args.lr, "clip_norm": args.clip_norm, "dice_weight": args.dice,
@@ -129,11 +131,11 @@ def _train_options(args: argparse.Namespace) -> dict:
             "rehearsal_validation": args.rehearsal_validation,
             "max_class_loss": args.max_class_loss, "keep_epochs": args.keep_epochs or None}
     cw = args.class_weights
-    if cw not in (None, "none", "balanced"):
+    if cw is not None and cw not in CLASS_WEIGHT_MODES:
         try:
             cw = tuple(float(w) for w in cw.split(","))
         except ValueError:
-            raise CliError(f"--class-weights {cw!r}: give none, balanced or one number per class "
+            raise CliError(f"--class-weights {cw!r}: give none, balanced, prior or one number per class "
                            "(e.g. 1,10)") from None
     opts["class_weights"] = cw
     if args.no_augment:
@@ -366,8 +368,10 @@ def add_parsers(sub) -> None:
                     "5e-5 Locations, 5e-4 others)")
     tr.add_argument("--clip-norm", type=float, metavar="N",
                     help="clip the gradient's global norm (e.g. 1.0; steadies training from scratch)")
-    tr.add_argument("--class-weights", metavar="none|balanced|W,W,...",
-                    help="per-class loss weights (default none)")
+    tr.add_argument("--class-weights", metavar="none|balanced|prior|W,W,...",
+                    help="per-class loss weights (default none); prior: when fine-tuning on "
+                         "partial labels (strokes), count the labelled pixels with the class mix "
+                         "the starting model finds on the whole images")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
     tr.add_argument("--val-fraction", type=float,
                     help="share held out for validation (default 0.2)")

@@ -34,7 +34,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._engine import Cancelled, get_engine
-from ..core.train import TrainConfig, TrainingError, TrainProgress, run_state
+from ..core.train import CLASS_WEIGHT_MODES, TrainConfig, TrainingError, TrainProgress, run_state
 from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker, was_closed
 from ._plot import BackgroundFigure
 
@@ -194,9 +194,12 @@ class TrainWidget(Container):
                                      value=TrainConfig.contrast)
         self.brightness = FloatSpinBox(label="brightness (0 = off)", min=0.0, max=1.0, step=0.05,
                                        value=TrainConfig.brightness)
-        self.class_weights = ComboBox(label="class weights", choices=["none", "balanced"], value="none")
+        self.class_weights = ComboBox(label="class weights", choices=list(CLASS_WEIGHT_MODES),
+                                      value="none")
         self.class_weights.tooltip = ("balanced: rare classes weigh more (they are then painted more "
-                                      "generously, which biases pixel fractions up)")
+                                      "generously, which biases pixel fractions up); prior: when "
+                                      "fine-tuning on strokes, count the labelled pixels with the "
+                                      "class mix the starting model finds on the whole images")
         self.val_fraction = FloatSpinBox(label="validation split", min=0.0, max=0.9, step=0.05,
                                          value=TrainConfig.val_fraction)
         self.show_advanced = CheckBox(text="advanced settings", value=False)

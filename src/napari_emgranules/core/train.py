@@ -118,11 +118,15 @@ class TrainConfig:
         Clip the gradient's global norm to this (None = no clipping). The original networks have
         no normalisation layers; from scratch, clipping (with Adam 5e-4) keeps them from
         diverging in the first epochs.
-    class_weights : "none", "balanced" or sequence of float
+    class_weights : "none", "balanced", "prior" or sequence of float
         Per-class loss weights. ``"balanced"`` weighs each class by the inverse square root of its
         pixel frequency in the training labels (normalised to a mean pixel weight of 1), which
         helps rare classes but makes the model paint them more generously: pixel fractions measured
-        with such a model are biased up. ``"none"`` (default) is the original recipe.
+        with such a model are biased up. ``"prior"`` (fine-tuning on partial labels) weighs each
+        class so that the labelled pixels count with the class mix the starting model finds on the
+        whole training images (:func:`prior_class_weights`): strokes over-represent small classes
+        such as granules, and a model trained on them as they are paints those classes too
+        generously. ``"none"`` (default) is the original recipe.
     dice_weight : float
         Weight of a soft-Dice term added to the cross-entropy (0 = none).
     val_fraction : float
@@ -244,8 +248,8 @@ class TrainConfig:
             problems.append(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if isinstance(self.class_weights, str) and self.class_weights not in ("none", "balanced"):
-            problems.append(f"class_weights must be 'none', 'balanced' or one number per class, "
+        if isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHT_MODES:
+            problems.append(f"class_weights must be 'none', 'balanced', 'prior' or one number per class, "
                             f"got {self.class_weights!r}")
         if not isinstance(self.class_weights, str) and (
                 any(not math.isfinite(w) or w < 0 for w in self.class_weights)
@@ -558,6 +562,10 @@ def _strip_cost(lab: np.ndarray, axis: int, strip: slice, fraction: float) -> fl
     return max(abs(share - fraction) for share in shares) if shares else 0.0
 
 
+#: The named class-weight modes of :attr:`TrainConfig.class_weights` (or one number per class).
+CLASS_WEIGHT_MODES = ("none", "balanced", "prior")
+
+
 def class_frequencies(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
     """Pixel frequency of each class over label maps (sums to 1)."""
     counts = np.zeros(n_classes, np.int64)
@@ -565,6 +573,25 @@ def class_frequencies(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarra
         counts += np.bincount(np.asarray(lab).ravel(), minlength=n_classes)[:n_classes]
     total = counts.sum()
     return counts / total if total else np.full(n_classes, 1.0 / n_classes)
+
+
+def prior_class_weights(labelled: np.ndarray, expected: np.ndarray,
+                        max_weight: float = 20.0) -> np.ndarray:
+    """Class weights that give labelled pixels of class frequencies ``labelled`` the class mix
+    ``expected`` (both sum to 1), with a mean weight of 1 over the labelled pixels.
+
+    Classes with no labelled pixels get weight 1 (they contribute no pixels anyway); weights lie
+    within ``[1 / max_weight, max_weight]``.
+    """
+    f = np.asarray(labelled, np.float64)
+    e = np.asarray(expected, np.float64)
+    w = np.ones_like(f)
+    present = f > 0
+    w[present] = e[present] / f[present]
+    total = float((f[present] * w[present]).sum())
+    if total > 0:
+        w[present] /= total
+    return np.clip(w, 1.0 / max_weight, max_weight).astype(np.float32)
 
 
 def balanced_class_weights(frequencies: np.ndarray, max_weight: float = 20.0) -> np.ndarray:
@@ -1090,11 +1117,23 @@ def _bias_to_priors(net, frequencies: np.ndarray) -> None:
     layer.set_weights([kernel, (prior - prior.mean()).astype(bias.dtype)])
 
 
-def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: ClassSchema) -> np.ndarray:
+def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: ClassSchema,
+                           start=None) -> np.ndarray:
+    """The loss's class weights; ``start`` (the trained starting network) for ``"prior"``."""
     n = schema.n_classes
     if isinstance(config.class_weights, str):
         if config.class_weights == "balanced":
             return balanced_class_weights(class_frequencies([s.labels for s in samples], n))
+        if config.class_weights == "prior":
+            if start is None:
+                raise TrainingError("class_weights 'prior' takes the class mix from the starting "
+                                    "model: it needs a trained model to fine-tune, not a fresh one")
+            seen = np.zeros(n, np.int64)
+            for s in samples:
+                guess = _whole_image_logits(start.predict_on_batch, s.image).argmax(axis=-1)
+                seen += np.bincount(guess.ravel(), minlength=n)[:n]
+            return prior_class_weights(class_frequencies([s.labels for s in samples], n),
+                                       seen / max(1, seen.sum()))
         return np.ones(n, np.float32)
     if len(config.class_weights) != n:
         raise TrainingError(f"{len(config.class_weights)} class weights given for {n} classes "
@@ -1181,7 +1220,8 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     run = _Run(
         out=out, config=config, card=card, name=name or card.kind, start=start, model=trainable,
         samples=samples, val_samples=val_samples,
-        class_weights=_resolve_class_weights(config, samples, card.schema),
+        class_weights=_resolve_class_weights(config, samples, card.schema,
+                                             trainable.keras_model if fine_tuning else None),
         optimizer_name=config.optimizer or ("adam" if fine_tuning else "nadam"),
         steps=config.steps_per_epoch or max(8, math.ceil(total_px / config.crop**2 / config.batch_size)),
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
