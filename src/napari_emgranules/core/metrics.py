@@ -946,6 +946,7 @@ def threshold_sweep(model: Any, data: Any, thresholds: Sequence[float], *, kind:
     ValueError
         No thresholds, one outside (0, 1), or a model with more than two classes.
     """
+    from .dataset import TrainingSet, load_training_pairs
     from .models import SegmentationModel, load_model
     from .progress import run_to_completion
 
@@ -960,6 +961,9 @@ def threshold_sweep(model: Any, data: Any, thresholds: Sequence[float], *, kind:
         raise ValueError(f"a threshold sweep needs a two-class model; {net.card.kind} has "
                          f"{net.card.schema.n_classes} classes")
     letter = net.card.schema.letters[1]
+    if not isinstance(data, TrainingSet):  # read and checked once, not once per threshold
+        data = load_training_pairs(*([data] if isinstance(data, (str, os.PathLike)) else data),
+                                   schema=net.card.schema)
     rows = []
     for value in values:
         report = run_to_completion(evaluate_iter(net, data, mode=mode, iou_threshold=iou_threshold,

@@ -89,6 +89,7 @@ _VIEW_GROUPS = {  # (transpose?, then mirror these axes of (n, h, w, c)): symmet
     8: [(t, axes) for t in (False, True) for axes in ((), (1,), (2,), (1, 2))],
 }
 
+
 def _view(ops, x, transposed: bool, axes: tuple[int, ...]):
     """One symmetric view of a batch ``(n, h, w, c)``: transpose (if asked), then mirror ``axes``."""
     y = ops.transpose(x, (0, 2, 1, 3)) if transposed else x
