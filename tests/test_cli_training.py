@@ -177,6 +177,19 @@ def test_train_rehearsal_validation_is_on_unless_turned_off(flag, expected, tmp_
     assert TrainConfig(**_train_options(args)).rehearsal_validation is expected
 
 
+@pytest.mark.parametrize("flag, expected", [([], "auto"), (["--validation-mix", "start"], "start"),
+                                            (["--validation-mix", "labelled"], "labelled")])
+def test_train_validation_mix_reaches_the_config(flag, expected, tmp_path):
+    from napari_emgranules._cli_training import _train_options
+    from napari_emgranules.cli import build_parser
+    from napari_emgranules.core.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "pairs", "--out", str(tmp_path), *flag])
+    assert TrainConfig(**_train_options(args)).validation_mix == expected
+    with pytest.raises(ValueError, match="validation_mix must be one of auto, labelled, start"):
+        TrainConfig(validation_mix="strokes")
+
+
 @pytest.mark.parametrize("flag, expected", [([], False), (["--keep-epochs"], True)])
 def test_train_keeps_every_epoch_only_when_asked(flag, expected, tmp_path):
     from napari_emgranules._cli_training import _train_options

@@ -200,24 +200,25 @@ def test_an_epoch_that_costs_one_class_too_much_is_not_kept():
     start = np.array([[900, 100, 0], [100, 900, 0], [0, 0, 50]])  # class 2: too few pixels to watch
     lopsided = np.array([[1000, 0, 0], [400, 600, 0], [0, 0, 50]])  # 0 gains, 1 loses 0.22
     better = np.array([[950, 50, 0], [50, 950, 0], [0, 50, 0]])  # only the unwatched class falls
-    run = SimpleNamespace(config=TrainConfig(), fine_tuning=True, cm_start=start.tolist())
+    run = SimpleNamespace(config=TrainConfig(), fine_tuning=True, cm_start=start.tolist(),
+                          val_class_weights=None)
     logs: dict = {}
     assert not _class_guard(run, lopsided, logs)
     assert logs["val_worst_class_change"] == pytest.approx(600 / 1000 - 900 / 1100)
     assert _class_guard(run, better, {})
     assert _class_guard(SimpleNamespace(config=TrainConfig(max_class_loss=None), fine_tuning=True,
-                                        cm_start=start.tolist()), lopsided, {})
-    assert _class_guard(SimpleNamespace(config=TrainConfig(), fine_tuning=False,
-                                        cm_start=start.tolist()), lopsided, {})  # from scratch
+                                        cm_start=start.tolist(), val_class_weights=None), lopsided, {})
+    assert _class_guard(SimpleNamespace(config=TrainConfig(), fine_tuning=False,  # from scratch
+                                        cm_start=start.tolist(), val_class_weights=None), lopsided, {})
     assert _class_guard(SimpleNamespace(config=TrainConfig(max_class_loss=0.3), fine_tuning=True,
-                                        cm_start=start.tolist()), lopsided, {})
+                                        cm_start=start.tolist(), val_class_weights=None), lopsided, {})
     with pytest.raises(ValueError, match="max_class_loss"):
         TrainConfig(max_class_loss=2)
     # a class the start got wrong (IoU < 0.5) is what the user corrects: trading it is allowed
     poor = np.array([[900, 100, 0], [500, 500, 0], [0, 0, 0]])  # class 1: IoU 0.45 at the start
     trade = np.array([[1000, 0, 0], [700, 300, 0], [0, 0, 0]])  # 0 gains, 1 loses 0.15
     assert _class_guard(SimpleNamespace(config=TrainConfig(), fine_tuning=True,
-                                        cm_start=poor.tolist()), trade, {})
+                                        cm_start=poor.tolist(), val_class_weights=None), trade, {})
 
 
 def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):

@@ -29,6 +29,7 @@ from napari_emgranules.core.train import (
     epoch_weights_path,
     fine_tuning_rate,
     prior_class_weights,
+    run_state,
     train,
     train_iter,
 )
@@ -237,6 +238,9 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
         train(blob_pairs, tmp_path / "fresh", kind="blobs", schema=BLOBS, class_weights="prior",
               **FAST)
     assert not any((tmp_path / "fresh").glob("*.weights.h5"))
+    with pytest.raises(TrainingError, match="validation_mix 'start' .* needs a trained model"):
+        train(blob_pairs, tmp_path / "fresh2", kind="blobs", schema=BLOBS, validation_mix="start",
+              **FAST)
     # fine-tuning on partial labels that over-represent the blobs: the blobs weigh less
     first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=5,
                   **{**FAST, "epochs": 1})
@@ -248,9 +252,31 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
     write_labels(tmp_path / "strokes_labels.tif", strokes)
     data = pairs_from_files([(tmp_path / "strokes.tif", tmp_path / "strokes_labels.tif")], schema=BLOBS)
     tuned = train(data, tmp_path / "tuned", model=first.weights_path, class_weights="prior",
-                  **{**FAST, "epochs": 1, "val_fraction": 0.0})
+                  **{**FAST, "epochs": 1})
     weights = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]["class_weights"]
     assert weights[1] < weights[0]
+    # the held-out strip is scored with the same class mix, and a resume keeps both weightings
+    state = run_state(tmp_path / "tuned")
+    assert state["class_weights"] == pytest.approx(weights)
+    val = state["val_class_weights"]
+    assert val is not None and val[1] < val[0]
+    resumed = train(data, tmp_path / "tuned", resume=True, epochs=2)
+    assert run_state(tmp_path / "tuned")["val_class_weights"] == pytest.approx(val)
+    assert json.loads(resumed.weights_path.with_suffix(".json").read_text())["provenance"][
+        "class_weights"] == pytest.approx(weights)
+
+
+def test_counted_confusion_matrix_scores_partial_labels_in_the_restored_mix():
+    from napari_emgranules.core.metrics import mean_iou
+    from napari_emgranules.core.train import _counted
+
+    # strokes: 80 background and 20 granule pixels labelled; on a whole image 97% / 3%
+    strokes = np.array([[76, 4], [2, 18]])
+    whole = np.array([[97 * 76 / 80, 97 * 4 / 80], [3 * 2 / 20, 3 * 18 / 20]])
+    w = prior_class_weights(np.array([0.8, 0.2]), np.array([0.97, 0.03]))
+    assert mean_iou(_counted(strokes, w)) == pytest.approx(mean_iou(whole))
+    assert mean_iou(_counted(strokes, w)) < mean_iou(strokes)  # the false granules count for more
+    assert np.array_equal(_counted(strokes), strokes)
 
 
 def test_granules_fine_tuning_from_a_saved_model(tmp_path):

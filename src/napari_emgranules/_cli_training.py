@@ -123,6 +123,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "steps_per_epoch": args.steps_per_epoch, "optimizer": args.optimizer,
             "learning_rate": args.lr, "clip_norm": args.clip_norm, "dice_weight": args.dice,
             "val_fraction": args.val_fraction, "validation_split": args.validation_split,
+            "validation_mix": args.validation_mix,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
             "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
@@ -372,6 +373,10 @@ def add_parsers(sub) -> None:
                     help="per-class loss weights (default none); prior: when fine-tuning on "
                          "partial labels (strokes), count the labelled pixels with the class mix "
                          "the starting model finds on the whole images")
+    tr.add_argument("--validation-mix", choices=("auto", "labelled", "start"),
+                    help="count validation pixels as labelled, or in the class mix the starting "
+                         "model finds on the whole images (start); auto (default): start when "
+                         "fine-tuning on partial labels (strokes) or with --class-weights prior")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
     tr.add_argument("--val-fraction", type=float,
                     help="share held out for validation (default 0.2)")

@@ -34,7 +34,14 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .._engine import Cancelled, get_engine
-from ..core.train import CLASS_WEIGHT_MODES, TrainConfig, TrainingError, TrainProgress, run_state
+from ..core.train import (
+    CLASS_WEIGHT_MODES,
+    VALIDATION_MIXES,
+    TrainConfig,
+    TrainingError,
+    TrainProgress,
+    run_state,
+)
 from ._common import KINDS, JobControls, notify_error, notify_notes, session_for, start_worker, was_closed
 from ._plot import BackgroundFigure
 
@@ -211,8 +218,14 @@ class TrainWidget(Container):
         self.rehearsal.tooltip = ("Share of crops from synthetic micrographs in your data's grey levels "
                                   "while fine-tuning, so a few micrographs do not make the model "
                                   "forget; blank: the measured default (0.75 Locations, 0 Granules)")
-        self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps, self.rehearsal],
-                                  visible=False)
+        self.validation_mix = ComboBox(label="validation mix", choices=list(VALIDATION_MIXES),
+                                       value=TrainConfig.validation_mix)
+        self.validation_mix.tooltip = ("How validation pixels count. start: in the class mix the "
+                                       "starting model finds on the whole images (strokes "
+                                       "over-represent granules); labelled: as painted; auto: start "
+                                       "for partial labels when fine-tuning")
+        self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps, self.rehearsal,
+                                           self.validation_mix], visible=False)
         self.settings = Container(widgets=[
             self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
             self.resume_info, self.resume_button,
@@ -380,6 +393,7 @@ class TrainWidget(Container):
             "brightness": float(self.brightness.value),
             "class_weights": self.class_weights.value,
             "val_fraction": float(self.val_fraction.value),
+            "validation_mix": self.validation_mix.value,
             "crop": int(self.crop.value),
             "batch_size": int(self.batch_size.value),
             "steps_per_epoch": parse_optional(self.steps.value, int, "steps per epoch"),

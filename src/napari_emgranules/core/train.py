@@ -138,6 +138,14 @@ class TrainConfig:
         ``pairs``: whole pairs. ``auto`` (default): blocks when the data come from fewer than
         :data:`BLOCK_VALIDATION_BELOW` micrographs, where a held-out pair would be a large,
         unrepresentative share of them.
+    validation_mix : {"auto", "labelled", "start"}
+        How the validation data's labelled pixels count in its scores. ``"labelled"``: as they
+        are. ``"start"`` (fine-tuning only): each true class's pixels are weighed so that the
+        classes come in the mix the starting model finds on the whole training images, so that
+        strokes, which over-represent small classes such as granules, give scores that estimate
+        the whole image's instead of rewarding a model that paints those classes generously.
+        ``"auto"``: ``"start"`` when fine-tuning on partial labels or with ``class_weights``
+        ``"prior"``, else ``"labelled"``.
     monitor : str
         Metric deciding the best checkpoint, learning-rate reduction and early stopping:
         ``val_mean_iou`` (default), ``val_accuracy``, ``val_loss`` or ``loss``. Without validation
@@ -204,6 +212,7 @@ class TrainConfig:
     dice_weight: float = 0.0
     val_fraction: float = 0.2
     validation_split: str = "auto"
+    validation_mix: str = "auto"
     monitor: str = "val_mean_iou"
     early_stopping_patience: int | None = 10
     reduce_lr_patience: int | None = 4
@@ -263,6 +272,9 @@ class TrainConfig:
         if self.validation_split not in ("auto", "blocks", "pairs"):
             problems.append(f"validation_split must be 'auto', 'blocks' or 'pairs', got "
                             f"{self.validation_split!r}")
+        if self.validation_mix not in VALIDATION_MIXES:
+            problems.append(f"validation_mix must be one of {', '.join(VALIDATION_MIXES)}, got "
+                            f"{self.validation_mix!r}")
         if self.monitor not in ("val_mean_iou", "val_accuracy", "val_loss", "loss"):
             problems.append(f"monitor must be val_mean_iou, val_accuracy, val_loss or loss, "
                             f"got {self.monitor!r}")
@@ -564,6 +576,9 @@ def _strip_cost(lab: np.ndarray, axis: int, strip: slice, fraction: float) -> fl
 
 #: The named class-weight modes of :attr:`TrainConfig.class_weights` (or one number per class).
 CLASS_WEIGHT_MODES = ("none", "balanced", "prior")
+
+VALIDATION_MIXES = ("auto", "labelled", "start")
+"""How the validation data's labelled pixels are counted (:attr:`TrainConfig.validation_mix`)."""
 
 
 def class_frequencies(labels: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
@@ -971,9 +986,17 @@ def _whole_image_logits(predict, image: np.ndarray) -> np.ndarray:
     return logits[ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
+def _counted(cm, row_weights=None) -> np.ndarray:
+    """A confusion matrix with each true class's row counted ``row_weights`` times (None: as it
+    is): partial labels scored as if their classes came in the mix the weights restore."""
+    cm = np.asarray(cm, np.float64)
+    return cm if row_weights is None else cm * np.asarray(row_weights, np.float64)[:, None]
+
+
 def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.ndarray,
-              dice_weight: float) -> tuple[dict[str, float], np.ndarray]:
-    """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels."""
+              dice_weight: float, row_weights=None) -> tuple[dict[str, float], np.ndarray]:
+    """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels
+    (the logs count each true class's pixels ``row_weights`` times; the matrix is raw counts)."""
     cm = np.zeros((n_classes, n_classes), np.int64)
     losses = []
     for s in samples:
@@ -983,8 +1006,9 @@ def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.nda
             return {"val_loss": nan, "val_accuracy": nan, "val_mean_iou": nan}, cm
         losses.append(_numpy_loss(logits, s.labels, class_weights, dice_weight))
         cm += confusion_matrix(s.labels, logits.argmax(axis=-1), n_classes)
-    logs = {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(cm)),
-            "val_mean_iou": float(mean_iou(cm))}
+    counted = _counted(cm, row_weights)
+    logs = {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(counted)),
+            "val_mean_iou": float(mean_iou(counted))}
     return logs, cm
 
 
@@ -1049,6 +1073,7 @@ class _Run:
     rehearsal: list[_Sample] = field(default_factory=list)  # synthetic micrographs (not saved)
     rehearsal_share: float = 0.0  # of the crops, from ``rehearsal``
     rehearsal_val: list[_Sample] = field(default_factory=list)  # validation in the same look
+    val_class_weights: list[float] | None = None  # count validation pixels with this class mix
 
     @property
     def ckpt(self) -> Path:
@@ -1077,7 +1102,8 @@ class _Run:
             "best_value": w.best_value, "best_epoch": w.best_epoch, "wait_stop": w.wait_stop,
             "wait_lr": w.wait_lr, "learning_rate": float(np.asarray(self.optimizer.learning_rate)),
             "stopped_early": self.stopped, "notes": self.notes, "cm_start": self.cm_start,
-            "cm_best": self.cm_best,
+            "cm_best": self.cm_best, "class_weights": [float(w) for w in self.class_weights],
+            "val_class_weights": self.val_class_weights,
         }
 
 
@@ -1117,23 +1143,45 @@ def _bias_to_priors(net, frequencies: np.ndarray) -> None:
     layer.set_weights([kernel, (prior - prior.mean()).astype(bias.dtype)])
 
 
+def predicted_class_mix(net, samples: list[_Sample], n_classes: int) -> np.ndarray:
+    """Class mix (sums to 1) that the Keras network ``net`` predicts on the whole images."""
+    seen = np.zeros(n_classes, np.int64)
+    for s in samples:
+        guess = _whole_image_logits(net.predict_on_batch, s.image).argmax(axis=-1)
+        seen += np.bincount(guess.ravel(), minlength=n_classes)[:n_classes]
+    return seen / max(1, seen.sum())
+
+
+PARTIAL_BELOW = 0.95
+"""Training data whose labelled pixels cover less than this share of their images count as
+partial labels (strokes, corrected pixels only) for :attr:`TrainConfig.validation_mix`."""
+
+
+def _validation_in_start_mix(config: TrainConfig, fine_tuning: bool, partial: bool) -> bool:
+    """Whether validation counts its pixels in the starting model's class mix (``validation_mix``)."""
+    if config.validation_mix == "start":
+        if not fine_tuning:
+            raise TrainingError("validation_mix 'start' takes the class mix from the starting "
+                                "model: it needs a trained model to fine-tune, not a fresh one")
+        return True
+    if config.validation_mix == "labelled":
+        return False
+    return fine_tuning and (partial or config.class_weights == "prior")
+
+
 def _resolve_class_weights(config: TrainConfig, samples: list[_Sample], schema: ClassSchema,
-                           start=None) -> np.ndarray:
-    """The loss's class weights; ``start`` (the trained starting network) for ``"prior"``."""
+                           mix: np.ndarray | None = None) -> np.ndarray:
+    """The loss's class weights; ``mix`` (:func:`predicted_class_mix` of the trained starting
+    network) for ``"prior"``."""
     n = schema.n_classes
     if isinstance(config.class_weights, str):
         if config.class_weights == "balanced":
             return balanced_class_weights(class_frequencies([s.labels for s in samples], n))
         if config.class_weights == "prior":
-            if start is None:
+            if mix is None:
                 raise TrainingError("class_weights 'prior' takes the class mix from the starting "
                                     "model: it needs a trained model to fine-tune, not a fresh one")
-            seen = np.zeros(n, np.int64)
-            for s in samples:
-                guess = _whole_image_logits(start.predict_on_batch, s.image).argmax(axis=-1)
-                seen += np.bincount(guess.ravel(), minlength=n)[:n]
-            return prior_class_weights(class_frequencies([s.labels for s in samples], n),
-                                       seen / max(1, seen.sum()))
+            return prior_class_weights(class_frequencies([s.labels for s in samples], n), mix)
         return np.ones(n, np.float32)
     if len(config.class_weights) != n:
         raise TrainingError(f"{len(config.class_weights)} class weights given for {n} classes "
@@ -1196,6 +1244,7 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     val_samples = (_load_samples(val_set, card.schema, card.pixel_size_nm, card.input_scaling)
                    if val_set else [])
     notes = []
+    partial = sum(s.n_labelled for s in samples) < PARTIAL_BELOW * sum(s.labels.size for s in samples)
     if blocks:
         samples, val_samples = _hold_out_blocks(samples, config.val_fraction, config.seed)
         if val_samples:
@@ -1217,11 +1266,26 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         _bias_to_priors(trainable.keras_model, class_frequencies([s.labels for s in samples],
                                                                  card.schema.n_classes))
     total_px = sum(s.image.size for s in samples)
+    n = card.schema.n_classes
+    val_weights = None
+    if state is not None and "class_weights" in state:  # as the run began (not the last weights' mix)
+        class_weights = np.asarray(state["class_weights"], np.float32)
+        val_weights = state.get("val_class_weights")
+    else:
+        prior = config.class_weights == "prior" and fine_tuning
+        weigh_val = bool(val_samples) and _validation_in_start_mix(config, fine_tuning, partial)
+        mix = predicted_class_mix(trainable.keras_model, samples, n) if prior or weigh_val else None
+        class_weights = _resolve_class_weights(config, samples, card.schema, mix if prior else None)
+        if weigh_val:
+            val_weights = prior_class_weights(class_frequencies([s.labels for s in val_samples], n),
+                                              mix).tolist()
+            notes.append("validation scores count the labelled pixels in the class mix the "
+                         "starting model finds on the whole images (partial labels over-represent "
+                         "some classes)")
     run = _Run(
         out=out, config=config, card=card, name=name or card.kind, start=start, model=trainable,
         samples=samples, val_samples=val_samples,
-        class_weights=_resolve_class_weights(config, samples, card.schema,
-                                             trainable.keras_model if fine_tuning else None),
+        class_weights=class_weights, val_class_weights=val_weights,
         optimizer_name=config.optimizer or ("adam" if fine_tuning else "nadam"),
         steps=config.steps_per_epoch or max(8, math.ceil(total_px / config.crop**2 / config.batch_size)),
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
@@ -1360,7 +1424,7 @@ def _validation_logs(run: _Run) -> tuple[dict[str, float], np.ndarray]:
     """Validation on the held-out data (its confusion matrix for the report); with rehearsal
     validation, ``val_mean_iou`` is the mean of the held-out data's and the synthetic images'."""
     n, cw, dice = run.card.schema.n_classes, run.class_weights, run.config.dice_weight
-    logs, cm = _validate(run.model.keras_model, run.val_samples, n, cw, dice)
+    logs, cm = _validate(run.model.keras_model, run.val_samples, n, cw, dice, run.val_class_weights)
     if run.rehearsal_val:
         synthetic, _ = _validate(run.model.keras_model, run.rehearsal_val, n, cw, dice)
         logs["val_mean_iou_held_out"] = logs["val_mean_iou"]
@@ -1387,12 +1451,12 @@ def _class_guard(run: _Run, cm: np.ndarray | None, logs: dict[str, float]) -> bo
     if not run.fine_tuning or limit is None or cm is None or run.cm_start is None:
         return True
     start = np.asarray(run.cm_start, np.int64)
-    before = iou_per_class(start)
+    before = iou_per_class(_counted(start, run.val_class_weights))
     watched = ((start.sum(axis=1) >= CLASS_GUARD_MIN_PIXELS) & np.isfinite(before)
                & (np.nan_to_num(before) >= CLASS_GUARD_MIN_START_IOU))
     if not watched.any():
         return True
-    change = (iou_per_class(np.asarray(cm, np.int64)) - before)[watched]
+    change = (iou_per_class(_counted(cm, run.val_class_weights)) - before)[watched]
     worst = float(np.nanmin(change)) if np.isfinite(change).any() else 0.0
     logs["val_worst_class_change"] = worst
     return worst >= -limit
@@ -1471,12 +1535,13 @@ def _report(run: _Run):
         return None
     schema = run.card.schema
     after = np.asarray(run.cm_best, np.int64)
-    before = iou_per_class(np.asarray(run.cm_start, np.int64)) if run.cm_start is not None \
+    w = run.val_class_weights
+    before = iou_per_class(_counted(run.cm_start, w)) if run.cm_start is not None \
         else np.full(schema.n_classes, np.nan)
     table = pd.DataFrame({
         "class": [schema.names[c] for c in range(schema.n_classes)],
         "letter": [schema.letters[c] for c in range(schema.n_classes)],
-        "pixels": after.sum(axis=1), "iou_before": before, "iou_after": iou_per_class(after),
+        "pixels": after.sum(axis=1), "iou_before": before, "iou_after": iou_per_class(_counted(after, w)),
     })
     table["change"] = table["iou_after"] - table["iou_before"]
     return table
