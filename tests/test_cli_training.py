@@ -190,6 +190,17 @@ def test_train_validation_mix_reaches_the_config(flag, expected, tmp_path):
         TrainConfig(validation_mix="strokes")
 
 
+@pytest.mark.parametrize("flag, expected", [([], None), (["--average-with-start", "0"], 0.0),
+                                            (["--average-with-start", "0.5"], 0.5)])
+def test_train_average_with_start_reaches_the_config(flag, expected, tmp_path):
+    from napari_emgranules._cli_training import _train_options
+    from napari_emgranules.cli import build_parser
+    from napari_emgranules.core.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "pairs", "--out", str(tmp_path), *flag])
+    assert TrainConfig(**_train_options(args)).average_with_start == expected
+
+
 @pytest.mark.parametrize("flag, expected", [([], False), (["--keep-epochs"], True)])
 def test_train_keeps_every_epoch_only_when_asked(flag, expected, tmp_path):
     from napari_emgranules._cli_training import _train_options

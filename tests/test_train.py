@@ -418,3 +418,30 @@ def test_renewed_training_images_are_checked(blob_pairs, tmp_path):
                               fresh_data=lambda r: [(image, labels[:10], 0.8)], fresh_data_every=1,
                               **FAST))
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_fine_tuning_keeps_the_average_with_the_starting_weights_when_asked(blob_pairs, tmp_path):
+    from napari_emgranules.core.models import load_model
+
+    with pytest.raises(ValueError, match="average_with_start must be in"):
+        TrainConfig(average_with_start=1.0)
+    first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=5,
+                  **{**FAST, "epochs": 1})
+    assert not (tmp_path / "first" / "start").exists()  # from scratch: nothing to average with
+    tuned = train(blob_pairs, tmp_path / "tuned", model=first.weights_path, average_with_start=0.25,
+                  keep_epochs=True, **{**FAST, "epochs": 2, "val_fraction": 0.0})
+    assert tuned.best_epoch > 0
+    start = load_model(first.weights_path).keras_model.get_weights()
+    best = load_model(epoch_weights_path(tmp_path / "tuned", tuned.best_epoch)).keras_model.get_weights()
+    for s, b, k in zip(start, best, tuned.model.keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(k, 0.25 * s + 0.75 * b, rtol=1e-5, atol=1e-6)
+    card = json.loads(tuned.weights_path.with_suffix(".json").read_text())
+    assert card["provenance"]["averaged_with_start"] == 0.25
+    assert any("averaged with the starting weights (25% start)" in n for n in tuned.notes)
+    assert tuned.averaged_with_start == 0.25
+    # a task without a measured default keeps the best epoch as it is
+    plain = train(blob_pairs, tmp_path / "plain", model=first.weights_path,
+                  **{**FAST, "epochs": 1, "val_fraction": 0.0})
+    assert "averaged_with_start" not in json.loads(
+        plain.weights_path.with_suffix(".json").read_text())["provenance"]
+    assert plain.averaged_with_start == 0.0

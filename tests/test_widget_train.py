@@ -289,3 +289,19 @@ def test_closing_napari_mid_training_ends_the_training_process_at_once(qtbot, wi
     qtbot.waitUntil(lambda: not widget.job.busy, timeout=10_000)
     assert time.perf_counter() - t0 < 5 and not widget.engine.running
     assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_validation_mix_is_an_advanced_setting_that_reaches_the_run(widget):
+    assert widget.validation_mix.value == "auto" and widget._options()["validation_mix"] == "auto"
+    assert widget.validation_mix in list(widget.advanced)
+    widget.validation_mix.value = "labelled"
+    assert widget._options()["validation_mix"] == "labelled"
+
+
+def test_average_with_start_is_blank_for_the_measured_default(widget):
+    assert widget._options()["average_with_start"] is None
+    widget.start_share.value = "0"
+    assert widget._options()["average_with_start"] == 0.0
+    widget.start_share.value = "1.5"
+    with pytest.raises(ValueError, match="average_with_start must be in"):
+        widget._options()

@@ -130,7 +130,8 @@ def _train_options(args: argparse.Namespace) -> dict:
             "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
             "rehearsal_look": args.rehearsal_look,
             "rehearsal_validation": args.rehearsal_validation,
-            "max_class_loss": args.max_class_loss, "keep_epochs": args.keep_epochs or None}
+            "max_class_loss": args.max_class_loss, "average_with_start": args.average_with_start,
+            "keep_epochs": args.keep_epochs or None}
     cw = args.class_weights
     if cw is not None and cw not in CLASS_WEIGHT_MODES:
         try:
@@ -197,8 +198,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.report is not None:
         print("validation IoU per class, starting weights (before) and kept weights (after):")
         print(format_report(result.report))
+    averaged = (f", averaged with the starting weights ({result.averaged_with_start:.0%} start)"
+                if result.averaged_with_start else "")
     print(f"best {result.monitor} {result.best_value:.4f} at epoch {result.best_epoch}"
-          f"{' (the starting weights)' if result.kept_start else ''}: "
+          f"{' (the starting weights)' if result.kept_start else ''}{averaged}: "
           f"{result.weights_path} (history: {result.out_dir / 'history.csv'}, "
           f"{result.out_dir / 'history.png'})")
     return EXIT_OK
@@ -377,6 +380,10 @@ def add_parsers(sub) -> None:
                     help="count validation pixels as labelled, or in the class mix the starting "
                          "model finds on the whole images (start); auto (default): start when "
                          "fine-tuning on partial labels (strokes) or with --class-weights prior")
+    tr.add_argument("--average-with-start", type=float, metavar="S",
+                    help="when fine-tuning, keep the average of the best epoch's and the starting "
+                         "weights, S of it from the start (0 = the best epoch as it is; default "
+                         "0.5 for Locations, 0 for others)")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
     tr.add_argument("--val-fraction", type=float,
                     help="share held out for validation (default 0.2)")

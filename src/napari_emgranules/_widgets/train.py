@@ -224,8 +224,13 @@ class TrainWidget(Container):
                                        "starting model finds on the whole images (strokes "
                                        "over-represent granules); labelled: as painted; auto: start "
                                        "for partial labels when fine-tuning")
+        self.start_share = LineEdit(label="average with start", value="")
+        self.start_share.tooltip = ("Fine-tuning keeps the average of the best epoch's and the "
+                                    "starting weights, this share from the start, so a model "
+                                    "tuned on a few micrographs keeps what it knew; blank: the "
+                                    "measured default (0.5 Locations, 0 Granules); 0 = off")
         self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps, self.rehearsal,
-                                           self.validation_mix], visible=False)
+                                           self.validation_mix, self.start_share], visible=False)
         self.settings = Container(widgets=[
             self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
             self.resume_info, self.resume_button,
@@ -399,6 +404,8 @@ class TrainWidget(Container):
             "steps_per_epoch": parse_optional(self.steps.value, int, "steps per epoch"),
             "rehearsal": parse_optional(self.rehearsal.value, float, "rehearsal share",
                                         zero_is_automatic=False),  # 0 = off
+            "average_with_start": parse_optional(self.start_share.value, float,
+                                                 "average with start", zero_is_automatic=False),
         }
         TrainConfig(**options)  # checks every number before anything starts
         return options
