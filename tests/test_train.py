@@ -232,7 +232,14 @@ def test_prior_class_weights_give_the_labelled_pixels_the_expected_class_mix():
     assert prior_class_weights(np.array([0.5, 0.5]), np.array([1.0, 0.0]))[1] == pytest.approx(1 / 20)
 
 
-def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
+@pytest.fixture(scope="module")
+def blob_start(blob_pairs, tmp_path_factory):
+    """A blobs model trained for one epoch: a start to fine-tune."""
+    return train(blob_pairs, tmp_path_factory.mktemp("blob-start") / "run", kind="blobs",
+                 schema=BLOBS, seed=5, **{**FAST, "epochs": 1})
+
+
+def test_prior_class_weights_need_a_trained_start(blob_pairs, blob_start, tmp_path):
     assert TrainConfig(class_weights="prior").class_weights == "prior"
     with pytest.raises(TrainingError, match="needs a trained model to fine-tune"):
         train(blob_pairs, tmp_path / "fresh", kind="blobs", schema=BLOBS, class_weights="prior",
@@ -242,8 +249,7 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
         train(blob_pairs, tmp_path / "fresh2", kind="blobs", schema=BLOBS, validation_mix="start",
               **FAST)
     # fine-tuning on partial labels that over-represent the blobs: the blobs weigh less
-    first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=5,
-                  **{**FAST, "epochs": 1})
+    first = blob_start
     image, labels = blob_image(11, (256, 256))
     strokes = np.full(labels.shape, 65535, np.uint16)
     strokes[labels == 1] = 1  # every blob pixel, but only a few rows of background
@@ -255,6 +261,8 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, tmp_path):
                   **{**FAST, "epochs": 1})
     weights = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]["class_weights"]
     assert weights[1] < weights[0]
+    # a task without a measured share keeps its best epoch as it is (nothing to average with)
+    assert tuned.averaged_with_start == 0.0 and not (tmp_path / "tuned" / "start").exists()
     # the held-out strip is scored with the same class mix, and a resume keeps both weightings
     state = run_state(tmp_path / "tuned")
     assert state["class_weights"] == pytest.approx(weights)
@@ -420,14 +428,14 @@ def test_renewed_training_images_are_checked(blob_pairs, tmp_path):
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
 
 
-def test_fine_tuning_keeps_the_average_with_the_starting_weights_when_asked(blob_pairs, tmp_path):
+def test_fine_tuning_keeps_the_average_with_the_starting_weights_when_asked(blob_pairs, blob_start,
+                                                                             tmp_path):
     from napari_emgranules.core.models import load_model
 
     with pytest.raises(ValueError, match="average_with_start must be in"):
         TrainConfig(average_with_start=1.0)
-    first = train(blob_pairs, tmp_path / "first", kind="blobs", schema=BLOBS, seed=5,
-                  **{**FAST, "epochs": 1})
-    assert not (tmp_path / "first" / "start").exists()  # from scratch: nothing to average with
+    first = blob_start
+    assert not (first.out_dir / "start").exists()  # from scratch: nothing to average with
     tuned = train(blob_pairs, tmp_path / "tuned", model=first.weights_path, average_with_start=0.25,
                   keep_epochs=True, **{**FAST, "epochs": 2, "val_fraction": 0.0})
     assert tuned.best_epoch > 0
@@ -439,9 +447,3 @@ def test_fine_tuning_keeps_the_average_with_the_starting_weights_when_asked(blob
     assert card["provenance"]["averaged_with_start"] == 0.25
     assert any("averaged with the starting weights (25% start)" in n for n in tuned.notes)
     assert tuned.averaged_with_start == 0.25
-    # a task without a measured default keeps the best epoch as it is
-    plain = train(blob_pairs, tmp_path / "plain", model=first.weights_path,
-                  **{**FAST, "epochs": 1, "val_fraction": 0.0})
-    assert "averaged_with_start" not in json.loads(
-        plain.weights_path.with_suffix(".json").read_text())["provenance"]
-    assert plain.averaged_with_start == 0.0
