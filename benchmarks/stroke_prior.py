@@ -1,4 +1,4 @@
-"""Granules fine-tuned on strokes, with and without ``--class-weights prior``.
+"""Granules fine-tuned on strokes: class weights and validation mix.
 
     python benchmarks/stroke_prior.py                  # both held-out families, prints a table
     python benchmarks/stroke_prior.py --families heldout-grainy --epochs 10
@@ -6,11 +6,12 @@
 Strokes hold far more granule pixels than a micrograph does (about 20% of the labelled pixels
 against 3%), so a model fine-tuned on them as they are learns to paint granules generously.
 ``--class-weights prior`` counts the labelled pixels with the class mix the starting model finds
-on the whole training images. For each held-out family this takes the first training micrograph
-of ``benchmarks/adaptation.py`` and its granule strokes (same seeds, same stroke draws), fine-tunes
-the bundled Granules model with ``emgranules train --pair ... --epochs N`` once per class-weight
-mode, and scores granule object F1 (IoU >= 0.5) on the family's first ``--n-test`` test
-micrographs, with the counts of true and predicted granules.
+on the whole training images; ``--validation-mix auto`` (the default) scores the held-out strip in
+that mix, ``labelled`` as painted (the trainer before 2026-12-06). For each held-out family this
+takes the first training micrograph of ``benchmarks/adaptation.py`` and its granule strokes (same
+seeds, same stroke draws), fine-tunes the bundled Granules model with ``emgranules train --pair ...
+--epochs N`` once per setting, and scores granule object F1 (IoU >= 0.5) on the family's first
+``--n-test`` test micrographs, with the counts of true and predicted granules.
 """
 
 from __future__ import annotations
@@ -68,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             share = float((stroked[labelled] == 1).mean())
             f1, n_true, n_pred = granule_scores(default_model("granules"), tests)
             rows.append((family, "start (bundled)", f1, n_true, n_pred, "-"))
-            for mode in ("none", "prior"):
-                run = cli_train([(d / "image.tif", d / "strokes.tif")], "granules", d / mode,
-                                ["--epochs", str(args.epochs), "--class-weights", mode])
+            for mode, mix in (("none", "labelled"), ("none", "auto"), ("prior", "auto")):
+                run = cli_train([(d / "image.tif", d / "strokes.tif")], "granules", d / f"{mode}-{mix}",
+                                ["--epochs", str(args.epochs), "--class-weights", mode,
+                                 "--validation-mix", mix])
                 f1, n_true, n_pred = granule_scores(load_model(run["weights"]), tests)
-                rows.append((family, f"strokes, --class-weights {mode}", f1, n_true, n_pred,
-                             f"{run['cpu_s'] / 60:.1f}"))
+                rows.append((family, f"strokes, --class-weights {mode} --validation-mix {mix}", f1,
+                             n_true, n_pred, f"{run['cpu_s'] / 60:.1f}"))
             print(f"{family}: granule share of the labelled pixels {share:.1%}, of the micrograph "
                   f"{float((train.granules == 1).mean()):.1%}", flush=True)
     print("\n| family | model | granule F1 | true | predicted | CPU min |\n|---|---|---|---|---|---|")
