@@ -94,10 +94,6 @@ class TrainingError(ValueError):
 # -------------------------------------------------------------------------------------------------
 # Configuration and events
 # -------------------------------------------------------------------------------------------------
-def _is_share(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-
-
 @dataclass
 class TrainConfig:
     """Everything that shapes a training run (stored in the checkpoint and the weights' sidecar).
@@ -298,7 +294,9 @@ class TrainConfig:
                             f"{self.contrast} and {self.brightness}")
         if self.rehearsal is not None and not 0 <= self.rehearsal < 1:
             problems.append(f"rehearsal must be in [0, 1), got {self.rehearsal}")
-        if self.average_with_start is not None and not (_is_share(self.average_with_start)):
+        share = self.average_with_start
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                                  or not 0 <= share < 1):
             problems.append(f"average_with_start must be in [0, 1) (or None), got "
                             f"{self.average_with_start!r}")
         if self.rehearsal_look not in REHEARSAL_LOOKS:
@@ -1318,11 +1316,11 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     if share > 0:
         run.rehearsal, run.rehearsal_val = _rehearsal_samples(run, fine_tuning, share)
         run.rehearsal_share = share if run.rehearsal else 0.0
-    average = config.average_with_start
-    if average is None:
-        average = AVERAGE_WITH_START_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0) \
-            if fine_tuning else 0.0
-    run.average_with_start = float(average) if fine_tuning else 0.0
+    if fine_tuning:  # (from scratch there is no start to average with)
+        average = config.average_with_start
+        if average is None:
+            average = AVERAGE_WITH_START_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0)
+        run.average_with_start = float(average)
     lr = config.learning_rate or fine_tuning_rate(card.schema, fine_tuning)
     _compile(run, lr)
     return run, state
@@ -1751,8 +1749,7 @@ def _average_with_start(run: _Run) -> None:
         run.notes.append(f"the average with the starting weights scored {w.monitor} {value:.4g}, "
                          f"below the start's {start_value:.4g}: epoch {w.best_epoch} is kept as it is")
         return
-    final = {**{k: v for k, v in logs.items() if k not in ("epoch", "seconds")},
-             "averaged_with_start": share}
+    final = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
     run.model.card = replace(run.card, provenance={**run.provenance(final),
                                                    "averaged_with_start": share})
     save_model(run.model, run.weights_path, overwrite=True)
