@@ -35,7 +35,12 @@ from napari_emgranules.core.batch import (
 )
 from napari_emgranules.core.io import MicrographError, file_sha256, read_labels, write_image
 from napari_emgranules.core.measure import measure_segmentation
-from napari_emgranules.core.segment import remove_small_objects, run_to_completion, segment_micrograph
+from napari_emgranules.core.segment import (
+    keep_peaked_objects,
+    remove_small_objects,
+    run_to_completion,
+    segment_micrograph,
+)
 from napari_emgranules.core.synthetic import synthetic_micrograph
 
 KINDS = ("locations", "granules")
@@ -349,8 +354,27 @@ def test_speck_removal_by_bands_equals_whole_image(monkeypatch):
     assert (expected != labels).any()  # specks were removed
     monkeypatch.setattr(montage, "_CLEAN_BAND", 16)
     by_bands = labels.copy()
-    montage._remove_small_in_bands(by_bands, 8.0, 0.8)
+    montage._clean_granules_in_bands(by_bands, 8.0, 0.8, peaked=False)
     np.testing.assert_array_equal(by_bands, expected)
+
+
+def test_granule_peak_by_bands_equals_whole_image(monkeypatch):
+    rng = np.random.default_rng(1)
+    from scipy import ndimage as ndi
+
+    p = ndi.gaussian_filter(rng.random((300, 200)), 2)
+    labels = (p > 0.55).astype(np.uint8)
+    strong = p > 0.6
+    objects = ndi.find_objects(ndi.label(labels, structure=np.ones((3, 3), bool))[0])
+    assert max(sl[0].stop - sl[0].start for sl in objects) < 24
+    expected = remove_small_objects(keep_peaked_objects(labels.copy(), strong), 8.0, 0.8)
+    assert (expected != remove_small_objects(labels.copy(), 8.0, 0.8)).any()  # the peak dropped some
+    coded = labels.copy()
+    coded[strong & (labels == 1)] = 2
+    monkeypatch.setattr(montage, "_CLEAN_BAND", 16)
+    monkeypatch.setattr(montage, "_PEAK_MARGIN", 24)  # taller than any object of this map
+    montage._clean_granules_in_bands(coded, 8.0, 0.8, peaked=True)
+    np.testing.assert_array_equal(coded, expected)
 
 
 def test_large_montage_by_tiles_equals_in_memory_tiled(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 
 from napari_emgranules.core.io import Micrograph, MicrographError, write_image
 from napari_emgranules.core.models import default_model
+from napari_emgranules.core.options import GRANULE_PEAK
 from napari_emgranules.core.resample import resample
 from napari_emgranules.core.segment import (
     _predict_tiled,
@@ -100,7 +101,7 @@ def test_other_pixel_sizes_are_resampled_to_the_model_and_back(small, monkeypatc
     scores = []
     monkeypatch.setattr(type(model), "predict_scores", spy)
     result = segment_micrograph(small.image, pixel_size_nm=1.6, mode="whole", kinds=("granules",),
-                                min_granule_nm=None)
+                                min_granule_nm=None, granule_peak=None)
     assert result.granules.shape == small.image.shape
     assert result.pixel_size_source == "user"
     # 384x520 at 1.6 nm/px is 768x1040 at the model's 0.8 nm/px, padded to 768x1152
@@ -152,7 +153,8 @@ def test_tiled_agrees_with_whole(small):
 def test_seed_mode_is_the_seeds_non_overlapping_1024_tiles():
     img = synthetic_micrograph((1024, 2048), seed=3).image
     model = default_model("granules")
-    result = segment_micrograph(img, mode="seed", kinds=("granules",), min_granule_nm=None)
+    result = segment_micrograph(img, mode="seed", kinds=("granules",), min_granule_nm=None,
+                                granule_peak=None)
     x = input_scaler(img, model.card.input_scaling)(img)  # one stretch for the whole image
     for x0 in (0, 1024):
         logits = model.predict_logits(x[None, :, x0:x0 + 1024])
@@ -244,9 +246,9 @@ def test_segment_options_name_every_impossible_value_in_one_message():
 
     with pytest.raises(ValueError) as info:
         SegmentOptions(mode="fast", batch_size=0, precision="int8", granule_threshold=1.5,
-                       min_granule_nm=-1)
+                       min_granule_nm=-1, granule_peak=1.0)
     text = str(info.value)
-    for word in ("mode", "batch_size", "precision", "granule threshold", "min_granule_nm"):
+    for word in ("mode", "batch_size", "precision", "granule threshold", "min_granule_nm", "granule peak"):
         assert word in text
     with pytest.raises(ValueError, match="too small for a halo of 256 px"):
         SegmentOptions(max_window=512, halo=200)  # a window that is all halo (rounded up)
@@ -331,3 +333,44 @@ def test_granule_threshold_labels_where_the_calibrated_probability_reaches_it(sm
         assert np.mean((got == 1) == (p >= 0.85)) > 0.9999
     with pytest.raises(ValueError, match="between 0 and 1"):
         segment_micrograph(small.image, 0.8, granule_threshold=1.5, **opts)
+
+
+@pytest.mark.parametrize("mode,pixel_size_nm", [("whole", 0.8), ("tiled", 0.8), ("seed", 0.8),
+                                                ("whole", 1.6)])
+def test_granule_peak_keeps_only_granules_whose_surest_pixel_reaches_it(small, mode, pixel_size_nm):
+    from scipy import ndimage as ndi
+
+    from napari_emgranules.core.segment import keep_peaked_objects
+
+    opts = dict(kinds=("granules",), mode=mode, max_window=384, halo=128, min_granule_nm=None)
+    raw = segment_micrograph(small.image, pixel_size_nm, granule_peak=None, confidence=True, **opts)
+    p = np.where(raw.granules == 1, raw.confidence["granules"], 1 - raw.confidence["granules"])
+    peaked = segment_micrograph(small.image, pixel_size_nm, granule_peak=0.99, **opts).granules
+    # whole objects of the arg-max map, kept where their most probable pixel reaches the peak
+    np.testing.assert_array_equal(peaked, keep_peaked_objects(raw.granules.copy(), p >= 0.99))
+    n_raw = ndi.label(raw.granules, structure=np.ones((3, 3)))[1]
+    n_peaked = ndi.label(peaked, structure=np.ones((3, 3)))[1]
+    assert 0 < n_peaked <= n_raw
+    if mode == "whole":  # (tiled windows of this small image happen to be surer of all 7)
+        assert n_peaked < n_raw
+    # the default peak applies; a peak at or below the threshold keeps what the threshold draws
+    default = segment_micrograph(small.image, pixel_size_nm, **opts).granules
+    np.testing.assert_array_equal(default, keep_peaked_objects(raw.granules.copy(), p >= GRANULE_PEAK))
+    high = segment_micrograph(small.image, pixel_size_nm, granule_threshold=0.85, **opts).granules
+    np.testing.assert_array_equal(high, segment_micrograph(small.image, pixel_size_nm, granule_threshold=0.85,
+                                                           granule_peak=None, **opts).granules)
+
+
+def test_keep_peaked_objects_works_on_any_layout_and_keeps_objects_cut_by_a_band_edge():
+    from napari_emgranules.core.segment import keep_peaked_objects
+
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:5, 2:5] = 1  # strong pixel inside: kept
+    lab[10:13, 10:13] = 1  # no strong pixel: dropped
+    lab[17:20, 2:4] = 1  # touches the last row, no strong pixel
+    strong = np.zeros_like(lab, bool)
+    strong[3, 3] = True
+    out = keep_peaked_objects(np.asfortranarray(lab.copy()), strong)
+    assert out[3, 3] == 1 and out[11, 11] == 0 and out[18, 3] == 0
+    cut = keep_peaked_objects(lab.copy(), strong, keep_touching=(False, True))
+    assert cut[18, 3] == 1 and cut[11, 11] == 0

@@ -48,7 +48,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     """The segmentation options (:class:`~.core.options.SegmentOptions`), the models and the pixel
     size: one argument group for ``segment`` and ``batch``; :func:`segment_options` reads it."""
     from .core.models import VIEWS
-    from .core.options import MIN_GRANULE_NM, MODES, PRECISIONS
+    from .core.options import GRANULE_PEAK, MIN_GRANULE_NM, MODES, PRECISIONS
 
     group = parser.add_argument_group("segmentation")
     group.add_argument("--mode", default="auto", choices=MODES,
@@ -65,6 +65,10 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--granule-threshold", type=float, metavar="P",
                        help="granule where the Granules model's calibrated probability is at least "
                             "P (default: the arg-max, i.e. 0.5; the other muscle-TEM tool used 0.85)")
+    group.add_argument("--granule-peak", type=float, default=GRANULE_PEAK, metavar="P",
+                       help=f"keep a granule only where its most confident pixel reaches the "
+                            f"calibrated probability P (default {GRANULE_PEAK:g}; 0 keeps every "
+                            f"granule the threshold draws)")
     group.add_argument("--min-granule", type=float, default=MIN_GRANULE_NM, metavar="NM",
                        help=f"granule objects smaller than a disc this wide become background "
                             f"(default {MIN_GRANULE_NM:g} nm; 0 keeps the raw model output)")
@@ -101,7 +105,9 @@ def segment_options(args: argparse.Namespace):
         return SegmentOptions(mode=args.mode, max_window=args.max_window, halo=args.halo,
                               batch_size=args.batch_size, min_granule_nm=args.min_granule or None,
                               precision=args.precision, jit=args.jit,
-                              granule_threshold=args.granule_threshold, views=args.views)
+                              granule_threshold=args.granule_threshold,
+                              granule_peak=args.granule_peak or None,
+                              views=args.views)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

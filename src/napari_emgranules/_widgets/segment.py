@@ -12,7 +12,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from .._engine import IDLE_S, get_engine
 from ..core.models import ModelCard, read_model_card
-from ..core.options import MODES, SegmentOptions
+from ..core.options import GRANULE_PEAK, MODES, SegmentOptions
 from ._common import (
     KINDS,
     JobControls,
@@ -129,6 +129,10 @@ class SegmentWidget(Container):
                                       value=0.5)
         self.threshold.tooltip = ("A granule where the model's calibrated probability is at least "
                                   "this (0.5 = the model's own choice; higher: fewer, surer granules)")
+        self.peak = FloatSpinBox(label="granule peak", min=0.5, max=0.99, step=0.05, value=GRANULE_PEAK)
+        self.peak.tooltip = ("Keep a granule only where its most confident pixel reaches this "
+                             "probability (0.5 = keep every granule the threshold draws; higher: "
+                             "fewer doubtful particles, each kept whole)")
         self.confidence = CheckBox(value=True, text="confidence layers (for Review)")
         self.prestart = CheckBox(value=prestart_enabled(), text="load the models when this panel opens")
         self.prestart.tooltip = ("Starts the model process and loads the models in the background, so "
@@ -137,7 +141,7 @@ class SegmentWidget(Container):
         super().__init__(widgets=[self.image, self.unusable, self.grey_button, self.pixel_size,
                                   self.pixel_source,
                                   *self.models.values(), self.mode, self.mode_help, self.threshold,
-                                  self.confidence, self.prestart, self.job])
+                                  self.peak, self.confidence, self.prestart, self.job])
         self._worker: Any = None
         self._started = 0.0
         self._paths: dict[str, str | None] = dict.fromkeys(KINDS)
@@ -302,8 +306,10 @@ class SegmentWidget(Container):
         source = layer_pixel_size(layer)[1] if px is not None else None
         weights = {k: self._paths[k] for k in kinds}
         threshold = float(self.threshold.value)
+        peak = float(self.peak.value)
         options = SegmentOptions(mode=self.mode.value, granule_threshold=threshold
-                                 if abs(threshold - 0.5) > 1e-9 and "granules" in kinds else None)
+                                 if abs(threshold - 0.5) > 1e-9 and "granules" in kinds else None,
+                                 granule_peak=peak if peak > 0.5 + 1e-9 else None)
         self.job.start("starting the model process..." if not self.engine.running else "segmenting...")
         for kind, bar in self.job.bars.items():
             bar.visible = kind in kinds

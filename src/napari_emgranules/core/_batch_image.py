@@ -32,6 +32,7 @@ from .progress import run_to_completion
 from .segment import (
     SegmentationResult,
     _resolve_model,
+    keep_peaked_objects,
     memory_budget,
     remove_small_objects,
     segment_micrograph_iter,
@@ -210,7 +211,7 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
                              **models), True
     options = settings.options
     if sweep:  # the raw arg-max and probability; the run's own threshold and specks follow
-        options = replace(options, granule_threshold=None, min_granule_nm=None)
+        options = replace(options, granule_threshold=None, min_granule_nm=None, granule_peak=None)
         # from the weights as loaded: the run's model may carry its threshold in the graph already
         models["granules_model"] = options.prepare(_resolve_model(settings.granules_model, "granules"))
     result = run_to_completion(segment_micrograph_iter(
@@ -224,11 +225,18 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
         if threshold is not None:
             result.labels["granules"] = (probability >= threshold).astype(np.uint8)
             result.confidence["granules"] = np.maximum(probability, np.float32(1) - probability)
-        _remove_specks(result.labels["granules"], settings, result.pixel_size_nm)
+        _clean_granules(result.labels["granules"], probability, threshold, settings, result.pixel_size_nm)
     return result, False
 
 
-def _remove_specks(labels: np.ndarray, settings: ImageSettings, pixel_size_nm: float) -> np.ndarray:
+def _clean_granules(labels: np.ndarray, probability: np.ndarray, threshold: float | None,
+                    settings: ImageSettings, pixel_size_nm: float) -> np.ndarray:
+    """What :func:`~.segment.segment_micrograph_iter` does to granules thresholded at ``threshold``
+    (None: the arg-max): the peak (``probability`` is the calibrated granule probability), then
+    the specks."""
+    peak = settings.options.granule_peak
+    if peak is not None and peak > (threshold or 0.5):
+        keep_peaked_objects(labels, probability >= np.float32(peak))
     if settings.options.speck_nm:
         remove_small_objects(labels, settings.options.speck_nm, pixel_size_nm)
     return labels
@@ -335,8 +343,8 @@ def _measure(result: SegmentationResult, job: ImageJob, settings: ImageSettings,
             swept = m  # the run's own threshold (0.5: the arg-max) is measured already
         else:
             probability = result.confidence["granule_probability"]
-            granules = _remove_specks((probability >= t).astype(np.uint8), settings,
-                                      result.pixel_size_nm)
+            granules = _clean_granules((probability >= t).astype(np.uint8), probability, t, settings,
+                                       result.pixel_size_nm)
             swept = measure_segmentation(replace(result, labels={**result.labels, "granules": granules}),
                                          path=job.path, **settings.measure)
         key = threshold_key(t)

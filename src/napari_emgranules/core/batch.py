@@ -646,6 +646,7 @@ class _Run:
         self.common = {"version": __version__, "mode": o.mode, "pixel_size_nm": s.pixel_size_nm,
                        "force_pixel_size": s.force_pixel_size, "max_window": o.max_window,
                        "halo": o.halo, "min_granule_nm": o.min_granule_nm,
+                       "granule_peak": o.granule_peak,  # (new: runs from before it start afresh)
                        "precision": o.precision, "jit": o.jit,
                        "measure": _jsonable(s.measure), "weights_sha256": hashes}
         if o.granule_threshold is not None:  # (absent otherwise: earlier runs' hashes stay valid)

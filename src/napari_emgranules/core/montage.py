@@ -55,6 +55,7 @@ from .segment import (
     SegmentProgress,
     _resolve_model,
     input_scaler,
+    keep_peaked_objects,
     memory_budget,
     remove_small_objects,
 )
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["segment_large", "segment_large_iter", "tiled_bytes_per_pixel"]
 
 _CLEAN_BAND = 1024  # rows per band when removing granule specks
+_PEAK_MARGIN = 256  # rows beyond a band that the granules' peak looks at
 _REDUCE_ROWS = 256  # rows per argmax of the summed scores (bounds its temporary copies)
 _MAX_WINDOW = 4096
 
@@ -257,23 +259,38 @@ def _row_chunk(width: int, depth: int, scale: float) -> int:
     return max(8, int(2**24 / (width * depth * max(1.0, scale))))
 
 
-def _remove_small_in_bands(labels: np.ndarray, min_diameter_nm: float, pixel_size_nm: float) -> None:
-    """:func:`remove_small_objects` over ``labels`` in place, one band of rows at a time.
+def _clean_granules_in_bands(labels: np.ndarray, min_diameter_nm: float | None, pixel_size_nm: float,
+                             peaked: bool) -> None:
+    """Granule clean-up over ``labels`` in place, one band of rows at a time: with ``peaked``,
+    :func:`keep_peaked_objects` (granules written as 1, their confident pixels as 2), then
+    :func:`remove_small_objects`, as the in-memory pipeline does.
 
-    Each band is labelled with ``margin >= min_px`` extra rows on both sides. A component meeting
-    the band's rows either lies wholly inside the extended band (then its size is exact) or crosses
-    a margin, which takes at least ``margin`` pixels, so it is not small: the result equals the
-    whole-image removal.
+    Each band is labelled with ``margin`` extra rows on both sides. A component meeting the band's
+    rows either lies wholly inside the extended band (then its size and its peak are exact) or
+    crosses a margin: it then takes at least ``margin`` pixels, so it is not small, and it is kept
+    (its confident pixels may lie beyond). The result equals the whole-image clean-up except for a
+    granule object more than :data:`_PEAK_MARGIN` rows tall without a confident pixel in reach.
     """
-    min_px = math.pi / 4 * (float(min_diameter_nm) / float(pixel_size_nm)) ** 2
-    margin = math.ceil(min_px) + 1
+    min_px = math.pi / 4 * (float(min_diameter_nm) / float(pixel_size_nm)) ** 2 if min_diameter_nm else 0
+    margin = max(math.ceil(min_px) + 1, _PEAK_MARGIN if peaked else 0)
     h = labels.shape[0]
     for r0 in range(0, h, _CLEAN_BAND):
         r1 = min(h, r0 + _CLEAN_BAND)
         a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
         block = np.array(labels[a0:a1])
-        remove_small_objects(block, min_diameter_nm, pixel_size_nm)
-        labels[r0:r1] = block[r0 - a0:r1 - a0]
+        if peaked:  # (rows of the next band's margin keep their codes until the last step)
+            strong = block == 2
+            block[strong] = 1
+            keep_peaked_objects(block, strong, keep_touching=(a0 > 0, a1 < h))
+        if min_diameter_nm:
+            remove_small_objects(block, min_diameter_nm, pixel_size_nm)
+        band = block[r0 - a0:r1 - a0]
+        labels[r0:r1] = np.where(band == 0, 0, labels[r0:r1]) if peaked else band
+    if peaked:
+        for r0 in range(0, h, _CLEAN_BAND):
+            band = np.array(labels[r0:r0 + _CLEAN_BAND])
+            band[band == 2] = 1
+            labels[r0:r0 + _CLEAN_BAND] = band
 
 
 # -------------------------------------------------------------------------------------------------
@@ -311,14 +328,23 @@ def _model_shape(shape: tuple[int, int], pixel_size_nm: float, model: Segmentati
 
 
 def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, batch_size: int,
-                     dst: np.ndarray, scratch: Path, name: str) -> Generator[int, None, None]:
+                     dst: np.ndarray, scratch: Path, name: str,
+                     peak: float | None = None) -> Generator[int, None, None]:
     """One model's labels of ``src`` into ``dst``; through a resampled scratch copy when ``plan``
-    is at another scale (image resized, probabilities predicted, then resized back, by bands)."""
+    is at another scale (image resized, probabilities predicted, then resized back, by bands).
+
+    With ``peak`` (a two-class model's confidence level, :meth:`~.options.SegmentOptions.peak_level`)
+    class-1 pixels whose probability reaches it are written as code 2, for
+    :func:`_clean_granules_in_bands`.
+    """
     shape, mshape = tuple(dst.shape), plan.image_shape
     prep = input_scaler(src, model.card.input_scaling)  # levels of the whole montage
     if mshape == shape:
-        def labels(lo, hi, scores, _weights):
-            dst[lo:hi] = reduce_scores(scores)[0]
+        def labels(lo, hi, scores, weights):
+            lab = reduce_scores(scores)[0]
+            if peak is not None:  # summed weighted probabilities against the summed weights
+                lab[(lab == 1) & (scores[..., 1] >= np.float32(peak) * weights)] = 2
+            dst[lo:hi] = lab
 
         yield from _blend_rows(model, src, plan, batch_size, labels, prep)
         return
@@ -335,9 +361,18 @@ def _labels_by_bands(model: SegmentationModel, src: np.ndarray, plan: TilePlan, 
         yield from _blend_rows(model, scaled, plan, batch_size, normalised,
                                lambda piece: np.asarray(piece, np.float32))
         step = _row_chunk(shape[1], model.n_classes, mshape[0] / shape[0])
+        if peak is not None:
+            odds = np.array([math.log(peak / (1.0 - peak)), 0.0], np.float32)
+
+            def raised(rows):
+                return _log_probabilities(probs)(rows) + odds
         for o0 in range(0, shape[0], step):
-            dst[o0:o0 + step] = upsample_argmax_rows(_log_probabilities(probs), mshape, shape, o0,
-                                                     min(o0 + step, shape[0]))
+            o1 = min(o0 + step, shape[0])
+            lab = upsample_argmax_rows(_log_probabilities(probs), mshape, shape, o0, o1)
+            if peak is not None:  # class 1 wins against class 0 raised to the peak's log-odds
+                strong = upsample_argmax_rows(raised, mshape, shape, o0, o1)
+                lab[(lab == 1) & (strong == 1)] = 2
+            dst[o0:o1] = lab
 
 
 def _create_label_map(tmp: Path, shape: tuple[int, int], pixel_size_nm: float) -> np.memmap:
@@ -418,13 +453,14 @@ def segment_large_iter(
         for kind, model in models.items():
             with atomic_output(out / kind / f"{name}.tif") as tmp:
                 dst = _create_label_map(tmp, shape, px)
-                passes = _labels_by_bands(model, src, plans[kind], batch_size, dst, out, name)
+                peak = opts.peak_level(model)
+                passes = _labels_by_bands(model, src, plans[kind], batch_size, dst, out, name, peak)
                 for step, _ in enumerate(passes, 1):
                     done += 1
                     yield SegmentProgress(kind, step, steps[kind], done, sum(steps.values()),
                                           f"{kind}: pass {step}/{steps[kind]} (tiled, by bands)")
-                if opts.speck_nm and model.card.kind == "granules":
-                    _remove_small_in_bands(dst, opts.speck_nm, px)
+                if model.card.kind == "granules" and (opts.speck_nm or peak is not None):
+                    _clean_granules_in_bands(dst, opts.speck_nm, px, peak is not None)
                 dst.flush()
                 del dst
     labels = {k: tifffile.memmap(out / k / f"{name}.tif", mode="r") for k in models}

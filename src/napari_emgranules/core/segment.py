@@ -421,6 +421,38 @@ def remove_small_objects(labels: np.ndarray, min_diameter_nm: float, pixel_size_
     return labels
 
 
+def keep_peaked_objects(labels: np.ndarray, strong: np.ndarray, code: int = 1, background: int = 0,
+                        keep_touching: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """Set objects of ``code`` (8-connected) without a single ``strong`` pixel to background
+    (hysteresis: an object counts where its most confident pixel is confident enough).
+
+    Returns ``labels`` itself (changed in place). ``keep_touching`` (top, bottom) keeps the objects
+    that touch the first / last row whatever their pixels: for a band cut out of a larger map,
+    whose objects may go on beyond it (:mod:`~.montage`).
+    """
+    from scipy import ndimage as ndi
+
+    mask = labels == code
+    comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if not n:
+        return labels
+    where = np.flatnonzero(mask)
+    ids = comp.reshape(-1)[where]
+    keep = np.zeros(n + 1, bool)
+    keep[ids[np.asarray(strong).reshape(-1)[where]]] = True
+    for touching, row in zip(keep_touching, (comp[0], comp[-1]), strict=True):
+        if touching:
+            keep[row] = True
+    keep[0] = True
+    drop = where[~keep[ids]]
+    if drop.size:
+        if labels.flags.c_contiguous:
+            labels.reshape(-1)[drop] = background
+        else:
+            labels[np.unravel_index(drop, labels.shape)] = background
+    return labels
+
+
 def _read(image, pixel_size_nm: float | None) -> Micrograph:
     if isinstance(image, (str, os.PathLike)):
         return read_micrograph(Path(image), pixel_size_nm)
@@ -563,7 +595,9 @@ def segment_micrograph_iter(
         if key not in on_grid:
             on_grid[key] = resample(scaled[scaling], plan.shape)
         wanted = bool(confidence) if isinstance(confidence, bool) else kind in confidence
-        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts, wanted)
+        peak = opts.peak_level(model)  # the granules' peak needs their confidence
+        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts,
+                            wanted or peak is not None)
         step = 0
         while True:
             try:
@@ -574,6 +608,8 @@ def segment_micrograph_iter(
             step, done = step + 1, done + 1
             yield SegmentProgress(kind, step, plan.steps, done, total,
                                   f"{kind}: pass {step}/{plan.steps} ({mode})")
+        if peak is not None:
+            lab = keep_peaked_objects(lab, cf >= np.float32(peak))
         if opts.speck_nm and model.card.kind == "granules":
             lab = remove_small_objects(lab, opts.speck_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
