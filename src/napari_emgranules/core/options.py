@@ -42,8 +42,8 @@ Thresholding every pixel higher shrinks each granule's mask along with dropping 
 ones; asking the object's peak to be high keeps the masks as the arg-max draws them (hysteresis
 thresholding). Measured on synthetic micrographs of nine looks (``python benchmarks/granule_min_size.py
 --sizes 12 --peaks ...``: docs/granule_peak.md): against keeping every arg-max granule, a peak of
-0.8 removed 40-65% of the false granules and raised object F1 on seven of them (lowered it by
-0.003-0.006 on two).
+0.8 removed 31-65% of the false granules and raised object F1 on seven of them by 0.002-0.011
+(lowered it by 0.006 where granules are faint and 0.003 on the noisy look).
 """
 
 
