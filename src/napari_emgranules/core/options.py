@@ -76,7 +76,8 @@ class SegmentOptions:
     granule_peak : float or None
         Keep a granule (8-connected) only where its most confident pixel reaches this calibrated
         probability (default :data:`GRANULE_PEAK`); None, or a peak at or below the threshold,
-        keeps every granule the threshold draws.
+        keeps every granule the threshold draws. Confidence maps stay the network's: the pixels
+        of a dropped granule keep their doubt, so the Review queue still points at them.
     views : int, optional
         Symmetric views of the input each network averages (1, 2, 4 or 8; more views, more passes):
         default each model card's (:attr:`~.models.ModelCard.views`).

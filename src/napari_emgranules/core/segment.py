@@ -500,23 +500,42 @@ def _plan(micrograph: Micrograph, model: SegmentationModel, mode: str, window: i
 
 
 def _labels_of(model: SegmentationModel, x: np.ndarray, image_shape: tuple[int, int], plan: _Plan,
-               mode: str, options: SegmentOptions, confidence: bool):
-    """One model's label map (and confidence) at the micrograph's grid from its input ``x`` on the
-    model's grid; yields once per forward pass."""
+               mode: str, options: SegmentOptions, confidence: bool, peak: float | None = None):
+    """One model's label map, confidence (or None) and, with ``peak`` (a two-class model's
+    confidence level, :meth:`~.options.SegmentOptions.peak_level`), the mask of its confident
+    class-1 pixels (else None), all at the micrograph's grid, from its input ``x`` on the model's
+    grid; yields once per forward pass."""
     other_grid = plan.shape != image_shape
     want_scores = other_grid and mode != "seed"
+    # the peak needs the confidence, except from scores: those say it themselves (below)
+    need_cf = confidence or (peak is not None and not want_scores)
     if mode == "whole":
-        lab, cf = yield from _predict_whole(model, x, want_scores, confidence)
+        lab, cf = yield from _predict_whole(model, x, want_scores, need_cf)
     elif mode == "tiled":
         lab, cf = yield from _predict_tiled(model, x, plan.tiles, options.batch_size, want_scores)
     else:
-        lab, cf = yield from _predict_seed(model, x, options.batch_size, confidence)
+        lab, cf = yield from _predict_seed(model, x, options.batch_size, need_cf)
+    strong = None
     if want_scores:  # class scores on the model's grid: exact arg-max of their upsampling
+        if peak is not None:  # confident pixels on the model's grid, brought back by nearest
+            strong = _nearest(_confident(lab, peak, model.card.temperature), image_shape)
         lab = upsample_argmax(lab, image_shape)
         cf = None if cf is None or not confidence else resample(cf, image_shape)
     elif other_grid:  # seed mode at another pixel size: labels back by nearest neighbour
         lab, cf = (None if a is None else _nearest(a, image_shape) for a in (lab, cf))
-    return lab, (cf.astype(np.float32, copy=False) if confidence else None)
+    if peak is not None and strong is None:
+        strong = (lab == 1) & (cf >= np.float32(peak))
+    return lab, (cf.astype(np.float32, copy=False) if confidence else None), strong
+
+
+def _confident(scores: np.ndarray, level: float, temperature: float) -> np.ndarray:
+    """Where a two-class model's scores give class 1 a calibrated probability of at least
+    ``level`` (> 0.5): ``scores`` is its logit difference ``(h, w)`` (whole passes) or its two
+    log-probabilities ``(h, w, 2)`` (tiled passes, calibrated already)."""
+    odds = math.log(level / (1.0 - level))
+    if scores.ndim == 2:
+        return scores >= np.float32(odds * temperature)
+    return scores[..., 1] - scores[..., 0] >= np.float32(odds)
 
 
 def segment_micrograph_iter(
@@ -595,21 +614,20 @@ def segment_micrograph_iter(
         if key not in on_grid:
             on_grid[key] = resample(scaled[scaling], plan.shape)
         wanted = bool(confidence) if isinstance(confidence, bool) else kind in confidence
-        peak = opts.peak_level(model)  # the granules' peak needs their confidence
-        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts,
-                            wanted or peak is not None)
+        peak = opts.peak_level(model)
+        passes = _labels_of(model, on_grid[key], micrograph.shape, plan, mode, opts, wanted, peak)
         step = 0
         while True:
             try:
                 next(passes)
             except StopIteration as stop:
-                lab, cf = stop.value
+                lab, cf, strong = stop.value
                 break
             step, done = step + 1, done + 1
             yield SegmentProgress(kind, step, plan.steps, done, total,
                                   f"{kind}: pass {step}/{plan.steps} ({mode})")
         if peak is not None:
-            lab = keep_peaked_objects(lab, cf >= np.float32(peak))
+            lab = keep_peaked_objects(lab, strong)
         if opts.speck_nm and model.card.kind == "granules":
             lab = remove_small_objects(lab, opts.speck_nm, micrograph.pixel_size_nm)
         labels[kind] = lab
