@@ -358,10 +358,11 @@ def test_impossible_segmentation_options_are_one_message_and_nothing_is_written(
     image = write_micrograph("cell.tif")
     out = tmp_path / "out"
     code, _, err = run_cli(command, image, "--out", out, "--max-window", "512", "--halo", "256",
-                           "--granule-threshold", "2")
+                           "--granule-threshold", "2", "--granule-peak", "1.5")
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1, err
     assert "max_window 512" in lines[0] and "granule threshold" in lines[0]
+    assert "granule peak" in lines[0]
     assert not out.exists() or not any(out.rglob("*.tif"))
 
 

@@ -259,8 +259,11 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, blob_start, tmp_pa
     data = pairs_from_files([(tmp_path / "strokes.tif", tmp_path / "strokes_labels.tif")], schema=BLOBS)
     tuned = train(data, tmp_path / "tuned", model=first.weights_path, class_weights="prior",
                   **{**FAST, "epochs": 1})
-    weights = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]["class_weights"]
+    provenance = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]
+    weights = provenance["class_weights"]
     assert weights[1] < weights[0]
+    # its confidence is fitted on the strip's pixels in that class mix too, not as painted
+    assert "class mix" in provenance["calibration"]["data"]
     # a task without a measured share keeps its best epoch as it is (nothing to average with)
     assert tuned.averaged_with_start == 0.0 and not (tmp_path / "tuned" / "start").exists()
     # the held-out strip is scored with the same class mix, and a resume keeps both weightings
@@ -447,3 +450,21 @@ def test_fine_tuning_keeps_the_average_with_the_starting_weights_when_asked(blob
     assert card["provenance"]["averaged_with_start"] == 0.25
     assert any("averaged with the starting weights (25% start)" in n for n in tuned.notes)
     assert tuned.averaged_with_start == 0.25
+
+
+def test_thinned_to_mix_keeps_each_class_in_proportion_to_its_weight():
+    from napari_emgranules.core.schema import UNLABELLED
+    from napari_emgranules.core.train import thinned_to_mix
+
+    rng = np.random.default_rng(0)
+    labels = np.full((200, 300), UNLABELLED, np.uint16)
+    labels[:100, :100] = 0  # 10000 px of background strokes
+    labels[100:, :100] = 1  # 10000 px of granule strokes, far more than a micrograph holds
+    labels[:50, 200:] = 1
+    assert thinned_to_mix(labels, None, rng) is labels
+    out = thinned_to_mix(labels, [1.0, 0.1], rng)  # granules counted a tenth as much
+    assert (out[labels == UNLABELLED] == UNLABELLED).all()
+    assert set(np.unique(out[out != UNLABELLED])) <= {0, 1}
+    kept = [int((out == c).sum()) for c in (0, 1)]
+    assert kept[0] == 10000 and abs(kept[1] - 1500) < 150  # all background, a tenth of 15000
+    assert (out[out != UNLABELLED] == labels[out != UNLABELLED]).all()  # codes never change

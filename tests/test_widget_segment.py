@@ -138,6 +138,14 @@ def test_rerun_replaces_corrections_only_after_confirmation(qtbot, viewer_with_i
     widget.threshold.value = 0.85
     _run(qtbot, widget)
     assert 0 < int(np.asarray(layer.data).sum()) < before
+    # the granule peak: 0.5 keeps every granule the threshold draws, a high one drops the unsure
+    widget.threshold.value = 0.5
+    counts = {}
+    for peak in (0.5, 0.99):
+        widget.peak.value = peak
+        _run(qtbot, widget)
+        counts[peak] = int(np.asarray(layer.data).sum())
+    assert 0 < counts[0.99] < counts[0.5] and counts[0.99] <= before <= counts[0.5]
 
 
 def test_cancel_stops_and_leaves_no_layers(qtbot, make_napari_viewer, notes):

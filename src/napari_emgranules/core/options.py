@@ -130,7 +130,7 @@ class SegmentOptions:
                             f"{self.granule_threshold}")
         if self.granule_peak is not None and not (_is_number(self.granule_peak)
                                                   and 0 < self.granule_peak < 1):
-            problems.append(f"the granule peak must lie between 0 and 1 (or None), got "
+            problems.append(f"the granule peak must lie between 0 and 1 (or be off), got "
                             f"{self.granule_peak}")
         if self.views is not None and self.views not in VIEWS:
             problems.append(f"views must be one of {', '.join(map(str, VIEWS))}, got {self.views!r}")
