@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 
 from napari_emgranules.core.io import atomic_output
 from napari_emgranules.core.metrics import match_objects
-from napari_emgranules.core.options import MIN_GRANULE_NM
+from napari_emgranules.core.options import GRANULE_PEAK, MIN_GRANULE_NM
 from napari_emgranules.core.segment import keep_peaked_objects, remove_small_objects, segment_micrograph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,7 +118,8 @@ def _label(threshold: float, peak: float, size: float, thresholds: list[float], 
     if thresholds != [0.5]:
         parts.append(f"p >= {threshold:g}{' (arg-max)' if threshold == 0.5 else ''}")
     if peaks != [0.5]:
-        parts.append(f"peak {peak:g}" if peak > threshold else "no peak")
+        parts.append((f"peak {peak:g}" + (" (default)" if peak == GRANULE_PEAK else ""))
+                     if peak > threshold else "no peak")
     parts.append(f"{size:g} nm{' (default)' if size == MIN_GRANULE_NM else ''}")
     return ", ".join(parts)
 
