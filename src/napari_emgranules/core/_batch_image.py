@@ -32,9 +32,8 @@ from .progress import run_to_completion
 from .segment import (
     SegmentationResult,
     _resolve_model,
-    keep_peaked_objects,
+    clean_granules,
     memory_budget,
-    remove_small_objects,
     segment_micrograph_iter,
 )
 
@@ -231,15 +230,11 @@ def segment_image(loaded: Loaded, settings: ImageSettings) -> tuple[Segmentation
 
 def _clean_granules(labels: np.ndarray, probability: np.ndarray, threshold: float | None,
                     settings: ImageSettings, pixel_size_nm: float) -> np.ndarray:
-    """What :func:`~.segment.segment_micrograph_iter` does to granules thresholded at ``threshold``
-    (None: the arg-max): the peak (``probability`` is the calibrated granule probability), then
-    the specks."""
+    """:func:`~.segment.clean_granules` of granules thresholded at ``threshold`` (None: the
+    arg-max), ``probability`` being the calibrated granule probability."""
     peak = settings.options.granule_peak
-    if peak is not None and peak > (threshold or 0.5):
-        keep_peaked_objects(labels, probability >= np.float32(peak))
-    if settings.options.speck_nm:
-        remove_small_objects(labels, settings.options.speck_nm, pixel_size_nm)
-    return labels
+    strong = probability >= np.float32(peak) if peak is not None and peak > (threshold or 0.5) else None
+    return clean_granules(labels, strong, settings.options, pixel_size_nm)
 
 
 def threshold_key(threshold: float) -> str:

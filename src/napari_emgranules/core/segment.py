@@ -453,6 +453,17 @@ def keep_peaked_objects(labels: np.ndarray, strong: np.ndarray, code: int = 1, b
     return labels
 
 
+def clean_granules(labels: np.ndarray, strong: np.ndarray | None, options: SegmentOptions,
+                   pixel_size_nm: float) -> np.ndarray:
+    """What every in-memory path does to a Granules label map (in place): the granule peak
+    (``strong``: the confident granule pixels, None when no peak applies), then the specks."""
+    if strong is not None:
+        keep_peaked_objects(labels, strong)
+    if options.speck_nm:
+        remove_small_objects(labels, options.speck_nm, pixel_size_nm)
+    return labels
+
+
 def _read(image, pixel_size_nm: float | None) -> Micrograph:
     if isinstance(image, (str, os.PathLike)):
         return read_micrograph(Path(image), pixel_size_nm)
@@ -626,10 +637,8 @@ def segment_micrograph_iter(
             step, done = step + 1, done + 1
             yield SegmentProgress(kind, step, plan.steps, done, total,
                                   f"{kind}: pass {step}/{plan.steps} ({mode})")
-        if peak is not None:
-            lab = keep_peaked_objects(lab, strong)
-        if opts.speck_nm and model.card.kind == "granules":
-            lab = remove_small_objects(lab, opts.speck_nm, micrograph.pixel_size_nm)
+        if model.card.kind == "granules":
+            lab = clean_granules(lab, strong, opts, micrograph.pixel_size_nm)
         labels[kind] = lab
         if wanted:
             confs[kind] = cf
