@@ -5,6 +5,7 @@
     python benchmarks/bench_segment.py --inprocess        # segment_micrograph vs bare passes, per size
     python benchmarks/bench_segment.py --startup          # what a fresh process pays before its first pass
     python benchmarks/bench_segment.py --resample         # labels back: host arg-max vs in the graph
+    python benchmarks/bench_segment.py --runtimes         # the same networks: Keras backend vs ONNX Runtime
     python benchmarks/bench_segment.py --write-docs       # also update docs/benchmarks.md
 
 *Bare compute* is the two networks' forward passes on the image already in memory as float32
@@ -307,6 +308,79 @@ def run_resample(size: int, repeat: int) -> dict:
             "backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
 
+_IMPORT_CHILD = """
+import os, time
+t = time.perf_counter()
+MODULE
+print(time.perf_counter() - t)
+"""
+
+
+def _import_seconds(statement: str, repeat: int) -> float:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    times = [float(subprocess.run([sys.executable, "-c", _IMPORT_CHILD.replace("MODULE", statement)],
+                                  capture_output=True, text=True, env=env, check=True
+                                  ).stdout.strip().splitlines()[-1]) for _ in range(repeat)]
+    return statistics.median(times)
+
+
+def run_runtimes(size: int, repeat: int) -> dict:
+    """The two bundled networks, one view each, on the current Keras backend and exported to ONNX
+    (``core.interop.export_onnx``) run by ONNX Runtime on the CPU: import time in fresh processes,
+    session / model load, and one forward pass (Granules on a ``size``^2 input at 0.8 nm/px,
+    Locations on the same field at 3.2 nm/px), with the labels' agreement."""
+    import numpy as np
+
+    from napari_emgranules.core.interop import export_onnx, load_onnx_model
+    from napari_emgranules.core.models import default_model
+
+    rng = np.random.default_rng(0)
+    sides = {"granules": size, "locations": size // 4}
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, side in sides.items():
+            keras_model = default_model(kind).with_views(1)
+            path = export_onnx(keras_model, Path(tmp) / f"{kind}.onnx")
+            t = time.perf_counter()
+            ort_model = load_onnx_model(path)
+            load = time.perf_counter() - t
+            x = rng.random((1, side, side, 1), dtype=np.float32)
+            keras_model.predict_logits(x), ort_model.predict_logits(x)  # warm-up (tracing, arenas)
+            k_t, o_t = [], []
+            for _ in range(repeat):  # interleaved
+                k_t.append(_timed(lambda m=keras_model, x=x: m.predict_logits(x)))
+                o_t.append(_timed(lambda m=ort_model, x=x: m.predict_logits(x)))
+            agree = float((keras_model.predict_logits(x).argmax(-1)
+                           == ort_model.predict_logits(x).argmax(-1)).mean())
+            rows[kind] = {"side": side, "keras": statistics.median(k_t),
+                          "onnxruntime": statistics.median(o_t), "session_s": load, "agree": agree}
+            print(kind, rows[kind], flush=True)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    imports = {"keras + " + backend: _import_seconds("import keras", repeat),
+               "onnxruntime": _import_seconds("import onnxruntime", repeat)}
+    print(imports, flush=True)
+    return {"size": size, "repeat": repeat, "rows": rows, "imports": imports, "machine": _machine(),
+            "backend": backend}
+
+
+def _runtimes_markdown(r: dict, argv: list[str]) -> str:
+    begin, end = _markers("runtimes")
+    lines = [begin, "", f"Command: `python benchmarks/bench_segment.py {' '.join(argv)}`", "",
+             f"The bundled networks (one view) on Keras ({r['backend']}) and exported to ONNX run by "
+             f"ONNX Runtime on the CPU; {r['machine']}; median of {r['repeat']} interleaved passes "
+             "after a warm-up (imports: fresh processes).", "",
+             "| network | input | Keras pass (s) | ONNX Runtime pass (s) | ONNX Runtime / Keras "
+             "| ONNX session load (s) | labels agreeing |", "|---|---|---:|---:|---:|---:|---:|"]
+    for kind, row in r["rows"].items():
+        lines.append(f"| {kind} | {row['side']}x{row['side']} | {row['keras']:.2f} | "
+                     f"{row['onnxruntime']:.2f} | {row['onnxruntime'] / row['keras']:.1f}x | "
+                     f"{row['session_s']:.2f} | {row['agree']:.4f} |")
+    lines += ["", "| import in a fresh process | seconds |", "|---|---:|"]
+    lines += [f"| `{k}` | {v:.2f} |" for k, v in r["imports"].items()]
+    lines += ["", end]
+    return "\n".join(lines)
+
+
 def _resample_markdown(r: dict, argv: list[str]) -> str:
     begin, end = _markers("resample")
     lines = [begin, "", f"Command: `python benchmarks/bench_segment.py {' '.join(argv)}`", "",
@@ -348,7 +422,8 @@ def _write_docs(key: str, block: str) -> None:
                  "timings": "Segmentation: end to end vs bare compute",
                  "memory": "Segmentation: memory per pixel",
                  "startup": "Segmentation: what a fresh process pays first",
-                 "resample": "Segmentation: labels back to the micrograph's grid, host or graph"}[key]
+                 "resample": "Segmentation: labels back to the micrograph's grid, host or graph",
+                 "runtimes": "Segmentation: Keras or ONNX Runtime for the same networks"}[key]
         text = text.rstrip() + f"\n\n## {title}\n\n" + block + "\n"
     DOC.write_text(text)
 
@@ -370,12 +445,15 @@ def main() -> None:
                     help="the upsampling arg-max on the host vs in the Keras graph (--size)")
     ap.add_argument("--startup", action="store_true",
                     help="fresh processes: imports, model loading and the first pass (--size)")
+    ap.add_argument("--runtimes", action="store_true",
+                    help="the bundled networks on the Keras backend vs exported to ONNX Runtime (--size)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
     argv = [a for a in sys.argv[1:] if a != "--write-docs"]
     timings = mem = None
     for key, run, markdown in (("resample", run_resample, _resample_markdown),
-                               ("startup", run_startup, _startup_markdown)):
+                               ("startup", run_startup, _startup_markdown),
+                               ("runtimes", run_runtimes, _runtimes_markdown)):
         if getattr(args, key):
             block = markdown(run(args.size, args.repeat), argv)
             print(block)

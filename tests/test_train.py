@@ -83,6 +83,7 @@ def test_a_learnable_task_is_learned_and_every_output_is_written(blob_pairs, tmp
     assert prov["trained"] is True and prov["start"] == "fresh"
     assert prov["data_manifest_hash"] == load_training_pairs(blob_pairs).manifest_hash()
     assert prov["best_epoch"] == result.best_epoch
+    assert prov["micrograph_pixel_sizes_nm"] == [0.8, 0.8]  # what segmentation checks against
     assert prov["final_metrics"]["val_accuracy"] == pytest.approx(
         hist["val_accuracy"].iloc[result.best_epoch - 1])
     with open(out / "history.csv", newline="") as f:
@@ -170,6 +171,7 @@ def test_fine_tuning_starts_from_given_weights_and_can_freeze_the_encoder(blob_p
                   **{**FAST, "epochs": 1, "val_fraction": 0.0})
     prov = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]
     assert prov["optimizer"] == "adam" and prov["start"] == str(first.weights_path)
+    assert prov["micrograph_pixel_sizes_nm"] == [0.8, 0.8]
     after = {w.path: np.array(w) for w in tuned.model.keras_model.weights}
     enc = [k for k in before if k.startswith("enc")]
     dec = [k for k in before if k.startswith("dec")]
@@ -398,7 +400,7 @@ def test_training_images_can_be_renewed_every_few_epochs(blob_pairs, tmp_path):
     def fresh(r):
         asked.append(r)
         image, labels = blob_image(100 + r)
-        return [(image, labels, 0.8)]
+        return [(image, labels, 0.8 + 0.1 * r)]
 
     out = tmp_path / "run"
     gen = train_iter(blob_pairs, out, kind="blobs", schema=BLOBS, seed=4, fresh_data=fresh,
@@ -415,6 +417,8 @@ def test_training_images_can_be_renewed_every_few_epochs(blob_pairs, tmp_path):
     assert asked == [2]  # the resumed run trains epoch 3 on round 2's images again; none after it
     assert list(result.history["epoch"]) == [1, 2, 3]
     assert any("fresh_data every 1 epoch" in n for n in result.notes)
+    # the pairs (0.8 nm) and every round's images (0.9, 1.0 nm), across the resume
+    assert result.model.card.training_pixel_range == pytest.approx((0.8, 1.0))
 
 
 def test_renewed_training_images_are_checked(blob_pairs, tmp_path):

@@ -365,7 +365,8 @@ def notify_error(exc: BaseException, doing: str) -> None:
 
 
 def notify_notes(notes: Sequence[str]) -> None:
-    for note in notes:
+    """Show each note once (a result's notes and the warnings caught with it often repeat)."""
+    for note in dict.fromkeys(notes):
         show_warning(note)
 
 

@@ -278,8 +278,10 @@ def _keras_to_onnx(model: SegmentationModel, opset: int):
     with tempfile.TemporaryDirectory(prefix="emgranules-onnx-") as tmp:
         target = Path(tmp) / "model.onnx"
         try:
-            model.keras_model.export(str(target), format="onnx", input_signature=[spec],
-                                     opset_version=int(opset), verbose=False)
+            with warnings.catch_warnings():  # tf2onnx's own NumPy deprecation chatter is not ours
+                warnings.filterwarnings("ignore", message=r".*np\.object", category=FutureWarning)
+                model.keras_model.export(str(target), format="onnx", input_signature=[spec],
+                                         opset_version=int(opset), verbose=False)
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
             raise ExportError(f"the ONNX conversion failed ({type(exc).__name__}: {exc})") from exc
         proto = onnx.load(str(target))

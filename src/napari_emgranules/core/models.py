@@ -303,6 +303,16 @@ class ModelCard:
         return bool(self.provenance.get("trained", True))
 
     @property
+    def training_pixel_range(self) -> tuple[float, float] | None:
+        """Lowest and highest pixel size (nm) of the micrographs the weights learnt from, as the
+        trainer recorded them (``provenance["micrograph_pixel_sizes_nm"]``); None when unknown.
+
+        The network runs at :attr:`pixel_size_nm` whatever the micrograph's pixel size, but what
+        a structure looks like after resampling depends on the micrograph's own: segmentation
+        notes a micrograph far outside this range (:func:`~.segment.pixel_range_notes`)."""
+        return _pixel_range(self.provenance.get("micrograph_pixel_sizes_nm"), "")
+
+    @property
     def synthetic(self) -> bool:
         """True for weights trained on synthetic micrographs only (the bundled defaults)."""
         return bool(self.provenance.get("synthetic", False))
@@ -348,6 +358,7 @@ class ModelCard:
         if card.views not in VIEWS:
             raise WeightsError(f"{where}: views must be one of {', '.join(map(str, VIEWS))}, got "
                                f"{card.views}")
+        _pixel_range(card.provenance.get("micrograph_pixel_sizes_nm"), where)
         if card.input_scaling not in INPUT_SCALINGS:
             raise WeightsError(f"{where}: unsupported input_scaling {card.input_scaling!r} "
                                f"(known: {', '.join(INPUT_SCALINGS)})")
@@ -361,6 +372,24 @@ class ModelCard:
                 f"unknown model kind {kind!r}: use 'locations' or 'granules', or give a sidecar"
             )
         return cls(kind, arch, default_schema(kind))
+
+
+def _pixel_range(value: Any, where: str) -> tuple[float, float] | None:
+    """A recorded ``[lowest, highest]`` training pixel size as a tuple; None when absent. A
+    malformed record raises :class:`WeightsError` when ``where`` names the file, else reads as
+    unknown."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+        if not (0.01 <= lo <= hi <= 1000):  # also NaN
+            raise ValueError
+    except (TypeError, ValueError):
+        if where:
+            raise WeightsError(f"{where}: provenance micrograph_pixel_sizes_nm must be "
+                               f"[lowest, highest] positive pixel sizes in nm, got {value!r}") from None
+        return None
+    return lo, hi
 
 
 def sidecar_path(weights: str | os.PathLike) -> Path:

@@ -20,10 +20,13 @@ from typing import Any
 
 from .models import MULTIPLE, PRECISIONS, VIEWS, SegmentationModel
 
-__all__ = ["GRANULE_PEAK", "MODES", "MIN_GRANULE_NM", "PRECISIONS", "SegmentOptions"]
+__all__ = ["GRANULE_DIAMETERS_NM", "GRANULE_PEAK", "MODES", "MIN_GRANULE_NM", "PRECISIONS", "SegmentOptions"]
 
 MODES = ("auto", "whole", "tiled", "seed")
 """Inference modes (:mod:`~.segment`)."""
+
+GRANULE_DIAMETERS_NM = (15.0, 40.0)
+"""Diameters of glycogen beta particles (nm), smallest and largest."""
 
 MIN_GRANULE_NM = 12.0
 """Default smallest granule diameter kept in the Granules label map (nm).

@@ -44,7 +44,7 @@ import numpy as np
 from .calibration import scores_confidence
 from .io import Micrograph, as_micrograph, available_memory_bytes, read_micrograph
 from .models import MULTIPLE, SegmentationModel, default_model, load_model, reduce_scores
-from .options import MIN_GRANULE_NM, MODES, SegmentOptions
+from .options import GRANULE_DIAMETERS_NM, MIN_GRANULE_NM, MODES, SegmentOptions
 from .progress import run_to_completion  # noqa: F401 - re-exported (older imports)
 from .resample import RESAMPLE_TOLERANCE, model_grid_shape, resample, upsample_argmax
 from .tiling import TilePlan, pad_to_multiple, seed_tile_origins
@@ -66,6 +66,9 @@ __all__ = [
     "MIN_GRANULE_NM",
     "SegmentOptions",
     "memory_budget",
+    "PIXEL_RANGE_SLACK",
+    "PixelSizeRangeWarning",
+    "pixel_range_notes",
 ]
 
 SEED_TILE = 1024
@@ -75,6 +78,17 @@ SEED_TILE = 1024
 # memory, leaves the rest of the margin).
 _BYTES_PER_PIXEL = 200
 _RESAMPLE_TOLERANCE = RESAMPLE_TOLERANCE  # kept for older imports
+# How far outside the pixel sizes a model learnt from (ModelCard.training_pixel_range) a
+# micrograph may lie before segmentation says its results are unchecked: the bundled defaults
+# learnt from micrographs of 0.7-0.9 nm/px and meet their Locations and granule-F1 targets on
+# micrographs of 0.6-1.2 nm/px (`python benchmarks/accuracy.py`, docs/accuracy.md: within 1.4x);
+# 1.5x either side.
+PIXEL_RANGE_SLACK = 1.5
+
+
+class PixelSizeRangeWarning(UserWarning):
+    """A micrograph's pixel size lies far outside those a model learnt from: its labels are
+    extrapolated (check them, or correct a micrograph and fine-tune)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +478,33 @@ def clean_granules(labels: np.ndarray, strong: np.ndarray | None, options: Segme
     return labels
 
 
+def pixel_range_notes(pixel_size_nm: float, models: Mapping[str, Any]) -> list[str]:
+    """What to tell the user about a micrograph at ``pixel_size_nm`` and these models
+    (:class:`SegmentationModel` or :class:`ModelCard` by name): one line per model whose
+    recorded training range (:attr:`ModelCard.training_pixel_range`) the pixel size lies more
+    than :data:`PIXEL_RANGE_SLACK` times outside; none for models without a record."""
+    notes = []
+    for name, model in models.items():
+        card = getattr(model, "card", model)
+        seen = card.training_pixel_range
+        if seen is None or seen[0] / PIXEL_RANGE_SLACK <= pixel_size_nm <= seen[1] * PIXEL_RANGE_SLACK:
+            continue
+        factor = pixel_size_nm / card.pixel_size_nm
+        how = f"magnified {factor:.3g}x" if factor > 1 else f"shrunk {1 / factor:.3g}x"
+        granules = ""
+        if card.kind == "granules":
+            lo, hi = (d / pixel_size_nm for d in GRANULE_DIAMETERS_NM)
+            granules = f"; glycogen granules ({GRANULE_DIAMETERS_NM[0]:g}-{GRANULE_DIAMETERS_NM[1]:g} nm) " \
+                        f"are {lo:.2g}-{hi:.2g} px across here"
+        notes.append(
+            f"{name} model: the micrograph is at {pixel_size_nm:g} nm/px, but the model learnt from "
+            f"micrographs of {seen[0]:g}-{seen[1]:g} nm/px (the network runs at {card.pixel_size_nm:g} "
+            f"nm/px: it sees this micrograph {how}{granules}); its labels here are unchecked: look at them, "
+            "check the pixel size, or correct a micrograph and fine-tune (emgranules train)"
+        )
+    return notes
+
+
 def _read(image, pixel_size_nm: float | None) -> Micrograph:
     if isinstance(image, (str, os.PathLike)):
         return read_micrograph(Path(image), pixel_size_nm)
@@ -605,6 +646,9 @@ def segment_micrograph_iter(
         # size of the models (the Granules model's 0.8 nm; the Locations default works coarser).
         micrograph = replace(micrograph, pixel_size_nm=min(m.card.pixel_size_nm
                                                            for m in models.values()))
+    notes = pixel_range_notes(micrograph.pixel_size_nm, models)
+    for note in notes:
+        warnings.warn(note, PixelSizeRangeWarning, stacklevel=2)
     # the networks run on their own grids: a coarse micrograph grows there (12.5 -> 0.8 nm/px is
     # 16 times the side), and "whole" must fit on the largest of them
     grids = [model_grid_shape(micrograph.shape, micrograph.pixel_size_nm / m.card.pixel_size_nm)
@@ -650,6 +694,7 @@ def segment_micrograph_iter(
         mode=mode,
         models={k: m.card for k, m in models.items()},
         name=micrograph.name,
+        notes=notes,
     )
 
 

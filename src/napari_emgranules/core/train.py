@@ -501,9 +501,10 @@ def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float,
     return samples
 
 
-def _fresh_samples(items, card: ModelCard, round_: int) -> list[_Sample]:
+def _fresh_samples(items, card: ModelCard, round_: int, run: _Run | None = None) -> list[_Sample]:
     """Training images from ``(image, labels, pixel_size_nm)`` arrays (``fresh_data``), scaled and
-    resampled to the model's pixel size as exported pairs are."""
+    resampled to the model's pixel size as exported pairs are (their pixel sizes widen ``run``'s
+    recorded range)."""
     from .segment import input_scaler
 
     out = []
@@ -524,6 +525,8 @@ def _fresh_samples(items, card: ModelCard, round_: int) -> list[_Sample]:
         if abs(factor - 1.0) > RESAMPLE_TOLERANCE:
             x, lab = _resample_pair(x, lab, factor)
         out.append(_Sample(f"fresh-{round_}-{i}", x, lab))
+        if run is not None:
+            run.seen_pixel_sizes([px])
     if not out:
         raise TrainingError(f"fresh_data({round_}) gave no images")
     return out
@@ -1118,6 +1121,7 @@ class _Run:
     rehearsal_val: list[_Sample] = field(default_factory=list)  # validation in the same look
     val_class_weights: list[float] | None = None  # count validation pixels with this class mix
     average_with_start: float = 0.0  # share of the starting weights in the kept ones (fine-tuning)
+    pixel_sizes: list[float] = field(default_factory=list)  # lowest, highest of the micrographs learnt
 
     @property
     def ckpt(self) -> Path:
@@ -1127,9 +1131,15 @@ class _Run:
     def weights_path(self) -> Path:
         return self.out / f"{self.name}.weights.h5"
 
+    def seen_pixel_sizes(self, sizes) -> None:
+        """Widen the recorded range of micrograph pixel sizes by ``sizes`` (nm)."""
+        sizes = [float(v) for v in [*self.pixel_sizes, *sizes] if v and math.isfinite(float(v))]
+        self.pixel_sizes = [min(sizes), max(sizes)] if sizes else []
+
     def provenance(self, final: dict[str, float]) -> dict[str, Any]:
+        seen = {"micrograph_pixel_sizes_nm": self.pixel_sizes} if self.pixel_sizes else {}
         return {
-            "trained": True, "data": self.roots, "data_manifest_hash": self.data_hash,
+            **seen, "trained": True, "data": self.roots, "data_manifest_hash": self.data_hash,
             "n_training_pairs": len(self.samples), "n_validation_pairs": len(self.val_samples),
             "start": self.start, "epochs": self.epoch, "best_epoch": self.watch.best_epoch,
             "monitor": self.watch.monitor, "final_metrics": final, "training": self.config.to_dict(),
@@ -1147,7 +1157,7 @@ class _Run:
             "wait_lr": w.wait_lr, "learning_rate": float(np.asarray(self.optimizer.learning_rate)),
             "stopped_early": self.stopped, "notes": self.notes, "cm_start": self.cm_start,
             "cm_best": self.cm_best, "class_weights": [float(w) for w in self.class_weights],
-            "val_class_weights": self.val_class_weights,
+            "val_class_weights": self.val_class_weights, "pixel_sizes": self.pixel_sizes,
         }
 
 
@@ -1335,6 +1345,11 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         data_hash=data_hash, roots=[str(r) for r in train_set.roots], watch=_Watch(monitor),
         rng=np.random.default_rng(config.seed), notes=notes, fine_tuning=fine_tuning,
     )
+    # the micrographs' pixel sizes (segmentation notes micrographs far outside them); a fine-tuned
+    # model has also learnt those of its start
+    start_range = card.training_pixel_range if fine_tuning else None
+    run.seen_pixel_sizes([*(start_range or ()), *train_set.pixel_sizes(),
+                          *(val_set.pixel_sizes() if val_set else ())])
     share = config.rehearsal
     if share is None:  # the measured default (docs/correction_loop.md) when fine-tuning
         share = REHEARSAL_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0) if fine_tuning else 0.0
@@ -1439,6 +1454,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.epoch = state["epoch"]
     run.cm_start, run.cm_best = state.get("cm_start"), state.get("cm_best")
     run.notes = list(state.get("notes", [])) + run.notes
+    run.seen_pixel_sizes(state.get("pixel_sizes") or [])
     w = run.watch
     w.best_value, w.best_epoch = state["best_value"], state["best_epoch"]
     w.wait_stop, w.wait_lr = state["wait_stop"], state["wait_lr"]
@@ -1701,7 +1717,8 @@ def train_iter(
     if state is not None:
         _restore(run, state)
         if fresh_data is not None and run.epoch >= every:
-            run.samples = _fresh_samples(fresh_data(run.epoch // every), run.card, run.epoch // every)
+            run.samples = _fresh_samples(fresh_data(run.epoch // every), run.card, run.epoch // every,
+                                         run)
     if fresh_data is not None:
         run.notes.append(f"training images: new ones from fresh_data every {every} epoch(s)")
     out.mkdir(parents=True, exist_ok=True)
@@ -1728,7 +1745,7 @@ def train_iter(
         if fresh_data is not None and run.epoch % every == 0 and run.epoch < run.config.epochs \
                 and not run.stopped:
             r = run.epoch // every
-            run.samples = _fresh_samples(fresh_data(r), run.card, r)
+            run.samples = _fresh_samples(fresh_data(r), run.card, r, run)
         shown = {k: v for k, v in logs.items() if k not in ("epoch", "seconds")}
         yield TrainProgress(
             run.epoch, run.config.epochs, run.steps, run.steps, shown, end_of_epoch=True,
