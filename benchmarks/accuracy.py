@@ -108,6 +108,12 @@ CONDITIONS: tuple[Condition, ...] = (
     # appended (a condition's seeds follow its position): the looks of other preparations
     *(Condition(f"family-{f}", f.replace("heldout-", "held-out "), family=f)
       for f in (*HELDOUT_FAMILIES, *[f for f in TRAINING_FAMILIES if f != "standard"])),
+    # coarser micrographs than the defaults learnt from (0.7-0.9 nm/px): where the pixel-size
+    # note of core.segment (PIXEL_RANGE_SLACK) starts
+    Condition("pixel-1.6", "pixel 1.6 nm", pixel_size_nm=1.6),
+    Condition("pixel-2.0", "pixel 2.0 nm", pixel_size_nm=2.0),
+    Condition("pixel-0.4", "pixel 0.4 nm", pixel_size_nm=0.4),
+    Condition("pixel-3.0", "pixel 3.0 nm", pixel_size_nm=3.0),
 )
 
 
