@@ -332,8 +332,6 @@ def test_segment_metadata_pixel_size_wins_with_a_warning_unless_forced(tmp_path,
     (line,) = summary_lines(stdout)
     assert "1.6 nm/px (user)" in line
     assert not [w for w in warning_lines(stderr) if "1.6" in w and str(image) in w], stderr
-    # (1.6 nm/px is 1.8x the coarsest the bundled models learnt from: each says so)
-    assert [w for w in warning_lines(stderr) if "learnt from micrographs of 0.7-0.9" in w], stderr
     out_file = tmp_path / "o2" / "granules" / "calibrated.tif"
     assert read_micrograph(out_file).pixel_size_nm == pytest.approx(1.6, rel=1e-6)
 

@@ -51,8 +51,12 @@ def test_notes_name_the_model_and_say_how_far_outside():
     models = {"granules": card(), "mito": card("locations", seen=(0.6, 1.0), px=3.2),
               "unknown": card(seen=None)}
     assert pixel_range_notes(0.8, models) == []
-    assert pixel_range_notes(0.9 * PIXEL_RANGE_SLACK * 0.999, {"granules": card()}) == []
-    assert pixel_range_notes(0.7 / PIXEL_RANGE_SLACK * 1.001, {"granules": card()}) == []
+    finer, coarser = PIXEL_RANGE_SLACK
+    assert 1 < finer <= coarser
+    assert pixel_range_notes(0.9 * coarser * 0.999, {"granules": card()}) == []
+    assert pixel_range_notes(0.7 / finer * 1.001, {"granules": card()}) == []
+    assert len(pixel_range_notes(0.9 * coarser * 1.01, {"granules": card()})) == 1
+    assert len(pixel_range_notes(0.7 / finer / 1.01, {"granules": card()})) == 1
     coarse = pixel_range_notes(12.5, models)
     assert len(coarse) == 2  # the model without a record says nothing
     granules, mito = coarse
