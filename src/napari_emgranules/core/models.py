@@ -283,7 +283,8 @@ class ModelCard:
         and of its transpose. Each view is one more forward pass; the weights are the same.
     provenance : dict
         Free-form record: ``trained`` (bool), ``data``, ``epochs``, ``date``, ``package_version``,
-        ``source`` (file it was loaded from), ``source_format``.
+        ``source`` (file it was loaded from), ``source_format``, ``micrograph_pixel_sizes_nm``
+        (lowest and highest pixel size of the training micrographs: :attr:`training_pixel_range`).
     """
 
     kind: str
