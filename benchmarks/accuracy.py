@@ -114,6 +114,14 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition("pixel-2.0", "pixel 2.0 nm", pixel_size_nm=2.0),
     Condition("pixel-0.4", "pixel 0.4 nm", pixel_size_nm=0.4),
     Condition("pixel-3.0", "pixel 3.0 nm", pixel_size_nm=3.0),
+    # anatomy the defaults learnt little or nothing of: contraction states, oblique cuts, rosettes
+    Condition("contracted", "contracted", overrides={"sarcomere_um": (1.8, 1.95),
+                                                     "h_zone_um": (0.0, 0.0)}),
+    Condition("stretched", "stretched", overrides={"sarcomere_um": (3.0, 3.3),
+                                                   "h_zone_um": (0.8, 1.1)}),
+    Condition("oblique-30", "oblique 30°", overrides={"oblique_deg": (25.0, 35.0)}),
+    Condition("oblique-50", "oblique 50°", overrides={"oblique_deg": (45.0, 55.0)}),
+    Condition("rosettes", "rosettes", overrides={"rosette_fraction": 0.3}),
 )
 
 

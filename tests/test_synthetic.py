@@ -147,6 +147,51 @@ def test_band_widths_in_physical_units(angle, ps):
     assert 50 <= m.drawn["z_width_nm"] <= 100 and 1.55 <= m.drawn["a_band_um"] <= 1.65
 
 
+@pytest.mark.parametrize("tilt", [30.0, 55.0])
+def test_oblique_cut_shows_longer_sarcomeres(tilt):
+    base = {"angle_deg": 0.0, "mitochondria_probability": 0, "lipid_per_um2": 0,
+            "periphery_probability": 0, "hole_probability": 0, "fold_probability": 0}
+    straight = synthetic_micrograph((256, 8000), 0.8, seed=5, params=SyntheticParams(**base))
+    oblique = synthetic_micrograph((256, 8000), 0.8, seed=5,
+                                   params=SyntheticParams(**base, oblique_deg=(tilt, tilt)))
+    stretch = 1 / np.cos(np.radians(tilt))
+    assert oblique.drawn["oblique_deg"] == tilt and "oblique_deg" not in straight.drawn
+    assert oblique.drawn["sarcomere_um"] == straight.drawn["sarcomere_um"]  # the same cell
+    assert oblique.drawn["apparent_sarcomere_um"] == pytest.approx(
+        straight.drawn["sarcomere_um"] * stretch)
+    # the truth (the section's middle plane): A bands and Z disks 1 / cos(tilt) longer
+    for code in (1, 3):
+        runs = [np.concatenate([_runs(r, code) for r in m.locations[::32]]).max()
+                for m in (straight, oblique)]
+        assert runs[1] / runs[0] == pytest.approx(stretch, rel=0.05), code
+    # the image: each band boundary smeared over thickness x tan(tilt), so the grey steps
+    # between bands (averaged down the rows, where noise cancels) are gentler
+    steepest = [np.abs(np.diff(m.image.astype(float).mean(axis=0))).max()
+                for m in (straight, oblique)]
+    assert steepest[1] < 0.5 * steepest[0]
+
+
+def test_rosettes_are_clusters_of_glycogen():
+    plain = synthetic_micrograph((1024, 1024), 0.8, seed=3)
+    rosy = synthetic_micrograph((1024, 1024), 0.8, seed=3,
+                                params=SyntheticParams(rosette_fraction=0.5))
+    assert rosy.drawn["rosettes"] > 0 and "rosettes" not in plain.drawn
+    np.testing.assert_array_equal(rosy.locations, plain.locations)  # only glycogen moves
+    largest = [np.bincount(ndi.label(m.granules, np.ones((3, 3)))[0].ravel())[1:].max()
+               for m in (plain, rosy)]
+    single = np.pi * (40 / 0.8 / 2) ** 2  # the largest beta particle, in px
+    assert largest[1] > 2 * single > largest[0] / 2
+    # about as much glycogen as before, in the same places, and the truth exact
+    assert 0.5 < rosy.granules.mean() / plain.granules.mean() < 2.0
+    fractions = {k: v for k, v in rosy.true_pixel_fractions.items() if not np.isnan(v)}
+    for letter, value in fractions.items():
+        region = rosy.locations == MEASURED[letter]
+        assert value == pytest.approx(rosy.granules[region].mean())
+    again = synthetic_micrograph((1024, 1024), 0.8, seed=3,
+                                 params=SyntheticParams(rosette_fraction=0.5))
+    np.testing.assert_array_equal(again.image, rosy.image)
+
+
 def test_granule_pixels_are_dark():
     m = synthetic_micrograph((2048, 2048), seed=6)
     img = m.image.astype(float)
@@ -235,6 +280,8 @@ def test_bad_arguments(kwargs):
     {"contrast": (0.9, 0.5)}, {"contrast": 1.5}, {"noise_scale": -1}, {"angle_deg": float("inf")},
     {"granule_fractions": ((0, 0.1),) * 4}, {"granule_fractions": ((0, 0.9),) * 5},
     {"mitochondria_probability": 2}, {"sarcomere_um": (1.0, 1.2)}, {"blur_nm": "wide"},
+    {"oblique_deg": (80.0, 80.0)}, {"oblique_deg": (30.0, 10.0)}, {"rosette_fraction": 1.5},
+    {"rosette_fraction": "some"}, {"rosette_diameter_nm": (5.0, 10.0)},
 ])
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):

@@ -18,7 +18,10 @@ What is drawn (see :class:`SyntheticParams` for the ranges and where they come f
   outside the cell (unclassified, U) resin and a basal lamina; section holes and folds (U);
   lipid droplets (other, O);
 * glycogen granules: dark round particles, singly and in clusters, with a density drawn per
-  region, some of them caps cut by the section faces (smaller and paler);
+  region, some of them caps cut by the section faces (smaller and paler); optionally some of
+  them gathered into alpha-particle rosettes (``rosette_fraction``);
+* optionally an oblique cut (``oblique_deg``): sarcomeres longer by 1 / cos(tilt), band
+  boundaries smeared through the section's thickness, fainter filament stripes;
 * stain precipitate (very dark specks and needles that are not granules), section-thickness
   blur, uneven illumination, shot and read noise, varying contrast and brightness.
 
@@ -213,6 +216,16 @@ class SyntheticParams:
     ribosome_diameter_nm: tuple[float, float] = (10.0, 15.0)
     #: Grey at a ribosome's centre, drawn per ribosome (paler than most granules).
     ribosome_darkness: tuple[float, float] = (0.20, 0.35)
+    #: Tilt of the fibre axis out of the section plane (degrees, 0-75; 0 = a true longitudinal
+    #: section), drawn per micrograph. An oblique cut shows the sarcomere 1 / cos(tilt) times
+    #: longer, every band boundary smeared over section thickness x tan(tilt) and the thick
+    #: filaments' stripes fainter; the truth is the section's middle plane.
+    oblique_deg: tuple[float, float] = (0.0, 0.0)
+    #: Share (0-1) of the glycogen particles gathered into alpha-particle rosettes: lobed
+    #: clusters of touching beta particles, ``rosette_diameter_nm`` across (all glycogen).
+    rosette_fraction: float = 0.0
+    #: Diameter of an alpha-particle rosette (nm).
+    rosette_diameter_nm: tuple[float, float] = (60.0, 150.0)
 
     def __post_init__(self) -> None:
         if self.angle_deg is not None and not math.isfinite(float(self.angle_deg)):
@@ -265,6 +278,9 @@ class SyntheticParams:
         _number(self.letters_probability, "letters_probability", 0.0, 1.0)
         _number(self.ribosome_per_um2, "ribosome_per_um2", 0.0, 5000.0)
         _pair(self.ribosome_diameter_nm, "ribosome_diameter_nm", 1.0, 100.0)
+        _pair(self.oblique_deg, "oblique_deg", 0.0, 75.0)
+        _number(self.rosette_fraction, "rosette_fraction", 0.0, 1.0)
+        _pair(self.rosette_diameter_nm, "rosette_diameter_nm", 20.0, 500.0)
 
     def __hash__(self) -> int:  # grey_levels is a dict: hash its items
         return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
@@ -467,7 +483,8 @@ class _Cell:
     # whatever their number, so the original stages keep their streams.
     STAGES = ("geometry", "myofibrils", "filaments", "periphery", "chromatin", "spaces",
               "lipids", "artefacts", "granules", "precipitate", "imaging",
-              "appearance", "ribosomes", "annotations", "grain", "scan_lines", "shot")
+              "appearance", "ribosomes", "annotations", "grain", "scan_lines", "shot",
+              "oblique", "rosettes")
 
     def __init__(self, seed: int, shape: tuple[int, int], um: float, p: SyntheticParams) -> None:
         # One generator per stage, so that a stage drawing a pixel-count-dependent number of
@@ -593,11 +610,19 @@ class _Cell:
         L, A = _draw(rng, p.sarcomere_um) * um, _draw(rng, p.a_band_um) * um
         zw = _draw(rng, p.z_width_nm) * um / 1000
         hz, mw = min(_draw(rng, p.h_zone_um) * um, 0.8 * A), 0.03 * um
-        quarter = (L - A) / 4 + rng.uniform(-0.05, 0.05) * um
+        self.drawn.update(sarcomere_um=L / um, a_band_um=A / um, z_width_nm=zw / um * 1000)
+        # An oblique cut (own stream): every length along the fibre shows 1 / cos(tilt) longer
+        tilt = math.radians(_draw(self.rngs["oblique"], p.oblique_deg))
+        stretch = 1.0 / math.cos(tilt)
+        L, A, zw, hz, mw = (x * stretch for x in (L, A, zw, hz, mw))
+        smear = float(p.section_thickness_nm) * math.tan(tilt) * um / 1000  # px along the fibre
+        if tilt:
+            self.drawn.update(oblique_deg=round(math.degrees(tilt), 3),
+                              apparent_sarcomere_um=L / um)
+        quarter = (L - A) / 4 + rng.uniform(-0.05, 0.05) * um * stretch
         phase0 = quarter if rng.random() < 0.5 else L - quarter
         phases = phase0 + np.clip(rng.normal(0, p.misregistration_um, len(segs)), -0.25, 0.25) * um
         self.L, self.A, self.phases = L, A, phases
-        self.drawn.update(sarcomere_um=L / um, a_band_um=A / um, z_width_nm=zw / um * 1000)
         # Tables across the fibres (per v pixel) and along the sarcomere (per px from M line).
         v_lo, nb = -reach, int(2 * reach) + 2
         self.v_lo = v_lo
@@ -611,11 +636,19 @@ class _Cell:
         dist = np.arange(int(L / 2) + 2) + 0.5
         loc_tab = np.where(dist < A / 2, A_BAND, np.where(dist > L / 2 - zw / 2, Z_DISK, I_BAND))
         G = self.G
-        grey_tab = np.select([dist < mw / 2, dist < hz / 2, dist < A / 2, dist > L / 2 - zw / 2],
+
+        def sarcomere_grey(d: np.ndarray) -> np.ndarray:  # grey at distance d from the M line
+            return np.select([d < mw / 2, d < hz / 2, d < A / 2, d > L / 2 - zw / 2],
                              [G["M"], G["H"], G["A"], G["Z"]], G["I"]).astype(np.float32)
+
+        grey_tab = sarcomere_grey(dist)
+        if smear > 0:  # the section's depth seen through: bands averaged over the smear
+            offsets = np.linspace(-smear / 2, smear / 2, max(2, int(smear) + 1))
+            grey_tab = np.mean([sarcomere_grey(np.abs(np.mod(dist + o + L / 2, L) - L / 2))
+                                for o in offsets], axis=0, dtype=np.float32)
         amp_tab = np.select([dist < A / 2, dist > L / 2 - zw / 2], [0.07, 0.0], 0.02)
-        if self.texture != 1.0:
-            amp_tab = amp_tab * self.texture
+        if self.texture != 1.0 or tilt:  # filament stripes fade as the cut tilts
+            amp_tab = amp_tab * (self.texture * math.cos(tilt))
         iv = np.subtract(self.v, np.float32(v_lo)).astype(np.int32)
         np.clip(iv, 0, nb - 1, out=iv)
         phase_tab += np.float32(L * math.ceil(self.half_u / L + 1))  # u + phase > 0 for fmod
@@ -880,6 +913,8 @@ class _Cell:
         yc, xc, radius, depth, dark = yc[keep], xc[keep], radius[keep], depth[keep], dark[keep]
         mask = np.zeros((h, w), np.uint8)
         grey, blocked = self.grey, self.blocked
+        if p.rosette_fraction > 0:  # some particles gather into rosettes (own stream)
+            yc, xc, radius, depth, dark = self._rosettes(yc, xc, radius, depth, dark)
         edge, power = float(p.granule_edge_nm), float(p.granule_edge_exponent)
         default_edge = edge == 12.0 and power == 0.5
         for y, x, r, z, g in zip(yc.tolist(), xc.tolist(), radius.tolist(), depth.tolist(),
@@ -915,6 +950,46 @@ class _Cell:
             grey += ring
             np.minimum(grey, np.float32(1.0), out=grey)
         return mask
+
+    def _rosettes(self, yc, xc, radius, depth, dark):
+        """Gather ``rosette_fraction`` of the particles (centres ``yc, xc`` px; ``radius`` and
+        ``depth`` nm; ``dark`` grey) into alpha-particle rosettes: each rosette replaces the
+        particles it takes with touching beta particles packed on a sunflower spiral out to the
+        rosette's radius, at the place of the first one it takes (so the regions keep their
+        share of glycogen) and about its depth. Returns the new particle arrays."""
+        rng, p, nm = self.rngs["rosettes"], self.p, self.um / 1000
+        h, w = self.shape
+        taken = np.flatnonzero(rng.random(len(yc)) < p.rosette_fraction)
+        rng.shuffle(taken)
+        d_lo, d_hi = p.granule_diameter_nm
+        parts = [np.delete(a, taken) for a in (yc, xc, radius, depth, dark)]
+        r_single = float(radius[taken].mean()) if len(taken) else 1.0
+        used, n_rosettes = 0, 0
+        while used < len(taken):
+            first = taken[used]
+            size = _draw(rng, p.rosette_diameter_nm) / 2  # rosette radius (nm)
+            r_member = rng.uniform(d_lo, 0.5 * (d_lo + d_hi), 1)[0] / 2
+            # particles to fill the rosette's disc (a packing density of about 0.8)
+            n = max(3, int(round(0.8 * (size / r_member) ** 2)))
+            i = np.arange(n)
+            rho = np.sqrt((i + 0.5) / n) * max(size - r_member, 0.0)
+            phi = i * 2.39996323 + rng.uniform(0, 2 * np.pi)  # the golden angle
+            jitter = rng.normal(0, 0.1 * r_member, (2, n))
+            y = yc[first] + (rho * np.sin(phi) + jitter[0]) * nm
+            x = xc[first] + (rho * np.cos(phi) + jitter[1]) * nm
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            ok = inside.copy()
+            ok[inside] = ~self.blocked[y[inside].astype(int), x[inside].astype(int)]
+            r = r_member * rng.uniform(0.8, 1.2, n)
+            z = depth[first] + rng.normal(0, 0.5 * r_member, n)
+            g = np.clip(dark[first] + rng.normal(0, 0.02, n), 0.0, 1.0)
+            for k, a in enumerate((y, x, r, z, g)):
+                parts[k] = np.concatenate([parts[k], a[ok]])
+            # a rosette stands for as many particles as its glycogen would make singly
+            used += max(1, int(round(n * (r_member / r_single) ** 2)))
+            n_rosettes += 1
+        self.drawn["rosettes"] = n_rosettes
+        return tuple(parts)
 
     def ribosomes(self, mask: np.ndarray) -> None:
         """Ribosomes: small dark dots in the spaces, periphery and I band (not granules)."""
@@ -1165,7 +1240,8 @@ def randomised_params(seed: int) -> SyntheticParams:
     the grey of each structure (the intermyofibrillar space may be lighter or darker than the I
     band), striation and filament contrast, granule darkness, edge softness and halo, noise model
     and level, film grain, scan lines, blur, JPEG compression, overall contrast and illumination,
-    contraction state (sarcomere 1.9-3.0 um, H zone with it), waviness and misregistration, and
+    contraction state (sarcomere 1.9-3.0 um, H zone with it), oblique cuts (three in ten, tilted
+    5-50 degrees), waviness and misregistration, alpha-particle rosettes (three in ten), and
     the distractors (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and
     scale bars). Training on many such draws teaches a model what stays the same. The ranges are
     chosen from preparations, not from the :data:`HELDOUT_FAMILIES`, which stay out of training.
@@ -1226,4 +1302,7 @@ def randomised_params(seed: int) -> SyntheticParams:
         letters_probability=1.0 if rng.random() < 0.35 else 0.0,
         ribosome_per_um2=round(u(20.0, 200.0), 1) if rng.random() < 0.5 else 0.0,
         ribosome_darkness=around(u(0.22, 0.45), 0.05),
+        # drawn last, so that the draws above stay those of the earlier recipe
+        oblique_deg=around(u(5.0, 50.0), 2.5, 75.0) if rng.random() < 0.3 else (0.0, 0.0),
+        rosette_fraction=round(u(0.05, 0.3), 3) if rng.random() < 0.3 else 0.0,
     )
