@@ -8,7 +8,8 @@
     python benchmarks/accuracy.py --views 1,1 --json bench-out/views-1-1.json   # one view each
 
 For every condition (default generator settings, fixed fibre angles, other pixel sizes, more noise,
-low contrast) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
+low contrast, the appearance families, contracted and stretched sarcomeres, oblique cuts, glycogen
+rosettes) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
 uses seeds 0..9999), segmented with :func:`segment_micrograph` (``mode="auto"``; images at other
 pixel sizes are resampled to the model's internally) and compared with their truth:
 

@@ -82,8 +82,8 @@ _RESAMPLE_TOLERANCE = RESAMPLE_TOLERANCE  # kept for older imports
 # micrograph may lie, finer and coarser, before segmentation says its results are unchecked. The
 # bundled defaults learnt from micrographs of 0.7-0.9 nm/px; on the standard look they meet their
 # Locations and granule-F1 targets from 0.6 to 2.0 nm/px and miss Locations at 0.4 nm/px and
-# nearly at 3.0 (`python benchmarks/accuracy.py`, docs/accuracy.md and
-# docs/accuracy_pixel_size.md): 1.5x finer (0.47 nm/px) and 2.5x coarser (2.25 nm/px) lie between.
+# nearly at 3.0 (`python benchmarks/accuracy.py`, docs/accuracy.md): 1.5x finer (0.47 nm/px)
+# and 2.5x coarser (2.25 nm/px) lie between.
 PIXEL_RANGE_SLACK = (1.5, 2.5)
 
 
