@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
+        value = {"None": "null", "True": "true", "False": "false"}.get(value.strip(), value)
         try:
             overrides[key.strip()] = json.loads(value)
         except json.JSONDecodeError:  # a bare word: a string setting, e.g. input_scaling=percentile

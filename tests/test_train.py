@@ -186,6 +186,12 @@ def test_bad_settings_are_refused_before_training(blob_pairs, tmp_path):
         TrainConfig(class_weights="sometimes")
     with pytest.raises(ValueError, match="clip_norm"):
         TrainConfig(clip_norm=0)
+    # a patience is a whole number of epochs or None (never): refused at once, not after an epoch
+    for name, bad in (("early_stopping_patience", "None"), ("reduce_lr_patience", 0),
+                      ("early_stopping_patience", 2.5), ("reduce_lr_patience", True)):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number"):
+            TrainConfig(**{name: bad})
+    assert TrainConfig(early_stopping_patience=None, reduce_lr_patience=3).reduce_lr_patience == 3
     with pytest.raises(TrainingError, match="3 class weights given for 2 classes"):
         train(blob_pairs, tmp_path / "x", kind="blobs", schema=BLOBS, class_weights=(1, 2, 3), **FAST)
     with pytest.raises(TrainingError, match="say what to train"):

@@ -311,6 +311,12 @@ class TrainConfig:
             problems.append(f"max_class_loss must be in [0, 1] (or None), got {self.max_class_loss}")
         if not 0 < self.reduce_lr_factor < 1:
             problems.append(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+        for name in ("early_stopping_patience", "reduce_lr_patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                problems.append(f"{name} must be a whole number of epochs >= 1 (or None for "
+                                f"never), got {value!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
