@@ -49,8 +49,7 @@ def zoom_corner(granules: np.ndarray) -> tuple[int, int]:
         return (0, 0)
     largest = int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
     cy, cx = ndi.center_of_mass(lab == largest)
-    clamp = lambda c: int(min(max(c - ZOOM / 2, 0), SIZE - ZOOM))  # noqa: E731
-    return clamp(cy), clamp(cx)
+    return tuple(int(min(max(c - ZOOM / 2, 0), SIZE - ZOOM)) for c in (cy, cx))
 
 
 def main() -> None:

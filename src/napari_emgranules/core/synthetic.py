@@ -247,6 +247,9 @@ class SyntheticParams:
             _pair(pair, f"granule_fractions[{letter}]", 0.0, 0.5)
         if self.a_band_um[1] >= self.sarcomere_um[0]:
             raise ValueError("a_band_um must be shorter than sarcomere_um")
+        _pair(self.oblique_deg, "oblique_deg", 0.0, 75.0)
+        _number(self.rosette_fraction, "rosette_fraction", 0.0, 1.0)
+        _pair(self.rosette_diameter_nm, "rosette_diameter_nm", 20.0, 500.0)
         self._check_appearance()
 
     def _check_appearance(self) -> None:
@@ -278,9 +281,6 @@ class SyntheticParams:
         _number(self.letters_probability, "letters_probability", 0.0, 1.0)
         _number(self.ribosome_per_um2, "ribosome_per_um2", 0.0, 5000.0)
         _pair(self.ribosome_diameter_nm, "ribosome_diameter_nm", 1.0, 100.0)
-        _pair(self.oblique_deg, "oblique_deg", 0.0, 75.0)
-        _number(self.rosette_fraction, "rosette_fraction", 0.0, 1.0)
-        _pair(self.rosette_diameter_nm, "rosette_diameter_nm", 20.0, 500.0)
 
     def __hash__(self) -> int:  # grey_levels is a dict: hash its items
         return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v
@@ -968,7 +968,7 @@ class _Cell:
         while used < len(taken):
             first = taken[used]
             size = _draw(rng, p.rosette_diameter_nm) / 2  # rosette radius (nm)
-            r_member = rng.uniform(d_lo, 0.5 * (d_lo + d_hi), 1)[0] / 2
+            r_member = rng.uniform(d_lo, 0.5 * (d_lo + d_hi)) / 2
             # particles to fill the rosette's disc (a packing density of about 0.8)
             n = max(3, int(round(0.8 * (size / r_member) ** 2)))
             i = np.arange(n)
