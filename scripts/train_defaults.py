@@ -68,6 +68,19 @@ def pixel_size_of(seed: int) -> float:
     return round(0.7 + 0.2 * ((seed * 0.6180339887) % 1.0), 4)
 
 
+def coarse_pixel_size_of(seed: int, share: float, largest: float) -> float | None:
+    """Resolution randomisation (as SynthSeg's): for a ``share`` of the seeds a pixel size drawn
+    log-uniformly from 1.0-``largest`` nm (a micrograph taken at low magnification, which a
+    Locations model at 3.2 nm/px then sees upsampled and soft); ``None`` for the others.
+    Deterministic in ``seed``, independent of :func:`pixel_size_of`'s spread."""
+    if share <= 0 or largest <= 1.0:
+        return None
+    u, v = np.random.default_rng([seed, 0xC0A5]).random(2)
+    if u >= share:
+        return None
+    return round(float(largest ** v), 4)  # log-uniform over 1-largest
+
+
 def appearance_of(seed: int, appearance: str):
     """Generator parameters of micrograph ``seed``: ``standard`` (the original look) or
     ``randomised`` (three in four domain-randomised draws, every fourth one of the named
@@ -120,10 +133,14 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
 FRESH_SEED0 = 20_000  # fresh training micrographs: seeds 20000-99999 (benchmarks use 100000+)
 
 
-def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRESH_SEED0):
+def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRESH_SEED0,
+                coarse: tuple[float, float] = (0.0, 0.0)):
     """``fresh_data`` for core.train: round ``r`` (1, 2, ...) gives ``n`` new ``size`` px
     micrographs (seeds ``seed0 + (r - 1) n ...``, looks as :func:`appearance_of`, pixel
-    sizes as :func:`pixel_size_of`), the same ones for the same round."""
+    sizes as :func:`pixel_size_of`), the same ones for the same round.
+
+    ``coarse = (share, largest_nm)``: that share of them is taken at a coarser pixel size
+    (:func:`coarse_pixel_size_of`) over the same field of view (``size`` x 0.8 nm), so fewer px."""
     from napari_emgranules.core.synthetic import synthetic_micrograph
 
     def make(round_: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -133,8 +150,11 @@ def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRES
                              "use fewer rounds or micrographs")
         out = []
         for seed in range(first, first + n):
-            ps = pixel_size_of(seed)
-            m = synthetic_micrograph((size, size), ps, seed=seed, params=appearance_of(seed, appearance))
+            ps, side = pixel_size_of(seed), size
+            low = coarse_pixel_size_of(seed, *coarse)
+            if low is not None:
+                ps, side = low, max(64, round(size * 0.8 / low))
+            m = synthetic_micrograph((side, side), ps, seed=seed, params=appearance_of(seed, appearance))
             out.append((m.image, m.locations if kind == "locations" else m.granules, ps))
         return out
 
@@ -294,9 +314,18 @@ def main(argv: list[str] | None = None) -> int:
                              "continues an earlier one starts past the seeds it used)")
     parser.add_argument("--fresh-size", type=int, default=2048, metavar="PX",
                         help="side of a fresh micrograph (default 2048)")
+    parser.add_argument("--coarse-share", type=float, default=0.0, metavar="F",
+                        help="share of the fresh micrographs taken at a coarse pixel size "
+                             "(resolution randomisation, for Locations; default 0)")
+    parser.add_argument("--coarse-max", type=float, default=12.5, metavar="NM",
+                        help="coarsest pixel size of those, drawn log-uniformly from 1 nm "
+                             "(default 12.5)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0 = its default)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.coarse_share <= 1.0 or not 1.0 < args.coarse_max <= 50.0:
+        parser.error(f"--coarse-share must be 0-1 and --coarse-max 1-50 nm, got "
+                     f"{args.coarse_share:g} and {args.coarse_max:g}")
     if args.threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -324,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         if "train" in steps:
             fresh = (fresh_maker(kind, args.fresh_micrographs, args.fresh_size, args.appearance,
-                                 args.fresh_seed) if args.fresh_every else None)
+                                 args.fresh_seed, (args.coarse_share, args.coarse_max))
+                     if args.fresh_every else None)
             train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run, fresh)
         if "install" in steps:
             install(args.work, kind, command, args.run, overrides)
