@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import run_header, write_report  # a sibling module of benchmarks/
 
 from napari_emgranules.core.calibration import calibration_measures
 from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph
@@ -174,17 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "class_shares"}), flush=True)
         results.append(result)
         shown.append((name, pictures))
-    command = "python benchmarks/real_em.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-    report = {"command": command.strip(),
-              "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "cpus": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
-              "pixel_size_nm": PIXEL_NM, "sets": results}
+    report = {**run_header("real_em.py", argv), "pixel_size_nm": PIXEL_NM, "sets": results}
     render(pairs, shown, args.out.with_suffix(".png"))
-    with atomic_output(args.out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(markdown(report))
-    print(f"wrote {args.out}", flush=True)
+    write_report(args.out, report, markdown(report))
     return 0
 
 
