@@ -379,7 +379,7 @@ def markdown(report: dict[str, Any]) -> str:
              ("Held-out appearance families of the generator (never used to train the bundled "
               "defaults)" if not report.get("anatomy") else
               "Appearance families of the generator drawn with `" + json.dumps(report["anatomy"])
-              + "` (anatomy the bundled defaults never trained on)")
+              + "` (anatomy the bundled defaults learnt little or nothing of)")
              + f". Training micrographs {report['size']}x{report['size']} px at 0.8 nm/px; scores on "
              f"{report['n_test']} other micrographs of the family. `start` = bundled defaults; `fullN` = N "
              "micrographs fully corrected; `strokesN` = strokes on N micrographs (<= 5% of pixels, every "
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="more options for every emgranules train run, e.g. '--max-class-loss 1'")
     ap.add_argument("--anatomy", metavar="JSON",
                     help="generator settings on top of each family's, e.g. '{\"rosette_fraction\": 0.3}' "
-                         "(with --families standard: anatomy the defaults never trained on)")
+                         "(with --families standard: anatomy the defaults learnt little or nothing of)")
     ap.add_argument("--quick", action="store_true", help="1024 px, the first family, full1, 2 test images")
     ap.add_argument("--real-only", action="store_true", help="only the real cardiac EM case")
     ap.add_argument("--no-real", action="store_true", help="skip the real cardiac EM case")
