@@ -211,9 +211,11 @@ def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, notes):
 def test_a_micrograph_far_outside_the_training_pixel_sizes_is_noted_once_per_model(
         qtbot, make_napari_viewer, notes):
     viewer = make_napari_viewer()
-    coarse = np.random.default_rng(3).integers(0, 255, (128, 128), dtype=np.uint8)
-    data, kwargs, _ = image_layer_data(coarse, "cardiac", 12.5,
-                                       {"pixel_size_nm": 12.5, "pixel_size_source": "metadata:test"})
+    # 0.2 nm/px: finer than both defaults learnt from (the Locations default also learnt from
+    # coarse micrographs, to 12.5 nm/px, so a coarse one is noted by Granules alone)
+    fine = np.random.default_rng(3).integers(0, 255, (256, 256), dtype=np.uint8)
+    data, kwargs, _ = image_layer_data(fine, "fine", 0.2,
+                                       {"pixel_size_nm": 0.2, "pixel_size_source": "metadata:test"})
     viewer.add_image(data, **kwargs)
     widget = SegmentWidget(viewer)
     try:
@@ -222,8 +224,8 @@ def test_a_micrograph_far_outside_the_training_pixel_sizes_is_noted_once_per_mod
         _engine.shutdown_engines()
     said = [text for level, text in notes if level == "warning" and "learnt from micrographs" in text]
     assert sorted(t.split(" model:")[0] for t in said) == ["granules", "locations"], notes
-    assert "12.5 nm/px" in said[0] and "unchecked" in said[0]
-    assert viewer.layers["cardiac granules"].data.shape == (128, 128)  # segmented all the same
+    assert "0.2 nm/px" in said[0] and "unchecked" in said[0]
+    assert viewer.layers["fine granules"].data.shape == (256, 256)  # segmented all the same
 
 
 def test_event_loop_never_stalls_while_segmenting(qtbot, viewer_with_image, notes):
