@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.coarse_share <= 1.0 or not 1.0 < args.coarse_max <= 50.0:
         parser.error(f"--coarse-share must be 0-1 and --coarse-max 1-50 nm, got "
                      f"{args.coarse_share:g} and {args.coarse_max:g}")
+    if args.coarse_share and not args.fresh_every:
+        parser.error("--coarse-share draws the fresh micrographs: give --fresh-every K too")
     if args.threads:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")

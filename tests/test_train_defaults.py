@@ -55,3 +55,10 @@ def test_coarse_options_out_of_range_are_refused(td, args, capsys):
         td.main(["--steps", "data", "--micrographs", "0", "--validation", "0", *args])
     assert exc.value.code == 2
     assert "--coarse-share must be 0-1" in capsys.readouterr().err
+
+
+def test_coarse_share_without_fresh_micrographs_is_refused(td, capsys):
+    with pytest.raises(SystemExit) as exc:
+        td.main(["--steps", "train", "--coarse-share", "0.3"])
+    assert exc.value.code == 2
+    assert "give --fresh-every K too" in capsys.readouterr().err
