@@ -192,6 +192,50 @@ def test_rosettes_are_clusters_of_glycogen():
     np.testing.assert_array_equal(again.image, rosy.image)
 
 
+def test_mitochondria_columns_lie_along_the_spaces():
+    # angle 0: the fibre axis (u) runs along x, so a longitudinal mitochondrion is wider than tall
+    base = {"angle_deg": 0.0, "mitochondria_probability": 0.0, "periphery_probability": 0.0}
+    plain = synthetic_micrograph((1024, 1024), 2.0, seed=3, params=SyntheticParams(**base))
+    cols = synthetic_micrograph((1024, 1024), 2.0, seed=3,
+                                params=SyntheticParams(**base, mitochondria_columns=0.8))
+    assert "column_mitochondria" not in plain.drawn and cols.drawn["column_mitochondria"] > 0
+    assert not plain.mitochondria.any() and cols.mitochondria.any()
+    assert (cols.locations[cols.mitochondria] == 3).all()  # labelled Z disk + mitochondria
+    assert not (cols.granules[cols.mitochondria] == 1).any()  # no glycogen inside
+    boxes = [r.bbox for r in regionprops(label(cols.mitochondria)) if r.area > 500]
+    assert boxes and all(b[3] - b[1] > b[2] - b[0] for b in boxes)  # long along the fibre
+    # the rest of the cell is the same cell: only pixels under the new mitochondria changed
+    changed = plain.locations != cols.locations
+    assert changed.any() and not (changed & ~ndi.binary_dilation(cols.mitochondria, iterations=2)).any()
+    again = synthetic_micrograph((1024, 1024), 2.0, seed=3,
+                                 params=SyntheticParams(**base, mitochondria_columns=0.8))
+    np.testing.assert_array_equal(again.image, cols.image)
+
+
+@pytest.mark.parametrize("matrix", [0.1, 0.7])
+def test_mitochondrial_matrix_grey(matrix):
+    base = {"angle_deg": 0.0, "mitochondria_probability": 1.0, "periphery_probability": 0.0,
+            "noise_scale": 0.0}
+    m = synthetic_micrograph((1024, 1024), 1.6, seed=4,
+                             params=SyntheticParams(**base, grey_levels={"mito": matrix}))
+    g = _grey(m)
+    inside = ndi.binary_erosion(m.mitochondria, iterations=6)
+    a_band = (m.locations == 1) & (m.granules == 0)
+    assert inside.sum() > 1000
+    if matrix < 0.3:
+        assert np.median(g[inside]) < np.median(g[a_band]) - 0.1  # darker than the A band
+    else:
+        assert np.median(g[inside]) > np.median(g[a_band]) + 0.1
+
+
+def test_randomised_params_draw_mitochondria_looks():
+    draws = [randomised_params(s) for s in range(40)]
+    columns = [p.mitochondria_columns for p in draws]
+    assert 0.1 < np.mean([c > 0 for c in columns]) < 0.6 and max(columns) <= 0.7
+    matrix = [np.mean(p.grey_levels["mito"]) - np.mean(p.grey_levels["A"]) for p in draws]
+    assert min(matrix) < -0.1 and max(matrix) > 0.0  # darker and lighter than the A band
+
+
 def test_granule_pixels_are_dark():
     m = synthetic_micrograph((2048, 2048), seed=6)
     img = m.image.astype(float)
@@ -282,6 +326,9 @@ def test_bad_arguments(kwargs):
     {"mitochondria_probability": 2}, {"sarcomere_um": (1.0, 1.2)}, {"blur_nm": "wide"},
     {"oblique_deg": (80.0, 80.0)}, {"oblique_deg": (30.0, 10.0)}, {"rosette_fraction": 1.5},
     {"rosette_fraction": "some"}, {"rosette_diameter_nm": (5.0, 10.0)},
+    {"mitochondria_columns": 1.5}, {"mitochondria_columns": "many"},
+    {"column_mitochondrion_um": (3.0, 1.0)}, {"column_mitochondrion_width_um": (0.0, 0.5)},
+    {"grey_levels": {"mito": 1.5}},
 ])
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):

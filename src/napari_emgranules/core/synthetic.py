@@ -13,6 +13,7 @@ What is drawn (see :class:`SyntheticParams` for the ranges and where they come f
 * intermyofibrillar spaces (S) with longitudinal sarcoplasmic-reticulum tubules, triads (a
   T tubule between two terminal cisternae) at the A-I junctions, and mitochondria (double
   membrane, cristae) in pairs on either side of the Z line, labelled Z as in the original tool;
+  optionally columns of longitudinal mitochondria along the spaces (``mitochondria_columns``);
 * a peripheral region (N) between the outermost myofibril and the sarcolemma, with vesicles,
   subsarcolemmal mitochondria (Z) and sometimes a nucleus (envelope, heterochromatin), and
   outside the cell (unclassified, U) resin and a basal lamina; section holes and folds (U);
@@ -71,9 +72,10 @@ _MEASURED = "AIZSN"
 _G_A, _G_H, _G_M, _G_I, _G_Z = 0.40, 0.48, 0.30, 0.66, 0.15
 _G_S, _G_N, _G_OUT, _G_LIPID = 0.72, 0.76, 0.93, 0.58
 _G_MEMBRANE = 0.28
+_G_MITO = 0.45  # mitochondrial matrix; cristae 0.15 darker, the inner rim 0.10 lighter
 #: Names of the grey levels ``SyntheticParams.grey_levels`` may override, and their defaults.
 _DEFAULT_GREYS = {"A": _G_A, "H": _G_H, "M": _G_M, "I": _G_I, "Z": _G_Z, "S": _G_S, "N": _G_N,
-                  "outside": _G_OUT, "lipid": _G_LIPID, "membrane": _G_MEMBRANE}
+                  "outside": _G_OUT, "lipid": _G_LIPID, "membrane": _G_MEMBRANE, "mito": _G_MITO}
 _NOISE_MODELS = ("gaussian", "poisson")
 
 
@@ -133,6 +135,13 @@ class SyntheticParams:
     mitochondria_probability: float = 0.55
     #: Length of a mitochondrion across the fibre, 0.2-1 um (I-band pairs wrapping fibrils).
     mitochondrion_length_um: tuple[float, float] = (0.2, 1.0)
+    #: Probability, per sarcomere along each intermyofibrillar space, of a longitudinal
+    #: mitochondrion lying in the space (the columns of oxidative, red fibres), 0-1; it is
+    #: ``column_mitochondrion_um`` long and widens the space into the fibrils beside it.
+    mitochondria_columns: float = 0.0
+    #: Length along the fibre and width across it (um) of those longitudinal mitochondria.
+    column_mitochondrion_um: tuple[float, float] = (0.8, 2.4)
+    column_mitochondrion_width_um: tuple[float, float] = (0.25, 0.7)
     #: Probability of a triad at each A-I junction along a space.
     triad_probability: float = 0.7
     #: Probability that the micrograph shows the cell periphery (region N).
@@ -173,7 +182,8 @@ class SyntheticParams:
     #: Grey levels (0 dense/dark, 1 empty/light) overriding the defaults, by name: ``"A"`` band
     #: 0.40, ``"H"`` zone 0.48, ``"M"`` line 0.30, ``"I"`` band 0.66, ``"Z"`` disk 0.15,
     #: intermyofibrillar space ``"S"`` 0.72, periphery ``"N"`` 0.76, ``"outside"`` resin 0.93,
-    #: ``"lipid"`` 0.58 and ``"membrane"`` 0.28; each a number or a (low, high) pair drawn per
+    #: ``"lipid"`` 0.58, ``"membrane"`` 0.28 and the mitochondrial matrix ``"mito"`` 0.45 (cristae
+    #: 0.15 darker); each a number or a (low, high) pair drawn per
     #: micrograph. ``None`` (or a name left out) keeps the default.
     grey_levels: Mapping[str, float | tuple[float, float]] | None = None
     #: How strongly the sarcomere's A, H, M, I and Z greys differ: they are spread about the mean
@@ -249,6 +259,9 @@ class SyntheticParams:
             raise ValueError("a_band_um must be shorter than sarcomere_um")
         _pair(self.oblique_deg, "oblique_deg", 0.0, 75.0)
         _number(self.rosette_fraction, "rosette_fraction", 0.0, 1.0)
+        _number(self.mitochondria_columns, "mitochondria_columns", 0.0, 1.0)
+        _pair(self.column_mitochondrion_um, "column_mitochondrion_um", 0.1, 10.0)
+        _pair(self.column_mitochondrion_width_um, "column_mitochondrion_width_um", 0.05, 2.0)
         _pair(self.rosette_diameter_nm, "rosette_diameter_nm", 20.0, 500.0)
         self._check_appearance()
 
@@ -484,7 +497,7 @@ class _Cell:
     STAGES = ("geometry", "myofibrils", "filaments", "periphery", "chromatin", "spaces",
               "lipids", "artefacts", "granules", "precipitate", "imaging",
               "appearance", "ribosomes", "annotations", "grain", "scan_lines", "shot",
-              "oblique", "rosettes")
+              "oblique", "rosettes", "columns")
 
     def __init__(self, seed: int, shape: tuple[int, int], um: float, p: SyntheticParams) -> None:
         # One generator per stage, so that a stage drawing a pixel-count-dependent number of
@@ -766,19 +779,26 @@ class _Cell:
         lsl[inside] = N_REGION
         self.blocked[ys, xs] |= inside
 
-    def _mitochondrion(self, rng, uc: float, vc: float, av: float, au: float, codes) -> None:
-        """A mitochondrion (label Z): double membrane, cristae across its long axis."""
+    def _mitochondrion(self, rng, uc: float, vc: float, av: float, au: float, codes,
+                       lengthwise: bool = False) -> None:
+        """A mitochondrion (label Z): double membrane, cristae across its long axis (``av``, across
+        the fibre, or ``au`` when ``lengthwise``)."""
         um = self.um
         period = rng.uniform(0.025, 0.04) * um
         phase = rng.uniform(0, 2 * np.pi)
         e = 7.0 / 1000 * um / max(min(au, av), 1.0)
+        matrix = self.G["mito"]
+        crista, rim = np.float32(max(0.0, matrix - 0.15)), np.float32(min(1.0, matrix + 0.10))
 
         def inner(du, dv, rho):
-            cristae = np.cos(dv * np.float32(2 * np.pi / period) + np.float32(phase)) > 0.55
-            val = np.where(cristae & (rho < 1 - 3 * e), np.float32(0.30), np.float32(0.45))
-            return np.where((rho > 1 - 2.2 * e) & (rho <= 1 - e), np.float32(0.55), val)
+            # cristae across the long axis: across the fibre (v) for the paired mitochondria at
+            # the Z line, along it (u) for the longitudinal ones of the columns
+            axis = du if lengthwise else dv
+            cristae = np.cos(axis * np.float32(2 * np.pi / period) + np.float32(phase)) > 0.55
+            val = np.where(cristae & (rho < 1 - 3 * e), crista, np.float32(matrix))
+            return np.where((rho > 1 - 2.2 * e) & (rho <= 1 - e), rim, val)
 
-        self._ellipse(uc, vc, au, av, lumen=0.45, membrane_nm=7, codes=codes, label=Z_DISK,
+        self._ellipse(uc, vc, au, av, lumen=matrix, membrane_nm=7, codes=codes, label=Z_DISK,
                       block=True, inner=inner, mark=self.mito)
 
     def intermyofibrillar(self) -> None:
@@ -812,6 +832,37 @@ class _Cell:
                     off = rng.uniform(-0.5, 0.5) * max(gw - 2 * r, 0)
                     self._ellipse(uc, vc + off, rng.uniform(0.08, 0.3) * um, r, lumen=0.66,
                                   membrane_nm=5, codes=space)
+        if p.mitochondria_columns > 0:
+            self._mitochondria_columns()
+
+    def _mitochondria_columns(self) -> None:
+        """Longitudinal mitochondria lying in the spaces (``mitochondria_columns``; own stream).
+
+        Oxidative fibres hold columns of mitochondria along the fibre between the myofibrils,
+        which they push apart: each is drawn over the space and up to 40% into the fibrils beside
+        it, labelled Z (Z disk + mitochondria) as the paired ones at the Z lines.
+        """
+        rng, p, um = self.rngs["columns"], self.p, self.um
+        L, segs = self.L, self.segs
+        span = self.half_u + um
+        n = 0
+        for j, (v0, v1, is_gap) in enumerate(segs):
+            if not is_gap or j == 0 or j == len(segs) - 1 or abs((v0 + v1) / 2) > self.half_v + um:
+                continue
+            vc, gw = (v0 + v1) / 2, v1 - v0
+            fibril = min(segs[j - 1][1] - segs[j - 1][0], segs[j + 1][1] - segs[j + 1][0])
+            u = -span + rng.uniform(0.0, L)
+            while u < span:
+                if rng.random() >= p.mitochondria_columns:
+                    u += L
+                    continue
+                length = _draw(rng, p.column_mitochondrion_um) * um
+                av = min(_draw(rng, p.column_mitochondrion_width_um) * um / 2, gw / 2 + 0.4 * fibril)
+                self._mitochondrion(rng, u + length / 2, vc, av, length / 2,
+                                    [A_BAND, I_BAND, Z_DISK, S_SPACE], lengthwise=True)
+                u += length + rng.uniform(0.02, 0.3) * um
+                n += 1
+        self.drawn["column_mitochondria"] = n
 
     def _triad(self, rng, uc: float, vc: float, gw: float) -> None:
         """A T tubule between two terminal cisternae, across the space at an A-I junction."""
@@ -1241,8 +1292,9 @@ def randomised_params(seed: int) -> SyntheticParams:
     band), striation and filament contrast, granule darkness, edge softness and halo, noise model
     and level, film grain, scan lines, blur, JPEG compression, overall contrast and illumination,
     contraction state (sarcomere 1.9-3.0 um, H zone with it), oblique cuts (three in ten, tilted
-    5-50 degrees), waviness and misregistration, alpha-particle rosettes (three in ten), and
-    the distractors (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and
+    5-50 degrees), waviness and misregistration, alpha-particle rosettes (three in ten), the
+    mitochondria's matrix grey (from a little lighter than the A band to much darker) and columns
+    of longitudinal mitochondria between the myofibrils (three in ten), and the distractors (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and
     scale bars). Training on many such draws teaches a model what stays the same. The ranges are
     chosen from preparations, not from the :data:`HELDOUT_FAMILIES`, which stay out of training.
     """
@@ -1272,7 +1324,7 @@ def randomised_params(seed: int) -> SyntheticParams:
     halo = u(0.03, 0.15) if rng.random() < 0.3 else 0.0
     grain = u(0.01, 0.07) if rng.random() < 0.4 else 0.0
     scan = u(0.005, 0.03) if rng.random() < 0.25 else 0.0
-    return SyntheticParams(
+    kw = dict(
         sarcomere_um=(round(sarcomere, 3), round(sarcomere + 0.1, 3)),
         h_zone_um=(round(h_zone * 0.8, 3), round(h_zone, 3)),
         gap_width_um=(0.03, round(u(0.15, 0.40), 3)),
@@ -1306,3 +1358,9 @@ def randomised_params(seed: int) -> SyntheticParams:
         oblique_deg=around(u(5.0, 50.0), 2.5, 75.0) if rng.random() < 0.3 else (0.0, 0.0),
         rosette_fraction=round(u(0.05, 0.3), 3) if rng.random() < 0.3 else 0.0,
     )
+    # drawn after the earlier recipe's: the mitochondrial matrix from a little lighter than the A
+    # band to much darker (heavy osmium, block-face SEM), and columns of mitochondria in three
+    # micrographs in ten
+    greys["mito"] = around(min(0.8, max(0.05, a + u(-0.25, 0.12))), 0.03)
+    columns = round(u(0.15, 0.7), 3) if rng.random() < 0.3 else 0.0
+    return SyntheticParams(**kw, mitochondria_columns=columns)
