@@ -1294,9 +1294,10 @@ def randomised_params(seed: int) -> SyntheticParams:
     contraction state (sarcomere 1.9-3.0 um, H zone with it), oblique cuts (three in ten, tilted
     5-50 degrees), waviness and misregistration, alpha-particle rosettes (three in ten), the
     mitochondria's matrix grey (from a little lighter than the A band to much darker) and columns
-    of longitudinal mitochondria between the myofibrils (three in ten), and the distractors (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and
-    scale bars). Training on many such draws teaches a model what stays the same. The ranges are
-    chosen from preparations, not from the :data:`HELDOUT_FAMILIES`, which stay out of training.
+    of longitudinal mitochondria between the myofibrils (three in ten), and the distractors
+    (stain precipitate, ribosomes, lipid droplets, burned-in letters, arrows and scale bars).
+    Training on many such draws teaches a model what stays the same. The ranges are chosen
+    from preparations, not from the :data:`HELDOUT_FAMILIES`, which stay out of training.
     """
     rng = np.random.default_rng([int(seed), 0x5EED])
     u = rng.uniform
