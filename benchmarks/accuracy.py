@@ -9,7 +9,7 @@
 
 For every condition (default generator settings, fixed fibre angles, other pixel sizes, more noise,
 low contrast, the appearance families, contracted and stretched sarcomeres, oblique cuts, glycogen
-rosettes) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
+rosettes, columns of mitochondria) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
 uses seeds 0..9999), segmented with :func:`segment_micrograph` (``mode="auto"``; images at other
 pixel sizes are resampled to the model's internally) and compared with their truth:
 
@@ -115,7 +115,8 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition("pixel-2.0", "pixel 2.0 nm", pixel_size_nm=2.0),
     Condition("pixel-0.4", "pixel 0.4 nm", pixel_size_nm=0.4),
     Condition("pixel-3.0", "pixel 3.0 nm", pixel_size_nm=3.0),
-    # anatomy the defaults learnt little or nothing of: contraction states, oblique cuts, rosettes
+    # anatomy the defaults learnt little or nothing of: contraction states, oblique cuts, rosettes,
+    # mitochondria columns
     Condition("contracted", "contracted", overrides={"sarcomere_um": (1.8, 1.95),
                                                      "h_zone_um": (0.0, 0.0)}),
     Condition("stretched", "stretched", overrides={"sarcomere_um": (3.0, 3.3),
@@ -123,6 +124,9 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition("oblique-30", "oblique 30°", overrides={"oblique_deg": (25.0, 35.0)}),
     Condition("oblique-50", "oblique 50°", overrides={"oblique_deg": (45.0, 55.0)}),
     Condition("rosettes", "rosettes", overrides={"rosette_fraction": 0.3}),
+    # oxidative fibres: columns of longitudinal mitochondria with a dark matrix (2026-12-07)
+    Condition("mito-columns", "mitochondria columns",
+              overrides={"mitochondria_columns": 0.5, "grey_levels": {"mito": (0.15, 0.25)}}),
 )
 
 

@@ -221,6 +221,30 @@ def test_an_epoch_that_costs_one_class_too_much_is_not_kept():
                                         cm_start=poor.tolist(), val_class_weights=None), trade, {})
 
 
+def test_an_epoch_below_the_start_on_the_users_data_is_not_kept():
+    """The held-out floor: synthetic gains do not buy a loss on the user's own held-out data."""
+    from types import SimpleNamespace
+
+    from napari_emgranules.core.train import TrainConfig, _held_out_floor
+
+    start = {"epoch": 0, "val_mean_iou_held_out": 0.722, "val_mean_iou_synthetic": 0.681}
+    worse = {"val_mean_iou_held_out": 0.704, "val_mean_iou_synthetic": 0.715}  # the mean is higher
+    better = {"val_mean_iou_held_out": 0.730, "val_mean_iou_synthetic": 0.690}
+
+    def run(**config):
+        return SimpleNamespace(config=TrainConfig(**config), fine_tuning=True, history=[start])
+
+    assert not _held_out_floor(run(), worse)
+    assert _held_out_floor(run(), better)
+    assert _held_out_floor(run(), {"val_mean_iou_held_out": 0.722})  # equal is not below
+    assert _held_out_floor(run(held_out_floor=False), worse)
+    assert _held_out_floor(run(), {"val_mean_iou": 0.5})  # no synthetic validation: nothing to weigh
+    scratch = SimpleNamespace(config=TrainConfig(), fine_tuning=False, history=[start])
+    assert _held_out_floor(scratch, worse)
+    unscored = SimpleNamespace(config=TrainConfig(), fine_tuning=True, history=[])
+    assert _held_out_floor(unscored, worse)
+
+
 def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):
     image, labels = _cell()
     for tile, px in ((0, 0.8), (1, 1.2)):

@@ -131,7 +131,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "rehearsal_look": args.rehearsal_look,
             "rehearsal_validation": args.rehearsal_validation,
             "max_class_loss": args.max_class_loss, "average_with_start": args.average_with_start,
-            "keep_epochs": args.keep_epochs or None}
+            "held_out_floor": args.held_out_floor, "keep_epochs": args.keep_epochs or None}
     cw = args.class_weights
     if cw is not None and cw not in CLASS_WEIGHT_MODES:
         try:
@@ -409,6 +409,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--max-class-loss", type=float, default=0.05, metavar="IOU",
                     help="when fine-tuning, keep an epoch only if no class lost more than this IoU "
                          "on the validation data against the starting model (default 0.05; 1 = off)")
+    tr.add_argument("--held-out-floor", action=argparse.BooleanOptionalAction, default=None,
+                    help="with rehearsal validation: keep an epoch only if it scores at least the "
+                         "starting model on your own held-out data (on by default)")
     tr.add_argument("--no-augment", action="store_true",
                     help="no flips, contrast or brightness changes")
     tr.add_argument("--random-seed", "--seed", dest="seed", type=int, help="random seed (default 0)")
