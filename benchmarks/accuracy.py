@@ -9,9 +9,10 @@
 
 For every condition (default generator settings, fixed fibre angles, other pixel sizes, more noise,
 low contrast, the appearance families, contracted and stretched sarcomeres, oblique cuts, glycogen
-rosettes, columns of mitochondria) ``--per-condition`` micrographs are generated with seeds from 100000 upward (training
-uses seeds 0..9999), segmented with :func:`segment_micrograph` (``mode="auto"``; images at other
-pixel sizes are resampled to the model's internally) and compared with their truth:
+rosettes, columns of mitochondria) ``--per-condition`` micrographs are generated with seeds from
+100000 upward (training uses seeds 0..9999), segmented with :func:`segment_micrograph`
+(``mode="auto"``; images at other pixel sizes are resampled to the model's internally) and
+compared with their truth:
 
 *Locations*: confusion over codes 0..6 pooled per condition, per-class IoU (classes present in the
 truth or the prediction) and mean IoU over the classes present in the truth;
