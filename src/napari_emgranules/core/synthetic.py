@@ -804,15 +804,11 @@ class _Cell:
     def intermyofibrillar(self) -> None:
         """Mitochondria at the Z lines, triads at the A-I junctions and SR tubules in spaces."""
         rng, p, um = self.rngs["spaces"], self.p, self.um
-        L, A, segs, phases = self.L, self.A, self.segs, self.phases
+        L, A, phases = self.L, self.A, self.phases
         span = self.half_u + um
         space = [S_SPACE]
-        for j, (v0, v1, is_gap) in enumerate(segs):
-            if not is_gap or j == 0 or j == len(segs) - 1 or abs((v0 + v1) / 2) > self.half_v + um:
-                continue
+        for j, vc, gw, fibril in self._inner_spaces():
             phi = phases[j + (1 if rng.random() < 0.5 else -1)]
-            vc, gw = (v0 + v1) / 2, v1 - v0
-            fibril = min(segs[j - 1][1] - segs[j - 1][0], segs[j + 1][1] - segs[j + 1][0])
             for n in range(math.floor((-span + phi) / L), math.ceil((span + phi) / L) + 1):
                 z = n * L - phi  # a Z line at u = z
                 for side in (-1, 1):
@@ -835,6 +831,15 @@ class _Cell:
         if p.mitochondria_columns > 0:
             self._mitochondria_columns()
 
+    def _inner_spaces(self):
+        """Each space between two myofibrils in view: (index, centre v, width, narrower fibril)."""
+        segs, reach = self.segs, self.half_v + self.um
+        for j, (v0, v1, is_gap) in enumerate(segs):
+            if not is_gap or j == 0 or j == len(segs) - 1 or abs((v0 + v1) / 2) > reach:
+                continue
+            fibril = min(segs[j - 1][1] - segs[j - 1][0], segs[j + 1][1] - segs[j + 1][0])
+            yield j, (v0 + v1) / 2, v1 - v0, fibril
+
     def _mitochondria_columns(self) -> None:
         """Longitudinal mitochondria lying in the spaces (``mitochondria_columns``; own stream).
 
@@ -842,15 +847,10 @@ class _Cell:
         which they push apart: each is drawn over the space and up to 40% into the fibrils beside
         it, labelled Z (Z disk + mitochondria) as the paired ones at the Z lines.
         """
-        rng, p, um = self.rngs["columns"], self.p, self.um
-        L, segs = self.L, self.segs
+        rng, p, um, L = self.rngs["columns"], self.p, self.um, self.L
         span = self.half_u + um
         n = 0
-        for j, (v0, v1, is_gap) in enumerate(segs):
-            if not is_gap or j == 0 or j == len(segs) - 1 or abs((v0 + v1) / 2) > self.half_v + um:
-                continue
-            vc, gw = (v0 + v1) / 2, v1 - v0
-            fibril = min(segs[j - 1][1] - segs[j - 1][0], segs[j + 1][1] - segs[j + 1][0])
+        for _, vc, gw, fibril in self._inner_spaces():
             u = -span + rng.uniform(0.0, L)
             while u < span:
                 if rng.random() >= p.mitochondria_columns:
