@@ -243,6 +243,8 @@ def test_an_epoch_below_the_start_on_the_users_data_is_not_kept():
     assert _held_out_floor(scratch, worse)
     unscored = SimpleNamespace(config=TrainConfig(), fine_tuning=True, history=[])
     assert _held_out_floor(unscored, worse)
+    with pytest.raises(ValueError, match="held_out_floor"):
+        TrainConfig(held_out_floor="no")
 
 
 def test_pairs_of_one_micrograph_at_two_pixel_sizes_are_refused(tmp_path):

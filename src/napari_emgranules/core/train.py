@@ -317,6 +317,8 @@ class TrainConfig:
                             f"{self.input_scaling!r}")
         if self.max_class_loss is not None and not 0 <= self.max_class_loss <= 1:
             problems.append(f"max_class_loss must be in [0, 1] (or None), got {self.max_class_loss}")
+        if not isinstance(self.held_out_floor, bool):
+            problems.append(f"held_out_floor must be True or False, got {self.held_out_floor!r}")
         if not 0 < self.reduce_lr_factor < 1:
             problems.append(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
         for name in ("early_stopping_patience", "reduce_lr_patience"):
