@@ -72,6 +72,52 @@ def test_density_table_counts_exactly_and_leaves_absent_regions_undefined():
     assert set(t["pixel_size_source"]) == {"user"} and set(t["pixel_size_nm"]) == {2.0}
 
 
+def test_pf_standard_error_is_the_ratio_estimators_over_fields():
+    # Hand-worked: three fields hold the region (areas 100, 100, 200; granule px 10, 0, 20);
+    # a fourth does not. pf = 30 / 400; residuals 2.5, -7.5, 5; k = 3.
+    from napari_emgranules.core.measure import pf_standard_error
+
+    area = np.array([[100], [100], [200], [0]])
+    gran = np.array([[10], [0], [20], [0]])
+    expected = math.sqrt(3 / 2 * (2.5 ** 2 + 7.5 ** 2 + 5 ** 2) / 400 ** 2)
+    assert pf_standard_error(area, gran)[0] == pytest.approx(expected)
+    # One field cannot say how pf varies; evenly spread granules give no variation.
+    assert math.isnan(pf_standard_error(np.array([[50], [0]]), np.array([[5], [0]]))[0])
+    even = pf_standard_error(np.array([[100], [100]]), np.array([[7], [7]]))[0]
+    assert even == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pf_se_in_the_table_follows_the_spread_of_pf_between_images():
+    # Granules as discs dropped at random into one region: over many images the standard
+    # deviation of pf is what one image's pf_se says, within 25% on average, although the
+    # pixels of a disc are not independent (a binomial error of the pixels would be 4x too small).
+    rng = np.random.default_rng(3)
+    shape, pfs, ses = (256, 256), [], []
+    rr, cc = np.ogrid[:9, :9]
+    disc = (rr - 4) ** 2 + (cc - 4) ** 2 <= 16
+    for _ in range(150):
+        gra = np.zeros(shape, np.uint8)
+        for r, c in rng.integers(0, 256 - 9, (int(rng.poisson(60)), 2)):
+            gra[r:r + 9, c:c + 9] |= disc
+        loc = np.full(shape, A, np.uint8)
+        row = density_table(loc, gra).set_index("region").loc["A"]
+        pfs.append(row["pf"])
+        ses.append(row["pf_se"])
+    spread, mean_se = float(np.std(pfs, ddof=1)), float(np.mean(ses))
+    assert 0.75 < mean_se / spread < 1.25, (mean_se, spread)
+    binomial = math.sqrt(np.mean(pfs) * (1 - np.mean(pfs)) / (256 * 256))
+    assert binomial < 0.5 * spread
+
+
+def test_pf_se_is_undefined_for_a_region_seen_in_one_field_only():
+    loc, gra = _layout()
+    loc[:] = A
+    loc[:5, :5] = S  # S in the first of the 4 x 4 fields only
+    t = density_table(loc, gra).set_index("region")
+    assert math.isnan(t.loc["S", "pf_se"]) and t.loc["A", "pf_se"] >= 0
+    assert math.isnan(t.loc["Z", "pf_se"])  # absent
+
+
 def test_density_table_accepts_a_0_255_granule_mask_and_bool():
     loc, gra = _layout()
     ref = density_table(loc, gra)

@@ -73,7 +73,7 @@ DEBOUNCE_MS = 500
 VF_METHODS = ("baskets", "analytical", "none")
 
 FEATURE_COLUMNS: tuple[str, ...] = (
-    "area_px", "area_um2", "granule_px", "pf", "vf", "granule_count", "granules_per_um2",
+    "area_px", "area_um2", "granule_px", "pf", "pf_se", "vf", "granule_count", "granules_per_um2",
     "mean_diameter_nm", "sd_diameter_nm", "pf_calibrated",
 )
 """Region columns written into the Locations layer's ``features`` (NaN for unmeasured codes)."""
@@ -85,6 +85,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("area_px", "area (px)", "int"),
     ("granule_px", "granule area (px)", "int"),
     ("pf", "pf (area fraction)", ".4f"),
+    ("pf_se", "pf SE", ".4f"),
     ("pf_calibrated", "pf calibrated", ".4f"),
     ("vf", "vf (volume fraction)", ".4f"),
     ("granule_count", "granules", "int"),

@@ -72,7 +72,7 @@ PathLike = str | os.PathLike
 
 REGION_COLUMNS: tuple[str, ...] = (
     "image", "tile", "region_code", "region", "region_name", "area_px", "area_um2", "granule_px",
-    "pf", "vf", "granule_count", "granules_per_um2", "mean_diameter_nm", "sd_diameter_nm",
+    "pf", "pf_se", "vf", "granule_count", "granules_per_um2", "mean_diameter_nm", "sd_diameter_nm",
     "pixel_size_nm", "pixel_size_source", "section_nm", "vf_method", "path",
 )
 """Columns of the tidy density table, one row per image (and tile) and measured region."""
@@ -202,18 +202,65 @@ def density_table(locations: np.ndarray, granules: np.ndarray, *,
                          image, tile, path)
 
 
+PF_FIELDS = 4
+"""Fields per side (4 x 4) over which ``pf_se`` measures how much ``pf`` varies in an image."""
+
+
+def _field_counts(loc: np.ndarray, mask: np.ndarray, n: int,
+                  fields: int = PF_FIELDS) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and granule pixels per code in each of ``fields`` x ``fields`` fields: (k, n) each."""
+    n = max(n, int(loc.max(initial=0)) + 1)
+    rows = np.linspace(0, loc.shape[0], min(fields, loc.shape[0]) + 1).astype(int)
+    cols = np.linspace(0, loc.shape[1], min(fields, loc.shape[1]) + 1).astype(int)
+    bands = [(int(a), int(b)) for a, b in zip(rows[:-1], rows[1:], strict=True)]
+    spans = [(int(a), int(b)) for a, b in zip(cols[:-1], cols[1:], strict=True)]
+    counts = [_region_counts(loc[r0:r1, c0:c1], mask[r0:r1, c0:c1], n)
+              for r0, r1 in bands for c0, c1 in spans]
+    if not counts:
+        return np.zeros((1, n), np.int64), np.zeros((1, n), np.int64)
+    area = np.zeros((len(counts), n), np.int64)
+    gran = np.zeros((len(counts), n), np.int64)
+    for i, (a, g) in enumerate(counts):
+        area[i, :a.size], gran[i, :g.size] = a, g
+    return area, gran
+
+
+def pf_standard_error(area: np.ndarray, granule_px: np.ndarray) -> np.ndarray:
+    """Standard error of ``pf`` from its variation between the fields of one image.
+
+    ``pf = sum(granule_px) / sum(area)`` is a ratio estimator over the fields (rows of the
+    ``(fields, regions)`` arrays); its variance is estimated as in cluster sampling (Cochran,
+    *Sampling Techniques*, 1977, 6.9): ``k / (k - 1) * sum((g_i - pf a_i)^2) / (sum a_i)^2`` over
+    the ``k`` fields that hold the region. NaN for a region in fewer than two fields: one field
+    cannot say how much pf varies. A region spread evenly gives a small error; one seen in a
+    corner, or whose granules cluster in one field, a large one.
+    """
+    a = np.asarray(area, dtype=float)
+    g = np.asarray(granule_px, dtype=float)
+    total = a.sum(axis=0)
+    k = np.count_nonzero(a > 0, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pf = g.sum(axis=0) / total
+        resid = ((g - pf * a) ** 2).sum(axis=0)
+        var = k / np.maximum(k - 1, 1) * resid / (total * total)
+    return np.where(k >= 2, np.sqrt(var), np.nan)
+
+
 def _density_rows(loc: np.ndarray, mask: np.ndarray, schema: ClassSchema, px: float, source: str,
                   image: str, tile: str, path: str) -> pd.DataFrame:
-    area, gran = _region_counts(loc, mask, schema.n_classes)
+    field_area, field_gran = _field_counts(loc, mask, schema.n_classes)
+    area, gran = field_area.sum(axis=0), field_gran.sum(axis=0)
     codes = list(schema.measured_codes)
     a, g = area[codes].astype(np.int64), gran[codes].astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         pf = np.where(a > 0, g / np.maximum(a, 1), np.nan)
+    pf_se = pf_standard_error(field_area[:, codes], field_gran[:, codes])
     nan = np.full(len(codes), np.nan)
     return pd.DataFrame({
         "image": image, "tile": tile, "region_code": codes,
         "region": [schema.letters[c] for c in codes], "region_name": [schema.names[c] for c in codes],
-        "area_px": a, "area_um2": a * (px * px) / 1e6, "granule_px": g, "pf": pf, "vf": nan,
+        "area_px": a, "area_um2": a * (px * px) / 1e6, "granule_px": g, "pf": pf, "pf_se": pf_se,
+        "vf": nan,
         "granule_count": nan, "granules_per_um2": nan, "mean_diameter_nm": nan,
         "sd_diameter_nm": nan, "pixel_size_nm": px, "pixel_size_source": source,
         "section_nm": np.nan, "vf_method": "", "path": path,
