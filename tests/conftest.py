@@ -64,6 +64,13 @@ def _uses_qt(item: pytest.Item) -> bool:
     return bool(QT_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
+_CHILD_TIMEOUT_S = 900
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+
 class _ChildRun:
     """Runs the Qt tests once in a child pytest and hands out their outcomes."""
 
@@ -86,10 +93,16 @@ class _ChildRun:
             env = {**os.environ, _CHILD_ENV: results_file}
             cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "--rootdir", str(self.config.rootpath), *self.nodeids]
-            proc = subprocess.run(cmd, cwd=self.config.rootpath, env=env, capture_output=True,
-                                  text=True, timeout=900)
-            self.returncode = proc.returncode
-            self.output = proc.stdout + proc.stderr
+            self.results = {}  # set before the run: a child that fails runs once, not per test
+            try:
+                proc = subprocess.run(cmd, cwd=self.config.rootpath, env=env, capture_output=True,
+                                      text=True, timeout=_CHILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired as exc:
+                self.output = (f"timed out after {_CHILD_TIMEOUT_S} s\n"
+                               + _text(exc.stdout) + _text(exc.stderr))
+            else:
+                self.returncode = proc.returncode
+                self.output = proc.stdout + proc.stderr
             text = Path(results_file).read_text()
             self.results = json.loads(text) if text.strip() else {}
         finally:
