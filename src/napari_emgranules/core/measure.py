@@ -54,6 +54,7 @@ __all__ = [
     "ParticleFilter",
     "Measurement",
     "density_table",
+    "pf_standard_error",
     "tile_density_tables",
     "granule_particles",
     "summarise_particles",
@@ -187,7 +188,8 @@ def density_table(locations: np.ndarray, granules: np.ndarray, *,
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`REGION_COLUMNS`; ``pf`` is NaN for a region with no pixels. The particle
+        Columns :data:`REGION_COLUMNS`; ``pf`` is NaN for a region with no pixels; ``pf_se`` is
+        its standard error over the image's fields (:func:`pf_standard_error`). The particle
         and stereology columns are NaN here (see :func:`measure_labels`).
 
     Raises
