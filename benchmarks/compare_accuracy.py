@@ -5,8 +5,9 @@
     python benchmarks/compare_accuracy.py --before A.json --after B.json --out page.md \
         --append --title "A second comparison"     # one more section at the end of page.md
 
-For every condition in both reports: Locations mean IoU, granule object F1, false granules per
-um^2 (image / A band) and the largest per-region pf error, before -> after, with the targets.
+For every condition in both reports: Locations mean IoU (and, with ``--classes Z,S``, those
+classes' IoU), granule object F1, false granules per um^2 (image / A band) and the largest
+per-region pf error, before -> after, with the targets.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def _max_pf(cond: dict) -> float | None:
     return max(vals) if vals else None
 
 
-def table(before: dict, after: dict) -> list[str]:
+def table(before: dict, after: dict, classes: tuple[str, ...] = ()) -> list[str]:
     b = {c["key"]: c for c in before["conditions"]}
-    rows = ["| condition | Locations mean IoU | granule F1 | false granules /um^2 (image) | "
-            "false /um^2 (A band) | max pf error |", "|---|---|---|---|---|---|"]
+    rows = ["| condition | Locations mean IoU | " + "".join(f"IoU {k} | " for k in classes)
+            + "granule F1 | false granules /um^2 (image) | false /um^2 (A band) | max pf error |",
+            "|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
     for a in after["conditions"]:
         o = b.get(a["key"])
         if o is None:
@@ -45,6 +47,7 @@ def table(before: dict, after: dict) -> list[str]:
         rows.append("| " + " | ".join([
             a["name"],
             pair(lambda c: c["locations"]["mean_iou"]),
+            *(pair(lambda c, k=k: c["locations"]["iou_per_class"].get(k), 2) for k in classes),
             pair(lambda c: c["granules"]["f1"]),
             pair(lambda c: c["granules"].get("false_per_um2"), 2),
             pair(lambda c: c["granules"].get("false_per_um2_a_band"), 2),
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--title", default="Default models before and after domain-randomised training")
     ap.add_argument("--note", default="", help="a paragraph put under the title")
+    ap.add_argument("--classes", default="", metavar="Z,S",
+                    help="also the Locations IoU of these classes (letters, comma-separated)")
     ap.add_argument("--append", action="store_true",
                     help="add the comparison as a section at the end of --out (which must exist)")
     args = ap.parse_args(argv)
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [args.note, ""]
     lines += ["Targets: Locations mean IoU >= 0.85, granule F1 >= 0.90, false granules <= 0.5 per "
               "um^2, max pf error <= 0.01.", ""]
-    lines += table(before, after) + [""]
+    classes = tuple(k.strip() for k in args.classes.split(",") if k.strip())
+    lines += table(before, after, classes) + [""]
     text = "\n".join(lines)
     if args.append:
         text = args.out.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text

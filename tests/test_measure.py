@@ -90,7 +90,7 @@ def test_pf_standard_error_is_the_ratio_estimators_over_fields():
 def test_pf_se_in_the_table_follows_the_spread_of_pf_between_images():
     # Granules as discs dropped at random into one region: over many images the standard
     # deviation of pf is what one image's pf_se says, within 25% on average, although the
-    # pixels of a disc are not independent (a binomial error of the pixels would be 4x too small).
+    # pixels of a disc are not independent (a binomial error of the pixels is about 7x too small).
     rng = np.random.default_rng(3)
     shape, pfs, ses = (256, 256), [], []
     rr, cc = np.ogrid[:9, :9]

@@ -210,21 +210,17 @@ PF_FIELDS = 4
 
 def _field_counts(loc: np.ndarray, mask: np.ndarray, n: int,
                   fields: int = PF_FIELDS) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels and granule pixels per code in each of ``fields`` x ``fields`` fields: (k, n) each."""
-    n = max(n, int(loc.max(initial=0)) + 1)
+    """Pixels and granule pixels per code in each of ``fields`` x ``fields`` fields: (k, n) each.
+
+    Their sums over the fields are the whole image's counts, so counting stays one pass.
+    """
+    n = max(n, int(loc.max(initial=0)) + 1)  # one width for every field
     rows = np.linspace(0, loc.shape[0], min(fields, loc.shape[0]) + 1).astype(int)
     cols = np.linspace(0, loc.shape[1], min(fields, loc.shape[1]) + 1).astype(int)
-    bands = [(int(a), int(b)) for a, b in zip(rows[:-1], rows[1:], strict=True)]
-    spans = [(int(a), int(b)) for a, b in zip(cols[:-1], cols[1:], strict=True)]
     counts = [_region_counts(loc[r0:r1, c0:c1], mask[r0:r1, c0:c1], n)
-              for r0, r1 in bands for c0, c1 in spans]
-    if not counts:
-        return np.zeros((1, n), np.int64), np.zeros((1, n), np.int64)
-    area = np.zeros((len(counts), n), np.int64)
-    gran = np.zeros((len(counts), n), np.int64)
-    for i, (a, g) in enumerate(counts):
-        area[i, :a.size], gran[i, :g.size] = a, g
-    return area, gran
+              for r0, r1 in zip(rows[:-1], rows[1:], strict=True)
+              for c0, c1 in zip(cols[:-1], cols[1:], strict=True)] or [(np.zeros(n, np.int64),) * 2]
+    return np.array([a for a, _ in counts]), np.array([g for _, g in counts])
 
 
 def pf_standard_error(area: np.ndarray, granule_px: np.ndarray) -> np.ndarray:
