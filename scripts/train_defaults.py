@@ -28,6 +28,7 @@ On a machine without TensorFlow (e.g. a GPU box with JAX), set ``KERAS_BACKEND=j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -81,29 +82,36 @@ def coarse_pixel_size_of(seed: int, share: float, largest: float) -> float | Non
     return round(float(largest ** v), 4)  # log-uniform over 1-largest
 
 
-def appearance_of(seed: int, appearance: str):
+def appearance_of(seed: int, appearance: str, generator: dict | None = None):
     """Generator parameters of micrograph ``seed``: ``standard`` (the original look) or
     ``randomised`` (three in four domain-randomised draws, every fourth one of the named
-    training families in turn; never a held-out family)."""
+    training families in turn; never a held-out family); ``generator`` (``--generator``)
+    replaces some of them in every draw, e.g. ``{"nucleus_probability": 0.8}``."""
     from napari_emgranules.core.synthetic import (
         HELDOUT_FAMILIES,
         TRAINING_FAMILIES,
+        SyntheticParams,
         family_params,
         randomised_params,
     )
 
     if appearance == "standard":
-        return None
-    if seed % 4:
-        return randomised_params(seed)
-    family = TRAINING_FAMILIES[(seed // 4) % len(TRAINING_FAMILIES)]
-    assert family not in HELDOUT_FAMILIES
-    return family_params(family)
+        params = None
+    elif seed % 4:
+        params = randomised_params(seed)
+    else:
+        family = TRAINING_FAMILIES[(seed // 4) % len(TRAINING_FAMILIES)]
+        assert family not in HELDOUT_FAMILIES
+        params = family_params(family)
+    if generator:
+        params = dataclasses.replace(params or SyntheticParams(), **generator)
+    return params
 
 
 def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] = KINDS,
-              appearance: str = "standard") -> None:
-    """Generate and export the training and validation pairs (skips micrographs already there)."""
+              appearance: str = "standard", generator: dict | None = None) -> None:
+    """Generate and export the training and validation pairs (skips micrographs already there);
+    ``generator`` applies to the training micrographs only (validation keeps the plain looks)."""
     from napari_emgranules.core.dataset import export_training_pairs
     from napari_emgranules.core.schema import default_schema
     from napari_emgranules.core.synthetic import synthetic_micrograph
@@ -117,7 +125,8 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
             continue
         t = time.perf_counter()
         ps = pixel_size_of(seed) if split == "train" else 0.8
-        m = synthetic_micrograph((side, side), ps, seed=seed, params=appearance_of(seed, appearance))
+        params = appearance_of(seed, appearance, generator if split == "train" else None)
+        m = synthetic_micrograph((side, side), ps, seed=seed, params=params)
         for kind in todo:
             labels = m.locations if kind == "locations" else m.granules
             export_training_pairs(m.image, labels, work / "data" / split / kind,
@@ -134,13 +143,14 @@ FRESH_SEED0 = 20_000  # fresh training micrographs: seeds 20000-99999 (benchmark
 
 
 def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRESH_SEED0,
-                coarse: tuple[float, float] = (0.0, 0.0)):
+                coarse: tuple[float, float] = (0.0, 0.0), generator: dict | None = None):
     """``fresh_data`` for core.train: round ``r`` (1, 2, ...) gives ``n`` new ``size`` px
     micrographs (seeds ``seed0 + (r - 1) n ...``, looks as :func:`appearance_of`, pixel
     sizes as :func:`pixel_size_of`), the same ones for the same round.
 
     ``coarse = (share, largest_nm)``: that share of them is taken at a coarser pixel size
-    (:func:`coarse_pixel_size_of`) over the same field of view (``size`` x 0.8 nm), so fewer px."""
+    (:func:`coarse_pixel_size_of`) over the same field of view (``size`` x 0.8 nm), so fewer px;
+    ``generator`` as in :func:`appearance_of`."""
     from napari_emgranules.core.synthetic import synthetic_micrograph
 
     def make(round_: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -154,7 +164,8 @@ def fresh_maker(kind: str, n: int, size: int, appearance: str, seed0: int = FRES
             low = coarse_pixel_size_of(seed, *coarse)
             if low is not None:
                 ps, side = low, max(64, round(size * 0.8 / low))
-            m = synthetic_micrograph((side, side), ps, seed=seed, params=appearance_of(seed, appearance))
+            m = synthetic_micrograph((side, side), ps, seed=seed,
+                                     params=appearance_of(seed, appearance, generator))
             out.append((m.image, m.locations if kind == "locations" else m.granules, ps))
         return out
 
@@ -320,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coarse-max", type=float, default=12.5, metavar="NM",
                         help="coarsest pixel size of those, drawn log-uniformly from 1 nm "
                              "(default 12.5)")
+    parser.add_argument("--generator", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a generator setting of the training and fresh micrographs "
+                             "(not validation), e.g. --generator nucleus_probability=0.8 "
+                             "(repeatable; a value is JSON, a pair as [lo, hi])")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for TensorFlow (0 = its default)")
     args = parser.parse_args(argv)
@@ -337,25 +352,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
     kinds = KINDS if args.kind == "both" else (args.kind,)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        value = {"None": "null", "True": "true", "False": "false"}.get(value.strip(), value)
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:  # a bare word: a string setting, e.g. input_scaling=percentile
-            overrides[key.strip()] = value
+    overrides = _key_values(parser, "--set", args.set)
+    generator = {k: tuple(v) if isinstance(v, list) else v  # a range, as the generator holds it
+                 for k, v in _key_values(parser, "--generator", args.generator).items()}
+    if generator:
+        from napari_emgranules.core.synthetic import SyntheticParams
+
+        try:  # the generator's own checks: a name or range it rejects stops here, not mid-run
+            dataclasses.replace(SyntheticParams(), **generator)
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--generator: {exc}")
     command = "python scripts/train_defaults.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if "data" in steps:
-        make_data(args.work, args.micrographs, args.validation, args.size, kinds, args.appearance)
+        make_data(args.work, args.micrographs, args.validation, args.size, kinds, args.appearance,
+                  generator)
     if args.fresh_every:
         overrides["fresh_data_every"] = args.fresh_every
     for kind in kinds:
         if "train" in steps:
             fresh = (fresh_maker(kind, args.fresh_micrographs, args.fresh_size, args.appearance,
-                                 args.fresh_seed, (args.coarse_share, args.coarse_max))
+                                 args.fresh_seed, (args.coarse_share, args.coarse_max), generator)
                      if args.fresh_every else None)
             train_kind(args.work, kind, args.epochs, args.seed, args.start, overrides, args.run, fresh)
         if "install" in steps:
@@ -363,6 +379,22 @@ def main(argv: list[str] | None = None) -> int:
         elif "calibrate" in steps:
             recalibrate(args.work, kind, command)
     return 0
+
+
+def _key_values(parser: argparse.ArgumentParser, flag: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` items as a dict; a value is JSON, else a bare word."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"{flag} {item!r}: expected KEY=VALUE")
+        value = {"None": "null", "True": "true", "False": "false"}.get(value.strip(), value)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: a string setting, e.g. input_scaling=percentile
+            parsed = value
+        out[key.strip()] = parsed
+    return out
 
 
 if __name__ == "__main__":

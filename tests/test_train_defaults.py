@@ -62,3 +62,29 @@ def test_coarse_share_without_fresh_micrographs_is_refused(td, capsys):
         td.main(["--steps", "train", "--coarse-share", "0.3"])
     assert exc.value.code == 2
     assert "give --fresh-every K too" in capsys.readouterr().err
+
+
+def test_generator_overrides_reach_every_look(td):
+    from napari_emgranules.core.synthetic import SyntheticParams
+
+    # seed 4 is a named training family, seed 5 a randomised draw, None the standard look
+    for seed, look in ((4, "randomised"), (5, "randomised"), (5, "standard")):
+        plain = td.appearance_of(seed, look) or SyntheticParams()
+        changed = td.appearance_of(seed, look, {"nucleus_probability": 0.9,
+                                                "granule_diameter_nm": (20.0, 30.0)})
+        assert changed.nucleus_probability == 0.9 and changed.granule_diameter_nm == (20.0, 30.0)
+        assert changed.sarcomere_um == plain.sarcomere_um  # the rest of the draw is kept
+
+
+@pytest.mark.parametrize("item, message", [
+    ("nucleus_probability=1.5", "nucleus_probability must satisfy"),
+    ("no_such_setting=1", "no_such_setting"),
+    ("nucleus_probability", "expected KEY=VALUE"),
+])
+def test_bad_generator_settings_are_refused_before_any_work(td, tmp_path, item, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        td.main(["--work", str(tmp_path), "--steps", "data", "--micrographs", "1",
+                 "--validation", "0", "--generator", item])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing generated
