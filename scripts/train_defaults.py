@@ -120,6 +120,12 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
     for split, seed, side in jobs:
         source = f"synthetic-{seed}"
         done = {k: work / "data" / split / "done" / f"{k}-{source}" for k in kinds}
+        # a micrograph made with other --generator settings is never reused as if it were this one
+        setting = json.dumps(generator, sort_keys=True) if generator and split == "train" else ""
+        for k, marker in done.items():
+            if marker.exists() and (marker.read_text().splitlines()[1:] or [""])[0] != setting:
+                raise SystemExit(f"{marker.parent.parent}: {k} micrograph {source} was made with other "
+                                 f"--generator settings than {setting or 'none'}; use another --work")
         todo = [k for k in kinds if not done[k].exists()]
         if not todo:
             continue
@@ -134,7 +140,7 @@ def make_data(work: Path, n: int, n_val: int, size: int, kinds: tuple[str, ...] 
                                   source=source, made_by="synthetic", pixel_size_nm=ps,
                                   image_format="tif")
             done[kind].parent.mkdir(parents=True, exist_ok=True)
-            done[kind].write_text(f"{ps}\n")
+            done[kind].write_text(f"{ps}\n" + (f"{setting}\n" if setting else ""))
         print(f"data: {split} seed {seed} at {ps} nm/px ({', '.join(todo)}) in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
 

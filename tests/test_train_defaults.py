@@ -88,3 +88,19 @@ def test_bad_generator_settings_are_refused_before_any_work(td, tmp_path, item, 
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing generated
+
+
+def test_data_made_with_other_generator_settings_is_not_reused(td, tmp_path, capsys):
+    run = ["--work", str(tmp_path), "--kind", "granules", "--steps", "data", "--micrographs", "1",
+           "--validation", "0", "--size", "128"]
+    assert td.main([*run, "--generator", "nucleus_probability=0.9"]) == 0
+    assert td.main([*run, "--generator", "nucleus_probability=0.9"]) == 0  # the same: resumed
+    marker = tmp_path / "data" / "train" / "done" / "granules-synthetic-0"
+    made = marker.read_text()
+    with pytest.raises(SystemExit) as exc:
+        td.main(run)  # no --generator now: the micrograph on disk is not what that would make
+    assert "other --generator settings" in str(exc.value) and marker.read_text() == made
+    plain = tmp_path / "plain"
+    assert td.main([*run[:1], str(plain), *run[2:]]) == 0
+    with pytest.raises(SystemExit):
+        td.main([*run[:1], str(plain), *run[2:], "--generator", "nucleus_probability=0.9"])
