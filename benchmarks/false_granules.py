@@ -26,45 +26,46 @@ from napari_emgranules.core.schema import LOCATIONS_SCHEMA  # noqa: E402
 from napari_emgranules.core.segment import segment_micrograph  # noqa: E402
 
 
-def false_by_region(truth, predicted: np.ndarray) -> np.ndarray:
-    """Counts of predicted granules touching no true granule, by the true region under most of
-    their pixels (one count per Locations code)."""
+def false_components(truth, predicted: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Labelled predicted granules (8-connected) and, for each one touching no true granule,
+    its label and the true region (Locations code) under most of its pixels."""
     lab, n = ndi.label(predicted, np.ones((3, 3), bool))
     hit = np.zeros(n + 1, bool)
     hit[np.unique(lab[truth.granules == 1])] = True
-    counts = np.zeros(LOCATIONS_SCHEMA.n_classes, np.int64)
+    false = []
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None or hit[i]:
-            continue
-        codes = truth.locations[sl][lab[sl] == i]
-        counts[np.bincount(codes, minlength=LOCATIONS_SCHEMA.n_classes).argmax()] += 1
-    return counts
+        if sl is not None and not hit[i]:
+            codes = truth.locations[sl][lab[sl] == i]
+            false.append((i, int(np.bincount(codes, minlength=LOCATIONS_SCHEMA.n_classes).argmax())))
+    return lab, false
 
 
-def picture(truth, predicted: np.ndarray, path: Path, n: int = 12, half: int = 60) -> None:
+def false_by_region(false: list[tuple[int, int]]) -> np.ndarray:
+    """Counts of false granules (:func:`false_components`) by true region, one per Locations code."""
+    return np.bincount([code for _, code in false], minlength=LOCATIONS_SCHEMA.n_classes)
+
+
+def picture(truth, lab: np.ndarray, false: list[tuple[int, int]], path: Path, n: int = 12,
+            half: int = 60) -> None:
     """Crops of the micrograph around up to ``n`` false granules (red outline; true granules cyan)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lab, count = ndi.label(predicted, np.ones((3, 3), bool))
-    hit = np.zeros(count + 1, bool)
-    hit[np.unique(lab[truth.granules == 1])] = True
-    false = [i for i in range(1, count + 1) if not hit[i]][:n]
+    false = false[:n]
     cols = min(6, max(1, len(false)))
     rows = max(1, -(-len(false) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
-    centres = ndi.center_of_mass(predicted, lab, false) if false else []
+    centres = ndi.center_of_mass(lab > 0, lab, [i for i, _ in false]) if false else []
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, i, (cy, cx) in zip(axes.ravel(), false, centres, strict=False):
+    for ax, (i, code), (cy, cx) in zip(axes.ravel(), false, centres, strict=False):
         y0, x0 = max(0, int(cy) - half), max(0, int(cx) - half)
         win = (slice(y0, y0 + 2 * half), slice(x0, x0 + 2 * half))
         ax.imshow(truth.image[win], cmap="gray")
         ax.contour(lab[win] == i, [0.5], colors="r", linewidths=1)
         ax.contour(truth.granules[win], [0.5], colors="c", linewidths=0.5)
-        code = int(np.bincount(truth.locations[win][lab[win] == i]).argmax())
         ax.set_title(f"true region {LOCATIONS_SCHEMA.letters[code]}", fontsize=8)
     fig.suptitle(f"false granules (red) of seed {truth.seed}; true granules cyan", fontsize=9)
     fig.tight_layout()
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 seg = segment_micrograph(truth.image, cond.pixel_size_nm, models={"granules": model})
-            counts = false_by_region(truth, seg.labels["granules"] == 1)
-            if args.picture and counts.sum():
-                picture(truth, seg.labels["granules"] == 1, args.picture)
+            lab, false = false_components(truth, seg.labels["granules"] == 1)
+            counts = false_by_region(false)
+            if args.picture and false:
+                picture(truth, lab, false, args.picture)
                 args.picture = None
             area_um2 = (args.size * cond.pixel_size_nm / 1000) ** 2
             print(f"| {cond.name} | {seed} | {'yes' if truth.drawn.get('nucleus') else 'no'} | "
