@@ -21,6 +21,7 @@ from napari_emgranules.core.schema import (
     ClassSchema,
 )
 from napari_emgranules.core.train import (
+    MIN_STEPS_PER_EPOCH,
     TrainConfig,
     TrainingError,
     augment_pair,
@@ -62,6 +63,16 @@ def blob_pairs(tmp_path_factory):
 def run_events(gen):
     events = []
     return events, run_to_completion(gen, events.append)
+
+
+def test_an_epoch_from_scratch_is_long_enough_to_leave_the_class_prior(blob_pairs, tmp_path):
+    # six 256 px tiles would fill one step of 128 px crops; from scratch an epoch still has
+    # MIN_STEPS_PER_EPOCH["fresh"] steps, so that early stopping does not end a run still at the prior
+    options = {**FAST, "epochs": 1, "steps_per_epoch": None}
+    events, result = run_events(train_iter(blob_pairs, tmp_path / "run", kind="blobs", schema=BLOBS,
+                                           seed=0, **options))
+    assert sum(not e.end_of_epoch for e in events) == MIN_STEPS_PER_EPOCH["fresh"] == 50
+    assert MIN_STEPS_PER_EPOCH["fine-tuning"] == 8  # the correction loop's epochs stay short
 
 
 def test_a_learnable_task_is_learned_and_every_output_is_written(blob_pairs, tmp_path):

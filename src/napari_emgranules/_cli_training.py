@@ -365,7 +365,8 @@ def add_parsers(sub) -> None:
     tr.add_argument("--batch-size", type=int, help="crops per step (default 2)")
     tr.add_argument("--crop", type=int, help="crop side, a multiple of 128 (default 512)")
     tr.add_argument("--steps-per-epoch", type=int,
-                    help="default: enough crops to cover the training pixels once")
+                    help="default: enough crops to cover the training pixels once, at least 8 "
+                         "when fine-tuning and 50 from scratch")
     tr.add_argument("--optimizer", choices=("nadam", "adam"),
                     help="default nadam from scratch, adam when fine-tuning")
     tr.add_argument("--lr", type=float, help="learning rate (default 2e-3 from scratch; fine-tuning "

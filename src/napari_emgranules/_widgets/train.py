@@ -213,7 +213,8 @@ class TrainWidget(Container):
         self.crop = SpinBox(label="crop (px)", min=128, max=4096, step=128, value=TrainConfig.crop)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=TrainConfig.batch_size)
         self.steps = LineEdit(label="steps per epoch", value="")
-        self.steps.tooltip = "Blank: enough crops to cover the training pixels once (at least 8)"
+        self.steps.tooltip = ("Blank: enough crops to cover the training pixels once (at least 8 when "
+                              "fine-tuning, 50 from scratch)")
         self.rehearsal = LineEdit(label="rehearsal share", value="")
         self.rehearsal.tooltip = ("Share of crops from synthetic micrographs in your data's grey levels "
                                   "while fine-tuning, so a few micrographs do not make the model "
