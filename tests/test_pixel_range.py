@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -10,13 +11,14 @@ import pytest
 
 from napari_emgranules.cli import main as cli_main
 from napari_emgranules.core.io import write_image
-from napari_emgranules.core.models import ModelCard, WeightsError, default_model
+from napari_emgranules.core.models import ModelCard, SegmentationModel, WeightsError, default_model
 from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA
 from napari_emgranules.core.segment import (
     PIXEL_RANGE_SLACK,
     PixelSizeRangeWarning,
     pixel_range_notes,
     segment_micrograph,
+    views_notes,
 )
 
 
@@ -101,3 +103,28 @@ def test_the_cli_says_so_in_one_line_per_model(tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if "learnt from micrographs of" in ln]
     assert len(lines) == 2 and all(ln.startswith("emgranules: warning: ") for ln in lines), err
     assert "Traceback" not in err
+
+
+def test_views_a_model_was_not_trained_for_are_noted():
+    flips_only = card()
+    flips_only.provenance["training"] = {"flips": True, "rotate90": False}
+    turned = card()
+    turned.provenance["training"] = {"flips": True, "rotate90": True}
+    assert views_notes({"mito": flips_only, "granules": turned, "old": card()}) == []  # one view each
+    flips_only.views = turned.views = 8
+    notes = views_notes({"mito": flips_only, "granules": turned, "old": card()})
+    assert len(notes) == 1 and notes[0].startswith("mito model: it averages 8 views")
+    assert "rotate90" in notes[0] and "views=1" in notes[0]
+    # through segmentation: the bundled Granules network under a card that says "flips only"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = default_model("granules")
+    prov = {**net.card.provenance, "training": {**net.card.provenance["training"], "rotate90": False}}
+    model = SegmentationModel(net.keras_model, dataclasses.replace(net.card, provenance=prov))
+    image = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
+    with pytest.warns(UserWarning, match="trained without quarter turns"):
+        result = segment_micrograph(image, 0.8, models={"granules": model}, views=4)
+    assert any("averages 4 views" in n for n in result.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # one view: nothing to say
+        assert not segment_micrograph(image, 0.8, models={"granules": model}).notes
