@@ -2,7 +2,7 @@
 
     python benchmarks/new_task_real.py --work runs/newtask                  # CLI defaults, 3 splits
     python benchmarks/new_task_real.py --work runs/newtask --label old8 \\
-        --train-args "--steps-per-epoch 8"                                   # any flags, as a labelled run
+        --train-args="--steps-per-epoch 8"                                   # any flags, as a labelled run
 
 What a lab does with a task the package does not ship a model for: ``emgranules train --pair IMAGE
 MASK ... --model new --schema background,mitochondrion --pixel-size 12.5`` on three of the five
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import run_header, write_report  # noqa: E402
 from adaptation import CARDIAC, cli_train  # noqa: E402
 
-from napari_emgranules.core.io import read_labels, read_micrograph  # noqa: E402
+from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph  # noqa: E402
 from napari_emgranules.core.metrics import confusion_matrix, iou_per_class  # noqa: E402
 from napari_emgranules.core.models import load_model  # noqa: E402
 from napari_emgranules.core.segment import segment_micrograph  # noqa: E402
@@ -56,7 +56,7 @@ def run_split(split: int, label: str, flags: list[str], work: Path) -> dict[str,
                     ["--schema", "background,mitochondrion", "--task", "mitochondria",
                      "--pixel-size", f"{PIXEL_NM:g}", *flags])
     model = load_model(run["weights"])
-    scores = {}
+    scores, shown = {}, {}
     for views in (1, 8):
         cm = np.zeros((2, 2), np.int64)
         for image_path, mask_path in test:
@@ -66,11 +66,37 @@ def run_split(split: int, label: str, flags: list[str], work: Path) -> dict[str,
                 warnings.simplefilter("ignore")
                 result = segment_micrograph(image, PIXEL_NM, models={"mitochondria": model}, views=views)
             cm += confusion_matrix(truth, result.labels["mitochondria"], 2)
+            shown.setdefault("image", (image.data, truth, image_path.stem))
+            shown.setdefault(views, result.labels["mitochondria"])
         scores[views] = {"pixel_accuracy": float(np.trace(cm) / cm.sum()),
                          "mitochondrion_iou": float(iou_per_class(cm)[1])}
-    return {"split": split, "train": [p.stem for p, _ in train], "test": [p.stem for p, _ in test],
+    return {"_shown": shown, "split": split, "train": [p.stem for p, _ in train],
+            "test": [p.stem for p, _ in test],
             "cpu_min": run["cpu_s"] / 60, "wall_min": run["wall_s"] / 60, "epochs": run["epochs"],
             "views_1": scores[1], "views_8": scores[8]}
+
+
+def render(shown: dict, label: str, path: Path) -> None:
+    """One test micrograph: the mask, and the trained model's labels with one and eight views."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    image, truth, name = shown["image"]
+    fig = Figure(figsize=(12, 4.4), dpi=70)
+    axes = fig.subplots(1, 3)
+    for ax, mask, title in ((axes[0], truth, f"{name}: mitochondria mask (truth)"),
+                            (axes[1], shown[1], f"{label}: one view"),
+                            (axes[2], shown[8], f"{label}: eight views")):
+        ax.imshow(image, cmap="gray")
+        ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.7)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -101,6 +127,9 @@ def markdown(report: dict[str, Any]) -> str:
     for label, run in report["runs"].items():
         lines.append(f"- {label}: `{run['command']}` ({run['generated']}, {run['cpus']} CPUs, "
                      f"Python {run['python']})")
+    lines += ["", "Each run's labels on the first test micrograph of its first split (yellow: the "
+              "mask's or the model's outline):", ""]
+    lines += [f"![{label}]({run['picture']})" for label, run in report["runs"].items() if run.get("picture")]
     return "\n".join(lines) + "\n"
 
 
@@ -127,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for split in splits:
             rows.append(run_split(split, args.label, flags, work))
+            shown = rows[-1].pop("_shown")
+            if len(rows) == 1:
+                picture = args.out.with_name(f"{args.out.stem}-{args.label}.png")
+                render(shown, args.label, picture)
             print(json.dumps(rows[-1]), flush=True)
-    report["runs"][args.label] = {**header, "flags": shlex.join(flags), "splits": rows}
+    report["runs"][args.label] = {**header, "flags": shlex.join(flags), "splits": rows,
+                                  "picture": picture.name}
     write_report(args.out, report, markdown(report))
     return 0
 

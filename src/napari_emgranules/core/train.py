@@ -84,8 +84,9 @@ BLOCK_VALIDATION_BELOW = 5
 MIN_STEPS_PER_EPOCH = {"fine-tuning": 8, "fresh": 50}
 """Fewest optimisation steps in a default epoch. From scratch, a network first sits at the class
 prior for one to two hundred steps on real EM; with epochs of 8 steps over three micrographs, early
-stopping (10 epochs) ended the run there, at the all-background solution (real cardiac EM,
-mitochondria: pixel accuracy 0.63 against 0.93 with 50 steps; docs/new_task.md)."""
+stopping (10 epochs) ended one such run there, at the all-background solution (real cardiac EM,
+mitochondria, three splits: mean pixel accuracy 0.77 with 8 steps, 0.93 with 50;
+docs/new_task_real.md)."""
 _STATE_FORMAT = "napari-emgranules.train-state/1"
 _HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_mean_iou",
                     "val_mean_iou_held_out", "val_mean_iou_synthetic", "val_worst_class_change",
