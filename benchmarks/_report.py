@@ -27,3 +27,14 @@ def write_report(out: Path, report: dict, text: str) -> None:
     with atomic_output(out) as tmp:
         tmp.write_text(text)
     print(f"wrote {out}", flush=True)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib ``fig`` of pictures (no axis ticks), laid out tight, written whole as PNG."""
+    for ax in fig.axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import save_figure  # a sibling module of benchmarks/
 from scipy import ndimage as ndi
 
 from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph, write_image, write_labels
@@ -327,14 +328,8 @@ def render(truth: Any, pictures: dict[str, tuple[np.ndarray, np.ndarray]], path:
         axes[1, k].imshow(truth.image[crop, crop], cmap="gray")
         axes[1, k].contour(gran[crop, crop], levels=[0.5], colors="red", linewidths=0.6)
         axes[1, k].set_title(f"{name}: granules", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.suptitle(f"{title}: Locations (top, schema colours) and Granules (red outlines), a test micrograph")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def render_cardiac(image, truth, new, loc, path: Path) -> None:
@@ -356,12 +351,7 @@ def render_cardiac(image, truth, new, loc, path: Path) -> None:
         ax.set_title(title)
     axes[3].imshow(loc, cmap=cmap, vmin=0, vmax=LOCATIONS_SCHEMA.n_classes - 1, interpolation="nearest")
     axes[3].set_title("Locations default (3 = Z disk + mito)")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------------------------

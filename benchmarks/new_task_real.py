@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import run_header, write_report  # noqa: E402
+from _report import run_header, save_figure, write_report  # noqa: E402
 from adaptation import CARDIAC, cli_train  # noqa: E402
 
-from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph  # noqa: E402
+from napari_emgranules.core.io import read_labels, read_micrograph  # noqa: E402
 from napari_emgranules.core.metrics import confusion_matrix, iou_per_class  # noqa: E402
 from napari_emgranules.core.models import load_model  # noqa: E402
 from napari_emgranules.core.segment import segment_micrograph  # noqa: E402
@@ -92,11 +92,7 @@ def render(shown: dict, label: str, path: Path) -> None:
         ax.imshow(image, cmap="gray")
         ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.7)
         ax.set_title(title)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def markdown(report: dict[str, Any]) -> str:

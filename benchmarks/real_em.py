@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import run_header, write_report  # a sibling module of benchmarks/
+from _report import run_header, save_figure, write_report  # a sibling module of benchmarks/
 
 from napari_emgranules.core.calibration import calibration_measures
-from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph
+from napari_emgranules.core.io import read_labels, read_micrograph
 from napari_emgranules.core.metrics import confusion_matrix, iou_per_class
 from napari_emgranules.core.models import default_model, load_model
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
@@ -118,12 +118,7 @@ def render(pairs, sets: list[tuple[str, list]], path: Path) -> None:
             axes[r, 2 + 2 * k].set_title(f"{name}: Locations (blue = 3)", fontsize=9)
             axes[r, 3 + 2 * k].imshow(conf, cmap="magma", vmin=0, vmax=1)
             axes[r, 3 + 2 * k].set_title(f"{name}: confidence (dark = unsure)", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def markdown(report: dict[str, Any]) -> str:

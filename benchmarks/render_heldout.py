@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_emgranules.core.io import atomic_output
 from napari_emgranules.core.schema import LOCATIONS_SCHEMA
 from napari_emgranules.core.segment import segment_micrograph
 from napari_emgranules.core.synthetic import HELDOUT_FAMILIES, family_params, synthetic_micrograph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import save_figure  # noqa: E402  (a sibling module)
 from calibration import model_set  # noqa: E402  (a sibling benchmark: the same model sets)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,12 +69,7 @@ def render(family: str, m, results: dict[str, object], path: Path) -> None:
         axes[1, k].imshow(m.image[crop], cmap="gray")
         axes[1, k].contour(seg.granules[crop], levels=[0.5], colors="red", linewidths=0.8)
         axes[1, k].set_title(f"{name}: granules", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
