@@ -24,7 +24,6 @@ import json
 import shlex
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,48 +31,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import run_header, save_figure, write_report  # noqa: E402
-from adaptation import CARDIAC, cli_train  # noqa: E402
+from adaptation import CARDIAC, CARDIAC_SPLITS, cardiac_split, score_masks, segmenter, train_cardiac  # noqa: E402
 
-from napari_emgranules.core.io import read_labels, read_micrograph  # noqa: E402
-from napari_emgranules.core.metrics import confusion_matrix, iou_per_class  # noqa: E402
 from napari_emgranules.core.models import load_model  # noqa: E402
-from napari_emgranules.core.segment import segment_micrograph  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "new_task_real.md"
-PIXEL_NM = 12.5  # from the sarcomere period (the data's README)
-SPLITS = {0: [0, 1, 2, 3, 4], 1: [2, 3, 4, 0, 1], 2: [4, 0, 1, 2, 3]}  # first three train
 
 
 def run_split(split: int, label: str, flags: list[str], work: Path) -> dict[str, Any]:
-    images = sorted((CARDIAC / "images").glob("*.tif"))
-    masks = {p.stem: p for p in (CARDIAC / "labels").glob("*.tif")}
-    if len(images) < 5 or any(p.stem not in masks for p in images):
+    pairs = cardiac_split(split)
+    if pairs is None:
         raise SystemExit(f"{CARDIAC}: five micrographs with masks expected")
-    order = [images[i] for i in SPLITS[split]]
-    train = [(p, masks[p.stem]) for p in order[:3]]
-    test = [(p, masks[p.stem]) for p in order[3:]]
-    run = cli_train(train, "new", work / f"{label}-s{split}",
-                    ["--schema", "background,mitochondrion", "--task", "mitochondria",
-                     "--pixel-size", f"{PIXEL_NM:g}", *flags])
+    train, test = pairs
+    run = train_cardiac(train, work / f"{label}-s{split}", flags)
     model = load_model(run["weights"])
-    scores, shown = {}, {}
-    for views in (1, 8):
-        cm = np.zeros((2, 2), np.int64)
-        for image_path, mask_path in test:
-            image = read_micrograph(image_path, PIXEL_NM)
-            truth = (read_labels(mask_path) > 0).astype(np.uint8)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = segment_micrograph(image, PIXEL_NM, models={"mitochondria": model}, views=views)
-            cm += confusion_matrix(truth, result.labels["mitochondria"], 2)
-            shown.setdefault("image", (image.data, truth, image_path.stem))
-            shown.setdefault(views, result.labels["mitochondria"])
-        scores[views] = {"pixel_accuracy": float(np.trace(cm) / cm.sum()),
-                         "mitochondrion_iou": float(iou_per_class(cm)[1])}
+    scores, shown = score_masks(test, {f"views_{v}": (segmenter(model, "mitochondria", views=v), 1)
+                                       for v in (1, 8)})
     return {"_shown": shown, "split": split, "train": [p.stem for p, _ in train],
             "test": [p.stem for p, _ in test],
             "cpu_min": run["cpu_s"] / 60, "wall_min": run["wall_s"] / 60, "epochs": run["epochs"],
-            "views_1": scores[1], "views_8": scores[8]}
+            **scores}
 
 
 def render(shown: dict, label: str, path: Path) -> None:
@@ -83,12 +60,12 @@ def render(shown: dict, label: str, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    image, truth, name = shown["image"]
+    image, truth, labels, name = shown
     fig = Figure(figsize=(12, 4.4), dpi=70)
     axes = fig.subplots(1, 3)
     for ax, mask, title in ((axes[0], truth, f"{name}: mitochondria mask (truth)"),
-                            (axes[1], shown[1], f"{label}: one view"),
-                            (axes[2], shown[8], f"{label}: eight views")):
+                            (axes[1], labels["views_1"], f"{label}: one view"),
+                            (axes[2], labels["views_8"], f"{label}: eight views")):
         ax.imshow(image, cmap="gray")
         ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.7)
         ax.set_title(title)
@@ -139,14 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         splits = [int(s) for s in args.splits.split(",") if s]
-        if not splits or any(s not in SPLITS for s in splits):
+        if not splits or any(s not in CARDIAC_SPLITS for s in splits):
             raise ValueError
     except ValueError:
-        ap.error(f"--splits {args.splits!r}: comma-separated, each one of {sorted(SPLITS)}")
+        ap.error(f"--splits {args.splits!r}: comma-separated, each one of {sorted(CARDIAC_SPLITS)}")
     flags = shlex.split(args.train_args)
-    saved = args.out.with_suffix(".json")
-    report = json.loads(saved.read_text()) if saved.is_file() else {"runs": {}}
-    header = run_header("new_task_real.py", [a for a in (argv if argv is not None else sys.argv[1:])])
+    header = run_header("new_task_real.py", argv)
     with tempfile.TemporaryDirectory(prefix="new-task-real-") as tmp:
         work = args.work or Path(tmp)
         rows = []
@@ -157,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 picture = args.out.with_name(f"{args.out.stem}-{args.label}.png")
                 render(shown, args.label, picture)
             print(json.dumps(rows[-1]), flush=True)
+    saved = args.out.with_suffix(".json")  # read now: another label may have been written meanwhile
+    report = json.loads(saved.read_text()) if saved.is_file() else {"runs": {}}
     report["runs"][args.label] = {**header, "flags": shlex.join(flags), "splits": rows,
                                   "picture": picture.name}
     write_report(args.out, report, markdown(report))
