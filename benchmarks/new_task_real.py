@@ -98,8 +98,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | mean of the splits | | | | | {cells} |")
     lines += ["", "Runs (each label's command, machine and date):", ""]
     for label, run in report["runs"].items():
+        note = f"; {run['note']}" if run.get("note") else ""
         lines.append(f"- {label}: `{run['command']}` ({run['generated']}, {run['cpus']} CPUs, "
-                     f"Python {run['python']})")
+                     f"Python {run['python']}{note})")
     lines += ["", "Each run's labels on the first test micrograph of its first split (yellow: the "
               "mask's or the model's outline):", ""]
     lines += [f"![{label}]({run['picture']})" for label, run in report["runs"].items() if run.get("picture")]

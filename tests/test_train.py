@@ -183,6 +183,9 @@ def test_fine_tuning_starts_from_given_weights_and_can_freeze_the_encoder(blob_p
     prov = json.loads(tuned.weights_path.with_suffix(".json").read_text())["provenance"]
     assert prov["optimizer"] == "adam" and prov["start"] == str(first.weights_path)
     assert prov["micrograph_pixel_sizes_nm"] == [0.8, 0.8]
+    # quarter turns by default from scratch only; each card records what its run did
+    first_prov = json.loads(first.weights_path.with_suffix(".json").read_text())["provenance"]
+    assert first_prov["training"]["rotate90"] is True and prov["training"]["rotate90"] is False
     after = {w.path: np.array(w) for w in tuned.model.keras_model.weights}
     enc = [k for k in before if k.startswith("enc")]
     dec = [k for k in before if k.startswith("dec")]

@@ -169,7 +169,9 @@ def test_cancel_keeps_the_best_weights(qtbot, widget, pairs, notes):
     # cancelled before any epoch ended (from scratch: no epoch 0 scoring a starting model):
     # nothing saved, said so, and no empty run folder left
     _tiny(widget, pairs, epochs=2, steps=500)
+    assert widget.rotate90.value is False  # fine-tuning: no quarter turns ...
     widget.start_from.value = "fresh"
+    assert widget.rotate90.value is True  # ... from scratch: the measured recipe (TrainConfig)
     first = out
     assert widget.run() is not None
     out = widget.run_folder

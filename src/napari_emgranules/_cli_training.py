@@ -395,7 +395,9 @@ def add_parsers(sub) -> None:
                     help="metric choosing the best epoch (default val_mean_iou)")
     tr.add_argument("--patience", type=int, help="early stopping patience in epochs (default 10)")
     tr.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
-    tr.add_argument("--rotate90", action="store_true", help="also augment by quarter turns")
+    tr.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
+                    help="also augment by quarter turns (default: on from scratch, off when "
+                         "fine-tuning)")
     tr.add_argument("--scale-jitter", type=float, metavar="S", help="random zoom in [1-S, 1+S]")
     tr.add_argument("--rehearsal", type=float, metavar="F",
                     help="when fine-tuning Locations or Granules: share of the crops taken from "

@@ -194,7 +194,9 @@ class TrainWidget(Container):
         self.learning_rate.tooltip = ("Blank: the recipe's (fine-tuning 5e-5 Locations, 5e-4 "
                                       "others; 2e-3 from scratch)")
         self.flips = CheckBox(text="flips", value=TrainConfig.flips)
-        self.rotate90 = CheckBox(text="rotate 90", value=TrainConfig.rotate90)
+        self.rotate90 = CheckBox(text="rotate 90", value=False)
+        self.rotate90.tooltip = ("Also augment by quarter turns; ticked when you choose to train "
+                                 "from scratch (fresh), where it was measured to help")
         flips_row = Container(widgets=[self.flips, self.rotate90], layout="horizontal", labels=False,
                               label="augment")
         self.contrast = FloatSpinBox(label="contrast (0 = off)", min=0.0, max=0.95, step=0.05,
@@ -273,6 +275,7 @@ class TrainWidget(Container):
         self.resume_button.changed.connect(lambda _=None: self.run(resume=True))
         self.kind.changed.connect(self._on_kind)
         self.start_from.changed.connect(self._update_start_info)
+        self.start_from.changed.connect(self._recipe_for_start)
         self.show_advanced.changed.connect(lambda on: setattr(self.advanced, "visible", bool(on)))
         self.job.run_button.changed.connect(self.run)
         self.job.cancel_button.changed.connect(self.cancel)
@@ -368,6 +371,10 @@ class TrainWidget(Container):
     def _on_session_weights(self, kind: str) -> None:
         if kind == self.kind.value:
             self._update_start_info()
+
+    def _recipe_for_start(self, choice: str) -> None:
+        """Quarter turns are the recipe from scratch, not when fine-tuning (TrainConfig.rotate90)."""
+        self.rotate90.value = choice == "fresh"
 
     def _update_start_info(self, _=None) -> None:
         choice = self.start_from.value
