@@ -255,7 +255,8 @@ def run(args: argparse.Namespace) -> dict:
 
     options = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
                                  ("crop", args.crop), ("batch_size", args.batch_size),
-                                 ("seed", args.seed)) if v is not None}
+                                 ("seed", args.seed), ("rotate90", args.rotate90),
+                                 ("elastic", args.elastic)) if v is not None}
     config = TrainConfig(**options)  # the package defaults, overridden by the flags given
     print(f"training a fresh {TASK} model with the package defaults"
           + (f" except {json.dumps(options)}" if options else ""), flush=True)
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": " ".join(["python benchmarks/new_task_membranes.py"]
                             + [a for a in sys.argv[1:] if a != "--write-docs"]),
         "options": options,
-        "config": config.to_dict(),
+        "config": result.model.card.provenance.get("training", config.to_dict()),  # as resolved
         "out": str(out),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
                    f"Python {platform.python_version()}",
@@ -533,6 +534,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crop", type=int, help="default: the package default (512)")
     ap.add_argument("--batch-size", type=int, help="default: the package default (2)")
     ap.add_argument("--seed", type=int, help="training seed; default: the package default (0)")
+    ap.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
+                    help="quarter turns; default: the package's (on from scratch)")
+    ap.add_argument("--elastic", type=float, metavar="PX",
+                    help="elastic deformation spread; default: the package's")
     ap.add_argument("--out", help="folder for the pairs, the run and benchmark.json (default: a temp dir)")
     ap.add_argument("--write-docs", action="store_true", help=f"write {DOC.relative_to(DOC.parents[1])}")
     args = ap.parse_args(argv)

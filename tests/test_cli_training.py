@@ -143,6 +143,22 @@ def test_train_on_whole_micrographs_and_partial_labels(exported, tmp_path):
     assert (tmp_path / "run" / "report.csv").is_file()
 
 
+def test_train_says_what_is_wrong_with_a_binary_mask_or_one_class(tmp_path):
+    image, labels = blob_image(6, (256, 256))
+    write_image(tmp_path / "cell.tif", image)
+    write_image(tmp_path / "mask255.tif", (labels > 0).astype(np.uint8) * np.uint8(255))
+    write_image(tmp_path / "empty.tif", np.zeros(labels.shape, np.uint8))
+    base = ["--model", "new", "--schema", "background,blob", "--pixel-size", 1.0, "--out",
+            tmp_path / "run", "--epochs", 1, "--crop", 128, "--quiet"]
+    for mask, message in (("mask255.tif", "binary mask saved as 0/255 must hold 0 (background) and 1 "
+                                          "(blob): divide it by 255"),
+                          ("empty.tif", "label only class 0 (background): a new model needs pixels "
+                                        "of at least two classes")):
+        code, _, err = run_cli("train", "--pair", tmp_path / "cell.tif", tmp_path / mask, *base)
+        assert code == 2 and message in err and err.count(ERROR) == 1, err
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "{missing}", "--model", "granules", "--out", "{out}"], "does not exist"),
     (["train", "{pairs}", "--out", "{out}", "--resume"], "no training run to resume"),

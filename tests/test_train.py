@@ -232,6 +232,20 @@ def test_augmentation_moves_image_and_labels_together():
     bright = TrainConfig(contrast=0.4, brightness=0.25)
     img, _ = augment_pair(image, labels, 128, rng, bright)
     assert img.min() >= 0 and img.max() <= 1
+    # elastic deformation: the same field for both, labels stay labels (255 = unlabelled too)
+    labels[:16, :16] = 255
+    bent = TrainConfig(elastic=8.0, flips=False, contrast=0.0, brightness=0.0)
+    plain = TrainConfig(flips=False, contrast=0.0, brightness=0.0)
+    moved = 0
+    for seed in range(5):
+        img, lab = augment_pair(image, labels, 128, np.random.default_rng(seed), bent)
+        flat, _ = augment_pair(image, labels, 128, np.random.default_rng(seed), plain)
+        assert set(np.unique(lab)) <= {0, 1, 255} and lab.dtype == np.uint8
+        assert ((img > 0.5) == (lab == 1))[lab != 255].mean() > 0.97
+        moved += (np.abs(img - flat) > 0.3).mean()
+    assert moved / 5 > 0.02  # the deformation does move structures
+    with pytest.raises(ValueError, match="elastic"):
+        TrainConfig(elastic=-1.0)
 
 
 def test_balanced_class_weights_favour_rare_classes():

@@ -126,7 +126,8 @@ def _train_options(args: argparse.Namespace) -> dict:
             "validation_mix": args.validation_mix,
             "monitor": args.monitor, "early_stopping_patience": args.patience,
             "freeze_encoder": args.freeze_encoder, "rotate90": args.rotate90,
-            "scale_jitter": args.scale_jitter, "seed": args.seed, "max_minutes": args.max_minutes,
+            "scale_jitter": args.scale_jitter, "elastic": args.elastic, "seed": args.seed,
+            "max_minutes": args.max_minutes,
             "input_scaling": args.input_scaling, "rehearsal": args.rehearsal,
             "rehearsal_look": args.rehearsal_look,
             "rehearsal_validation": args.rehearsal_validation,
@@ -399,6 +400,9 @@ def add_parsers(sub) -> None:
                     help="also augment by quarter turns (default: on from scratch, off when "
                          "fine-tuning)")
     tr.add_argument("--scale-jitter", type=float, metavar="S", help="random zoom in [1-S, 1+S]")
+    tr.add_argument("--elastic", type=float, metavar="PX",
+                    help="random elastic deformation: displacements of this spread (crop pixels) on "
+                         "a 3x3 grid, as in the original U-Net (0 = off, the default)")
     tr.add_argument("--rehearsal", type=float, metavar="F",
                     help="when fine-tuning Locations or Granules: share of the crops taken from "
                          "synthetic micrographs, so a few micrographs do not make the model forget "

@@ -154,9 +154,13 @@ class ClassSchema:
             if allow_unlabelled:
                 bad &= arr != UNLABELLED
             bad = np.unique(arr[bad])[:10].tolist()
+            # a mask saved as a binary image (0/255, as ImageJ and most tools save them)
+            binary = bad == [255] and self.n_classes == 2
             raise SchemaError(
                 f"{what}: codes {bad} are not in the {self.kind} schema "
                 f"(valid codes 0..{self.n_classes - 1})"
+                + (f"; a binary mask saved as 0/255 must hold 0 ({self.classes[0].name}) and 1 "
+                   f"({self.classes[1].name}): divide it by 255" if binary else "")
             )
 
     # -- changes ---------------------------------------------------------------------------------

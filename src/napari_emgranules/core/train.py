@@ -171,6 +171,10 @@ class TrainConfig:
         (``python benchmarks/new_task_real.py``: docs/new_task_real.md).
     scale_jitter : float
         Random zoom by a factor in ``[1 - s, 1 + s]`` (0 = off).
+    elastic : float
+        Random smooth (elastic) deformation of image and labels, as in the original U-Net's
+        recipe (Ronneberger et al., MICCAI 2015): displacements drawn on a 3 x 3 grid with this
+        standard deviation in crop pixels, interpolated bicubically over the crop (0 = off).
     contrast, brightness : float
         Random contrast factor in ``[1 - c, 1 + c]`` about the crop's mean and random brightness
         shift in ``[-b, b]`` (0.4 and 0.25 in the original recipe); results are clipped to [0, 1].
@@ -250,6 +254,7 @@ class TrainConfig:
     flips: bool = True
     rotate90: bool | None = None
     scale_jitter: float = 0.0
+    elastic: float = 0.0
     contrast: float = 0.4
     brightness: float = 0.25
     freeze_encoder: bool = False
@@ -311,6 +316,8 @@ class TrainConfig:
                             f"got {self.monitor!r}")
         if not 0 <= self.scale_jitter < 1:
             problems.append(f"scale_jitter must be in [0, 1), got {self.scale_jitter}")
+        if not 0 <= self.elastic <= ELASTIC_MAX_PX:
+            problems.append(f"elastic must be in [0, {ELASTIC_MAX_PX}] crop pixels, got {self.elastic}")
         if not 0 <= self.contrast < 1 or not 0 <= self.brightness <= 1:
             problems.append(f"contrast must be in [0, 1) and brightness in [0, 1], got "
                             f"{self.contrast} and {self.brightness}")
@@ -520,6 +527,17 @@ def _assemble(pairs: list[TrainingPair], schema: ClassSchema,
     return image, labels
 
 
+def _check_two_classes(samples: list[_Sample], schema: ClassSchema) -> None:
+    """A new model needs at least two labelled classes: from label maps that all hold one class
+    (an empty mask, or strokes of one class) it learns to call every pixel that class."""
+    present = np.flatnonzero(class_frequencies([s.labels for s in samples], schema.n_classes))
+    if len(present) < 2:
+        only = (f"only class {int(present[0])} ({schema.classes[int(present[0])].name})"
+                if len(present) else "no class")
+        raise TrainingError(f"the training data label {only}: a new model needs pixels of at "
+                            f"least two classes to learn to tell them apart")
+
+
 def _load_samples(data: TrainingSet, schema: ClassSchema, pixel_size_nm: float,
                   scaling: str = "dtype-range") -> list[_Sample]:
     samples = []
@@ -676,13 +694,33 @@ def balanced_class_weights(frequencies: np.ndarray, max_weight: float = 20.0) ->
     return np.minimum(w, max_weight).astype(np.float32)
 
 
+#: The largest elastic displacement spread allowed (crop pixels): beyond it, folds tear structures.
+ELASTIC_MAX_PX = 50.0
+
+
+def _deform(img: np.ndarray, lab: np.ndarray, sigma: float,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels through the same smooth random displacement field (3 x 3 control points,
+    standard deviation ``sigma`` pixels, bicubic in between); labels stay labels (nearest)."""
+    from scipy.ndimage import map_coordinates, zoom
+
+    h, w = img.shape
+    grid = rng.normal(0.0, sigma, size=(2, 3, 3))
+    field = [zoom(g, (h / 3, w / 3), order=3, mode="nearest", grid_mode=True)[:h, :w] for g in grid]
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    coords = np.stack([yy + field[0], xx + field[1]])
+    return (map_coordinates(np.asarray(img, np.float32), coords, order=1, mode="mirror"),
+            map_coordinates(np.asarray(lab), coords, order=0, mode="mirror"))
+
+
 def augment_pair(
     image: np.ndarray, labels: np.ndarray, crop: int, rng: np.random.Generator,
     config: TrainConfig | None = None, anchor: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random ``crop`` x ``crop`` training example from one pair, augmented as ``config`` says.
 
-    The image (float32 in [0, 1]) and the labels get the same crop, zoom, flips and rotation;
+    The image (float32 in [0, 1]) and the labels get the same crop, zoom, deformation, flips and
+    rotation;
     contrast and brightness change the image only. Only an image smaller than the crop is
     mirrored out. ``anchor`` (row, col) is a pixel the crop must contain (a labelled one).
     """
@@ -715,6 +753,8 @@ def augment_pair(
         f = crop / side
         img = zoom(img, f, order=1, mode="mirror", grid_mode=True)[:crop, :crop]
         lab = zoom(lab, f, order=0, mode="mirror", grid_mode=True)[:crop, :crop]
+    if config.elastic:
+        img, lab = _deform(img, lab, config.elastic, rng)
     if config.flips:
         if rng.random() < 0.5:
             img, lab = img[::-1], lab[::-1]
@@ -1346,6 +1386,8 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
     fine_tuning = start != "fresh" and not start.startswith("untrained")
     if config.rotate90 is None:  # the run (and its card) records what it did
         config = replace(config, rotate90=not fine_tuning)
+    if state is None and not fine_tuning:
+        _check_two_classes(samples + val_samples, card.schema)
     if state is None and not fine_tuning and samples:
         probe_rng = np.random.default_rng(config.seed)
         crops = [augment_pair(samples[int(k)].image, samples[int(k)].labels, min(config.crop, 256),
