@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="0,1,2")
     ap.add_argument("--work", type=Path, help="folder for training runs (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--page-only", action="store_true", help="rewrite the page from its JSON, train nothing")
     args = ap.parse_args(argv)
+    saved = args.out.with_suffix(".json")
+    if args.page_only:
+        write_report(args.out, (report := json.loads(saved.read_text())), markdown(report))
+        return 0
     try:
         splits = [int(s) for s in args.splits.split(",") if s]
         if not splits or any(s not in CARDIAC_SPLITS for s in splits):
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 picture = args.out.with_name(f"{args.out.stem}-{args.label}.png")
                 render(shown, args.label, picture)
             print(json.dumps(rows[-1]), flush=True)
-    saved = args.out.with_suffix(".json")  # read now: another label may have been written meanwhile
+    # read now: another label may have been written meanwhile
     report = json.loads(saved.read_text()) if saved.is_file() else {"runs": {}}
     report["runs"][args.label] = {**header, "flags": shlex.join(flags), "splits": rows,
                                   "picture": picture.name}
