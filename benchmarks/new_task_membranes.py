@@ -422,19 +422,21 @@ background,mitochondrion`.
   group beyond one holds transposed, quarter-turned inputs that they never saw. Segmentation
   now says so (`views_notes`, a warning and a result note) when a model averages views but
   its card records training without `rotate90`.
-- **With `--rotate90` (not a default yet)** the same runs score 0.932 / 0.952 / 0.948 with one
-  view (mean 0.944, IoU 0.866) and 0.939 / 0.958 / 0.959 with eight (mean 0.952, IoU 0.883),
-  at the same cost: better than the defaults on two splits of three with one view and on all
-  three with eight (label `rot90` on [new_task_real.md](new_task_real.md), with pictures).
-  Making it the default from scratch also needs this page's membranes run repeated with it.
+- **Quarter turns are now the default from scratch** (`rotate90` None: on from scratch, off
+  when fine-tuning, whose figures were measured without them; `--no-rotate90` turns them
+  off). The same runs with them score 0.932 / 0.952 / 0.948 with one view (mean 0.944, IoU
+  0.866) and 0.939 / 0.958 / 0.959 with eight (mean 0.952, IoU 0.883), at the same cost:
+  better than flips only on two splits of three with one view and on all three with eight
+  (label `defaults` against `flips-only` on [new_task_real.md](new_task_real.md), with
+  pictures). The defaults block above is of this rule.
 """.splitlines() + [""]
 
 
 def _outro() -> list[str]:
     return [
         "The run with `--epochs 100` above (if shown) was made before 2026-12-07, when a default",
-        "epoch had 12 steps here; it now has 50 (\"Real EM\" below). The defaults block is of the",
-        "current rule.", "",
+        "epoch had 12 steps here and flips were the only geometric augmentation; it now has 50",
+        "steps, with quarter turns (\"Real EM\" below). The defaults block is of the current rule.", "",
         "The synthetic slices are easier than real neuropil in some ways (membranes are the only",
         "long connected dark structures; no section-to-section artefacts, no oblique, blurred",
         "membranes, no synapses), so a score here says that the pipeline learns a new task from",

@@ -22,6 +22,7 @@ resumes (``resume=True``) from the last finished epoch.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -698,17 +699,26 @@ def balanced_class_weights(frequencies: np.ndarray, max_weight: float = 20.0) ->
 ELASTIC_MAX_PX = 50.0
 
 
+@functools.lru_cache(maxsize=8)
+def _cubic_weights(n: int) -> np.ndarray:
+    """(n, 3): how each of 3 control points weighs on each of n pixels (bicubic, as
+    ``scipy.ndimage.zoom`` interpolates), so that a field is ``Wy @ grid @ Wx.T``."""
+    from scipy.ndimage import zoom
+
+    return zoom(np.eye(3), (n / 3, 1), order=3, mode="nearest", grid_mode=True)[:n]
+
+
 def _deform(img: np.ndarray, lab: np.ndarray, sigma: float,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Image and labels through the same smooth random displacement field (3 x 3 control points,
     standard deviation ``sigma`` pixels, bicubic in between); labels stay labels (nearest)."""
-    from scipy.ndimage import map_coordinates, zoom
+    from scipy.ndimage import map_coordinates
 
     h, w = img.shape
+    wy, wx = _cubic_weights(h), _cubic_weights(w)
     grid = rng.normal(0.0, sigma, size=(2, 3, 3))
-    field = [zoom(g, (h / 3, w / 3), order=3, mode="nearest", grid_mode=True)[:h, :w] for g in grid]
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-    coords = np.stack([yy + field[0], xx + field[1]])
+    coords = np.stack([yy + wy @ grid[0] @ wx.T, xx + wy @ grid[1] @ wx.T])
     return (map_coordinates(np.asarray(img, np.float32), coords, order=1, mode="mirror"),
             map_coordinates(np.asarray(lab), coords, order=0, mode="mirror"))
 
