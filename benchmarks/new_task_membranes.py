@@ -416,7 +416,8 @@ background,mitochondrion`.
   3-4). **A default epoch from scratch now has at least 50 steps** (fine-tuning keeps 8, so
   the correction loop's figures do not move): 0.947 / 0.929 / 0.901, mean 0.926, IoU 0.827,
   at about 20 CPU minutes (11 minutes on 2 cores) per run against 1.4-4.9. On the membranes
-  above: test accuracy 0.952 -> 0.960 (219 -> 698 s). `--steps-per-epoch` still sets it.
+  above: test accuracy 0.952 -> 0.960 (219 -> 698 s), and 0.966 (665 s) with quarter turns
+  as well (below). `--steps-per-epoch` still sets it.
 - **Eight views made these models worse** (mean pixel accuracy 0.926 -> 0.890): they were
   trained with flips only, on micrographs whose myofibrils all run one way, and every view
   group beyond one holds transposed, quarter-turned inputs that they never saw. Segmentation
