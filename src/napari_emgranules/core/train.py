@@ -730,8 +730,7 @@ def augment_pair(
     """A random ``crop`` x ``crop`` training example from one pair, augmented as ``config`` says.
 
     The image (float32 in [0, 1]) and the labels get the same crop, zoom, deformation, flips and
-    rotation;
-    contrast and brightness change the image only. Only an image smaller than the crop is
+    rotation; contrast and brightness change the image only. Only an image smaller than the crop is
     mirrored out. ``anchor`` (row, col) is a pixel the crop must contain (a labelled one).
     """
     config = config or TrainConfig()
@@ -1398,7 +1397,6 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         config = replace(config, rotate90=not fine_tuning)
     if state is None and not fine_tuning:
         _check_two_classes(samples + val_samples, card.schema)
-    if state is None and not fine_tuning and samples:
         probe_rng = np.random.default_rng(config.seed)
         crops = [augment_pair(samples[int(k)].image, samples[int(k)].labels, min(config.crop, 256),
                               probe_rng)[0] for k in probe_rng.integers(0, len(samples), 4)]
