@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import save_figure  # a sibling module of benchmarks/
+from _report import save_figure  # sibling modules of benchmarks/
+from accuracy import false_granules
 from scipy import ndimage as ndi
 
 from napari_emgranules.core.io import atomic_output, read_labels, read_micrograph, write_image, write_labels
@@ -142,6 +143,7 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
     tp = n_true = n_pred = 0
     glycogen = np.zeros(3, np.int64)  # granule pixels: both, truth, prediction
     errors: list[float] = []
+    n_false, area_um2 = 0, 0.0
     first = None
     for truth in truths:
         with warnings.catch_warnings():
@@ -155,6 +157,8 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
         glycogen += [np.count_nonzero((truth.granules == 1) & (seg.granules == 1)),
                      np.count_nonzero(truth.granules == 1), np.count_nonzero(seg.granules == 1)]
         tp, n_true, n_pred = tp + m.tp, n_true + m.n_true, n_pred + m.n_pred
+        false = false_granules(truth, seg.granules)
+        n_false, area_um2 = n_false + false["n_false"], area_um2 + false["area_um2"]
         pred = region_pixel_fractions(seg.locations, seg.granules)
         for letter in LETTERS:
             t, p = truth.true_pixel_fractions.get(letter, math.nan), pred[letter]
@@ -167,7 +171,8 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
             "iou": {LOCATIONS_SCHEMA.letters[c]: float(ious[c]) for c in REGIONS},
             "granule_f1": f1, "granule_iou": float(glycogen[0] / max(glycogen[1] + glycogen[2]
                                                                       - glycogen[0], 1)),
-            "max_pf_error": max(errors) if errors else math.nan, "_first": first}
+            "max_pf_error": max(errors) if errors else math.nan,
+            "false_per_um2": n_false / area_um2 if area_um2 else math.nan, "_first": first}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -391,7 +396,9 @@ def render_cardiac(image, truth, new, loc, path: Path) -> None:
 # -------------------------------------------------------------------------------------------------
 def fmt(r: dict[str, Any]) -> str:
     text = (f"locations mIoU {r['locations_miou']:.3f}, granule F1 {r['granule_f1']:.3f}, "
-            f"granule px IoU {r['granule_iou']:.3f}, max |pf error| {r['max_pf_error']:.4f}")
+            f"granule px IoU {r['granule_iou']:.3f}, "
+            f"false granules {r.get('false_per_um2', math.nan):.2f}/um^2, "
+            f"max |pf error| {r['max_pf_error']:.4f}")
     return text + (f", {r['cpu_min']:.1f} CPU min" if "cpu_min" in r else "")
 
 
@@ -408,16 +415,19 @@ def markdown(report: dict[str, Any]) -> str:
              "class). Fine-tuning: `emgranules train --pair ...` with the command line's defaults"
              + (f" and `{' '.join(report['extra'])}`" if report["extra"] else "") + ", per model.", "",
              "| family | step | Locations mIoU (A I Z S N) | IoU A / I / Z / S / N | granule F1 "
-             "| granule px IoU | max abs pf error | CPU min (both models) | wall min | epochs (loc, gran) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| granule px IoU | false granules /um^2 | max abs pf error | CPU min (both models) | wall min "
+             "| epochs (loc, gran) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for family, rows in report["families"].items():
         for step, r in rows.items():
             ious = " / ".join(f"{r['iou'][k]:.2f}" for k in LETTERS)
             cpu = f"{r['cpu_min']:.1f}" if "cpu_min" in r else "-"
             wall = f"{r['wall_min']:.1f}" if "wall_min" in r else "-"
             ep = f"{r['epochs']['locations']}, {r['epochs']['granules']}" if "epochs" in r else "-"
+            false = f"{r['false_per_um2']:.2f}" if "false_per_um2" in r else "-"
             lines.append(f"| {family} | {step} | {r['locations_miou']:.3f} | {ious} | {r['granule_f1']:.3f} "
-                         f"| {r['granule_iou']:.3f} | {r['max_pf_error']:.4f} | {cpu} | {wall} | {ep} |")
+                         f"| {r['granule_iou']:.3f} | {false} | {r['max_pf_error']:.4f} | {cpu} | {wall} "
+                         f"| {ep} |")
     for family in report["families"]:
         lines += ["", f"![{family}: a test micrograph, its truth and each step's label maps]"
                       f"({report['pictures_stem']}-{family}.png)"]
