@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile
 
+from napari_emgranules.core import _iobase as iobase
 from napari_emgranules.core import io as mio
 from napari_emgranules.core.io import (
     MICROGRAPH_SUFFIXES,
@@ -522,7 +523,7 @@ def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
     tifffile.imwrite(tif, _image())
     png = tmp_path / "big.png"
     iio.imwrite(png, _image())
-    monkeypatch.setattr(mio, "available_memory_bytes", lambda: 10_000)
+    monkeypatch.setattr(iobase, "available_memory_bytes", lambda: 10_000)  # read by the size guard
     for path in (tif, png):
         with _raises(path, "GB", "tiled"):
             read_micrograph(path)
@@ -531,7 +532,7 @@ def test_huge_image_refused_before_decoding(tmp_path, monkeypatch):
 def test_oversized_side_refused(tmp_path, monkeypatch):
     path = tmp_path / "wide.tif"
     tifffile.imwrite(path, _image())
-    monkeypatch.setattr(mio, "MAX_SIDE_PX", 64)
+    monkeypatch.setattr(iobase, "MAX_SIDE_PX", 64)  # read by the size guard
     with _raises(path, "96x80", "tiles"):
         read_micrograph(path)
 

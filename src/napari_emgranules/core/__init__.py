@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._backend import BackendError, backend_name, get_keras
 from .batch import BatchResult, batch, batch_iter
+from .bioimageio import export_bioimageio, load_bioimageio
 from .dataset import (
     DatasetError,
     TrainingPair,
@@ -12,6 +13,7 @@ from .dataset import (
     load_training_pairs,
     pairs_from_files,
 )
+from .evaluate import evaluate, evaluate_iter, threshold_sweep
 from .interop import ExportError, OnnxSegmentationModel, export_czann, export_onnx
 from .io import (
     Micrograph,
@@ -37,11 +39,8 @@ from .measure import (
 from .metrics import (
     EvaluationReport,
     ObjectMatch,
-    evaluate,
-    evaluate_iter,
     evaluate_predictions,
     region_pixel_fractions,
-    threshold_sweep,
 )
 from .models import (
     ModelCard,
@@ -102,6 +101,7 @@ __all__ = [
     "Micrograph", "MicrographError", "MicrographWarning", "as_micrograph", "read_labels",
     "read_micrograph", "write_image", "write_labels",
     "ModelCard", "SegmentationModel", "UntrainedModelWarning", "WeightsError",
+    "export_bioimageio", "load_bioimageio",
     "build_granules_unet", "build_locations_unet", "default_model", "load_model", "save_model",
     "GRANULES_SCHEMA", "LOCATIONS_SCHEMA", "UNLABELLED", "ClassInfo", "ClassSchema", "SchemaError",
     "SegmentOptions", "SegmentationResult", "SegmentProgress", "segment_micrograph",

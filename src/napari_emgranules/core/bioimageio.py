@@ -34,7 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from .models import MULTIPLE, ModelCard, SegmentationModel, WeightsError
+from .interop import DEFAULT_OPSET, ExportError, export_onnx, load_onnx_model
+from .models import (
+    MULTIPLE,
+    ModelCard,
+    SegmentationModel,
+    WeightsError,
+    load_model,
+    register_format,
+    sidecar_path,
+)
+from .synthetic import synthetic_micrograph
 
 __all__ = ["export_bioimageio", "load_bioimageio", "is_bioimageio_package", "PAPER_DOI"]
 
@@ -51,7 +61,6 @@ def _need_spec():
     try:
         import bioimageio.spec  # noqa: F401
     except ImportError as exc:
-        from .interop import ExportError
 
         raise ExportError("BioImage Model Zoo export needs bioimageio.spec (pip install "
                           "'napari-emgranules[bioimageio]')") from exc
@@ -81,7 +90,6 @@ def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def _test_image(card: ModelCard) -> np.ndarray:
     """A synthetic micrograph crop at the model's pixel size, raw 16-bit grey values."""
-    from .synthetic import synthetic_micrograph
 
     side_nm = TEST_SIDE * card.pixel_size_nm
     px = 0.8 if card.pixel_size_nm <= 1.6 else card.pixel_size_nm / 4
@@ -152,7 +160,6 @@ def export_bioimageio(model: SegmentationModel, path: str | os.PathLike, *,
     import bioimageio.spec.model.v0_5 as v
     from bioimageio.spec import ValidationContext, save_bioimageio_package
 
-    from .interop import DEFAULT_OPSET, ExportError, export_onnx, load_onnx_model
 
     target = Path(path)
     if target.suffix.lower() != ".zip":
@@ -273,7 +280,6 @@ def load_bioimageio(path: str | os.PathLike, kind: str | None = None) -> Segment
     WeightsError
         Not such a package (another architecture's, no ONNX weights, no model card).
     """
-    from .interop import load_onnx_model
     from .io import file_sha256
 
     p = Path(path)
@@ -293,7 +299,6 @@ def load_bioimageio(path: str | os.PathLike, kind: str | None = None) -> Segment
     if not (root / CARD_FILE).is_file() or not (root / "weights.onnx").is_file():
         raise WeightsError(f"{p}: a BioImage Model Zoo package, but not one of napari-emgranules "
                            f"(no {CARD_FILE} and weights.onnx): use its own runner")
-    from .models import load_model, sidecar_path
 
     keras_file = root / "weights.keras"
     for weights in (keras_file, root / "weights.onnx"):
@@ -307,3 +312,11 @@ def load_bioimageio(path: str | os.PathLike, kind: str | None = None) -> Segment
         except (ImportError, BackendError):  # no Keras backend here: ONNX Runtime runs the network
             pass
     return load_onnx_model(root / "weights.onnx", kind)
+
+
+def _load_package(path: Path, kind: str | None = None, **_: Any) -> SegmentationModel:
+    return load_bioimageio(path, kind)  # the package's card says its schema and pixel size
+
+
+register_format(lambda p: p.suffix.lower() == ".zip" or p.name.endswith(("rdf.yaml", "bioimageio.yaml")),
+                _load_package)  # models.load_model opens them

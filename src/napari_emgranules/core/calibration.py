@@ -12,6 +12,9 @@ confidence and accuracy, averaged over 15 equal-width confidence bins weighted b
 and what share of the wrong pixels the least confident 10% of pixels hold (how well a "review
 the least sure first" queue finds the errors).
 
+Fitting a model's temperature on labelled micrographs (it runs the model) is
+:func:`napari_emgranules.core.evaluate.calibrate`; this module only does the arithmetic.
+
 Typical use::
 
     >>> samples = [(logits, truth), ...]              # doctest: +SKIP
@@ -28,9 +31,8 @@ import numpy as np
 
 from .schema import UNLABELLED
 
-__all__ = ["MAX_CALIBRATION_PIXELS", "calibrate", "calibration_measures", "choose_temperature",
-           "fit_temperature",
-           "measure_logits", "model_logits_and_truth", "softmax_max"]
+__all__ = ["MAX_CALIBRATION_PIXELS", "calibration_measures", "choose_temperature", "fit_temperature",
+           "measure_logits", "softmax_max"]
 
 #: Pixels drawn (evenly) from all samples to fit a temperature.
 MAX_CALIBRATION_PIXELS = 2_000_000
@@ -149,40 +151,6 @@ def calibration_measures(confidence: np.ndarray, correct: np.ndarray, bins: int 
     caught = float((~ok[least]).sum() / n_wrong) if n_wrong else math.nan
     return {"ece": ece, "accuracy": float(ok.mean()), "mean_confidence": float(c.mean()),
             "n_pixels": int(c.size), "n_wrong": n_wrong, "wrong_in_least_confident": caught}
-
-
-def model_logits_and_truth(model, data, pixel_size_nm: float | None = None,
-                           max_side: int = 2048) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(logits, truth)`` of each micrograph in ``data`` (pair folders or (micrograph, labels)
-    files, as :func:`~napari_emgranules.core.train.train` takes), at the model's pixel size and
-    input scaling, each cut to its central ``max_side`` px square (whole-image prediction)."""
-    from .tiling import pad_to_multiple
-    from .train import _as_training_set, _load_samples
-
-    card = model.card
-    samples = _load_samples(_as_training_set(data, card.schema, pixel_size_nm), card.schema,
-                            card.pixel_size_nm, card.input_scaling)
-    out = []
-    for s in samples:
-        h, w = s.image.shape
-        y, x = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
-        image = s.image[y:y + max_side, x:x + max_side]
-        truth = s.labels[y:y + max_side, x:x + max_side]
-        padded, crop = pad_to_multiple(image, 128)
-        logits = model.predict_logits(padded[None])[0][crop]
-        out.append((logits, truth))
-    return out
-
-
-def calibrate(model, data, pixel_size_nm: float | None = None, max_side: int = 2048
-              ) -> tuple[float, dict[str, float], dict[str, float]]:
-    """Fit ``model``'s temperature on labelled micrographs it did not train on.
-
-    Returns ``(temperature, measures at the card's temperature, measures at the new one)``
-    (:func:`calibration_measures`); the model is not changed: set ``model.card.temperature``.
-    """
-    pairs = model_logits_and_truth(model, data, pixel_size_nm, max_side)
-    return choose_temperature(pairs, model.card.temperature)
 
 
 def choose_temperature(pairs, current: float = 1.0) -> tuple[float, dict[str, float], dict[str, float]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import (
+from ._iobase import (
     MicrographError,
     _accept_candidate,
     _check_decode_size,

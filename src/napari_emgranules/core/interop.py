@@ -52,6 +52,7 @@ from .models import (
     _as_batch,
     _read_sidecar,
     apply_card_overrides,
+    register_format,
     sidecar_path,
 )
 from .schema import ClassSchema
@@ -779,3 +780,6 @@ def load_onnx_model(path: str | os.PathLike, kind: str | None = None, *,
         with _CACHE_LOCK:
             _CACHE[key] = model
     return model
+
+
+register_format(lambda p: p.suffix.lower() == ".onnx", load_onnx_model)  # models.load_model opens them

@@ -22,6 +22,10 @@ Pixel size
 Writing
     :func:`write_labels` and :func:`write_image` write TIFF or PNG through :func:`atomic_output`,
     so a target file is never left half-written.
+
+The error and warning classes, the size limits and the helpers that the format readers
+(:mod:`.emformats`, :mod:`.omezarr`) share with this module live in :mod:`._iobase`; the public
+ones are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ import math
 import os
 import secrets
 import struct
-import sys
-import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
@@ -46,6 +48,25 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 from PIL import Image
+
+from ._iobase import (
+    _PIXEL_SIZE_RTOL,
+    MAX_SIDE_PX,
+    MEMORY_FRACTION,  # noqa: F401 - re-exported: part of io's interface
+    PLAUSIBLE_PIXEL_SIZE_NM,
+    MicrographError,
+    MicrographWarning,
+    _accept_candidate,
+    _check_decode_size,
+    _exc_text,
+    _fmt_shape,
+    _normalise_unit,
+    _unit_to_nm,
+    _warn,
+    available_memory_bytes,
+)
+from .emformats import em_pixel_size, instrument_tiff_pixel_size, read_em_file
+from .omezarr import is_ome_zarr, ome_zarr_level0, read_ome_zarr
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +116,9 @@ LABEL_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
 
 #: Smallest side, in pixels, the segmentation models can work with.
 MIN_SIDE_PX = 32
-#: Largest side, in pixels, accepted for a single micrograph.
-MAX_SIDE_PX = 2**17
-#: Pixel sizes (nm/px) outside this closed range are treated as not being a TEM calibration.
-PLAUSIBLE_PIXEL_SIZE_NM: tuple[float, float] = (0.01, 100.0)
-#: Refuse to decode an image needing more than this fraction of the available memory.
-MEMORY_FRACTION = 0.8
 
 # Resolutions that image editors write by default; they carry no physical calibration.
 _DEFAULT_DPI: tuple[float, ...] = (1.0, 72.0, 96.0, 150.0, 300.0, 600.0)
-# Relative tolerance for "same pixel size" (user vs metadata, X vs Y).
-_PIXEL_SIZE_RTOL = 0.01
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SUFFIX_FORMAT = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
@@ -135,45 +148,6 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     AttributeError,
     ET.ParseError,
 )
-
-# Length units → nanometres. Keys are normalised by _normalise_unit().
-_UNIT_NM: dict[str, float] = {
-    "pm": 1e-3,
-    "å": 0.1,
-    "a": 0.1,
-    "angstrom": 0.1,
-    "ångström": 0.1,
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometre": 1.0,
-    "µm": 1e3,
-    "um": 1e3,
-    "micron": 1e3,
-    "micrometer": 1e3,
-    "micrometre": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-    "millimetre": 1e6,
-    "cm": 1e7,
-    "centimeter": 1e7,
-    "centimetre": 1e7,
-    "m": 1e9,
-    "meter": 1e9,
-    "metre": 1e9,
-    "in": 2.54e7,
-    "inch": 2.54e7,
-}
-
-
-class MicrographError(ValueError):
-    """An image file or array cannot be used as a micrograph (or label map).
-
-    The message starts with the file path (or ``"<array>"``), says what is wrong and what to do.
-    """
-
-
-class MicrographWarning(UserWarning):
-    """Something about a micrograph was changed or guessed; the result may need checking."""
 
 
 @dataclass
@@ -240,18 +214,6 @@ class Micrograph:
 # --------------------------------------------------------------------------------------------
 
 
-def _warn(message: str) -> None:
-    """Issue a MicrographWarning attributed to the first caller outside this module."""
-    level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, MicrographWarning, stacklevel=level)
-
-
-def _fmt_shape(shape: tuple[int, ...]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
 def _check_pixel_size_value(value: Any, what: str, argname: str, *, warn: bool = True) -> float:
     """Return ``value`` as a positive finite float, or raise MicrographError."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
@@ -272,48 +234,6 @@ def _check_pixel_size_value(value: Any, what: str, argname: str, *, warn: bool =
     return result
 
 
-def available_memory_bytes() -> int | None:
-    """Memory available for new allocations, in bytes, or None when it cannot be determined.
-
-    Uses ``MemAvailable`` from ``/proc/meminfo`` (Linux; counts reclaimable page cache), then
-    ``psutil`` if installed, then ``os.sysconf`` free pages.
-    """
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - psutil missing or failing: try the next method
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _check_decode_size(what: str, rows: int, cols: int, nbytes: int) -> None:
-    """Refuse images whose sides or decoded size are too large, before decoding them."""
-    if rows > MAX_SIDE_PX or cols > MAX_SIDE_PX:
-        raise MicrographError(
-            f"{what}: is {rows}x{cols} px; sides above {MAX_SIDE_PX} px are not supported — "
-            "split it into tiles (tiled/montage processing) and segment those"
-        )
-    available = available_memory_bytes()
-    if available is None:
-        logger.debug("%s: available memory unknown; skipping the size check", what)
-        return
-    if nbytes > MEMORY_FRACTION * available:
-        raise MicrographError(
-            f"{what}: decoding it needs {nbytes / 1e9:.2f} GB but only {available / 1e9:.2f} GB "
-            "of memory is available; use tiled/montage processing (split the image into tiles) "
-            "or a machine with more memory"
-        )
-
-
 def _check_path(path: PathLike, suffixes: tuple[str, ...], kind: str) -> tuple[Path, str]:
     """Check that ``path`` is an existing, non-empty file of a supported type.
 
@@ -329,8 +249,6 @@ def _check_path(path: PathLike, suffixes: tuple[str, ...], kind: str) -> tuple[P
         raise MicrographError(f"{p}: does not exist; check the folder and file name")
     suffix = p.suffix.lower()
     if p.is_dir() and suffix == ".zarr" and suffix in suffixes:  # an OME-Zarr store is a folder
-        from .omezarr import is_ome_zarr
-
         if not is_ome_zarr(p):
             raise MicrographError(f"{p}: is a folder named .zarr without Zarr metadata; not an "
                                   "OME-Zarr store")
@@ -368,22 +286,6 @@ def _check_path(path: PathLike, suffixes: tuple[str, ...], kind: str) -> tuple[P
 # --------------------------------------------------------------------------------------------
 
 
-def _normalise_unit(unit: Any) -> str:
-    text = str(unit).strip()
-    for escaped in ("\\u00B5", "\\u00b5", "\\u03BC", "\\u03bc"):
-        text = text.replace(escaped, "µ")
-    text = text.replace("\u03bc", "µ")  # Greek small mu -> micro sign
-    text = text.lower()  # also maps the Angstrom sign U+212B and U+00C5 to "å"
-    if text.endswith("s") and text[:-1] in _UNIT_NM and len(text) > 2:
-        text = text[:-1]  # microns, nanometers, ...
-    return text
-
-
-def _unit_to_nm(unit: Any) -> float | None:
-    """Nanometres in one ``unit`` (e.g. ``"µm"`` -> 1000), or None for unknown/pixel units."""
-    return _UNIT_NM.get(_normalise_unit(unit))
-
-
 def _rational(value: Any) -> float | None:
     """A TIFF RATIONAL tag value (``(num, den)`` or a number) as float, or None."""
     try:
@@ -400,37 +302,6 @@ def _rational(value: Any) -> float | None:
 
 def _is_default_dpi(dpi: float) -> bool:
     return any(abs(dpi - d) <= 0.005 * d for d in _DEFAULT_DPI)
-
-
-def _accept_candidate(
-    what: str, x_nm: float | None, y_nm: float | None, source: str, *, deliberate: bool
-) -> tuple[float, str] | None:
-    """Validate a metadata pixel size; warn about non-square pixels.
-
-    ``deliberate`` marks calibrations a user set on purpose (OME, ImageJ); an implausible one of
-    those is warned about, an implausible resolution tag is only logged.
-    """
-    if x_nm is None or not math.isfinite(x_nm) or x_nm <= 0:
-        return None
-    lo, hi = PLAUSIBLE_PIXEL_SIZE_NM
-    if not lo <= x_nm <= hi:
-        message = (
-            f"{what}: file metadata ({source}) gives {x_nm:.4g} nm/px, outside the plausible "
-            f"range {lo:g}-{hi:g} nm/px for TEM micrographs; ignoring it"
-        )
-        if deliberate:
-            _warn(message + "; pass pixel_size_nm to set the pixel size")
-        else:
-            logger.info(message)
-        return None
-    if y_nm is not None and math.isfinite(y_nm) and y_nm > 0:
-        if abs(x_nm - y_nm) > _PIXEL_SIZE_RTOL * max(x_nm, y_nm):
-            _warn(
-                f"{what}: pixels are not square (X {x_nm:.4g} nm, Y {y_nm:.4g} nm, {source}); "
-                f"using the X size {x_nm:.4g} nm/px — resample the image to square pixels "
-                "for accurate densities"
-            )
-    return x_nm, source
 
 
 def _ome_pixel_size(tif: tifffile.TiffFile, what: str) -> tuple[float, str] | None:
@@ -517,9 +388,7 @@ def _tiff_pixel_size(tif: tifffile.TiffFile, what: str) -> tuple[float, str] | N
         found = _imagej_pixel_size(tif, what)
         if found is not None:
             return found
-    from .emformats import instrument_tiff_pixel_size  # FEI/Thermo and Zeiss SEM tags
-
-    found = instrument_tiff_pixel_size(tif, what)
+    found = instrument_tiff_pixel_size(tif, what)  # FEI/Thermo and Zeiss SEM tags
     if found is not None:
         return found
     return _resolution_tag_pixel_size(tif, what)
@@ -580,12 +449,8 @@ def metadata_pixel_size_nm(path: PathLike) -> tuple[float, str] | None:
             raise MicrographError(f"{what}: cannot be read as PNG: {_exc_text(exc)}") from exc
         return _png_pixel_size(info, what)
     if fmt in ("mrc", "dm"):
-        from .emformats import em_pixel_size
-
         return em_pixel_size(p, fmt, what)
     if fmt == "ome-zarr":
-        from .omezarr import ome_zarr_level0
-
         return ome_zarr_level0(p, what)[1]["pixel"]
     return None  # JPEG density fields cannot express nanometre pixels
 
@@ -602,11 +467,6 @@ class _Decoded:
     pixel: tuple[float, str] | None = None
     channel_axis_first: bool = False
     gray_alpha: bool = False
-
-
-def _exc_text(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @contextlib.contextmanager
@@ -802,13 +662,9 @@ def _decode(p: Path, fmt: str, what: str, *, for_labels: bool) -> _Decoded:
     if fmt == "tiff":
         return _read_tiff(p, what, raw=for_labels)
     if fmt == "ome-zarr":
-        from .omezarr import read_ome_zarr  # ome-zarr-py, imported on use
-
         data, info, pixel = read_ome_zarr(p, what)
         return _Decoded(data, info, pixel)
     if fmt in ("mrc", "dm"):
-        from .emformats import read_em_file  # mrcfile / rosettasciio, imported on use
-
         data, info, pixel = read_em_file(p, fmt, what)
         return _Decoded(data, info, pixel)
     return _read_pillow(p, what, fmt, for_labels=for_labels)

@@ -927,6 +927,18 @@ def _check_arrays(path: Path, arrays: Sequence[np.ndarray], model, card: ModelCa
 # Public loading / saving, with a cache
 # -------------------------------------------------------------------------------------------------
 _CACHE: dict[tuple, SegmentationModel] = {}
+
+_OTHER_FORMATS: list[tuple[Callable[[Path], bool], Callable[..., Any]]] = []
+
+
+def register_format(matches: Callable[[Path], bool], load: Callable[..., Any]) -> None:
+    """Let :func:`load_model` open another kind of model file: ``load(path, kind, schema=...,
+    pixel_size_nm=...)`` is called for every path where ``matches(path)`` is true.
+
+    The modules that read other formats register themselves (:mod:`~.interop`: ONNX files run by
+    ONNX Runtime; :mod:`~.bioimageio`: BioImage Model Zoo packages), so this module, which they
+    build on, needs none of them; the package imports both (``core/__init__.py``)."""
+    _OTHER_FORMATS.append((matches, load))
 _CACHE_LOCK = threading.Lock()
 
 
@@ -971,14 +983,9 @@ def load_model(
             raise WeightsError("load_model needs a weights path or a kind ('locations'/'granules')")
         return default_model(kind)
     p = Path(path).expanduser()
-    if p.suffix.lower() == ".onnx":  # run by ONNX Runtime instead of Keras (core/interop.py)
-        from .interop import load_onnx_model
-
-        return load_onnx_model(p, kind, schema=schema, pixel_size_nm=pixel_size_nm)
-    if p.suffix.lower() == ".zip" or p.name.endswith(("rdf.yaml", "bioimageio.yaml")):
-        from .bioimageio import load_bioimageio  # a BioImage Model Zoo package of ours
-
-        return load_bioimageio(p, kind)
+    for matches, load in _OTHER_FORMATS:  # ONNX, BioImage Model Zoo packages (register_format)
+        if matches(p):
+            return load(p, kind, schema=schema, pixel_size_nm=pixel_size_nm)
     fmt = weights_format(p)
     stat_target = Path(str(p) + ".index") if fmt == "tf-checkpoint" and not p.exists() else p
     st = stat_target.stat()

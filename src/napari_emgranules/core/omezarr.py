@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._iobase import MicrographError
 from .schema import ClassSchema
 
 __all__ = ["OME_ZARR_SUFFIX", "is_ome_zarr", "read_ome_zarr", "ome_zarr_level0", "read_ome_zarr_labels",
@@ -48,8 +49,6 @@ def _multiscale_node(path: Path, what: str):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    from .io import MicrographError
-
     for name in ("ome_zarr", "ome_zarr.reader"):  # its "No parent found" notes are not ours
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -67,8 +66,6 @@ def _multiscale_node(path: Path, what: str):
 def ome_zarr_level0(path: str | os.PathLike, what: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The full-resolution level as a lazy 2-D dask array, and ``{"pixel": (nm, source) or None,
     "axes": [...]}``."""
-    from .io import MicrographError
-
     what = what or str(path)
     node = _multiscale_node(Path(path), what)
     data = node.data[0]
@@ -112,8 +109,6 @@ def _pixel_size(metadata: Mapping[str, Any], names: list[str], keep: list[int],
 
 def read_ome_zarr(path: Path, what: str) -> tuple[np.ndarray, dict[str, Any], tuple[float, str] | None]:
     """The full-resolution plane in memory, file facts, and the pixel size (nm, source) or None."""
-    from .io import MicrographError
-
     plane, facts = ome_zarr_level0(path, what)
     try:
         data = np.asarray(plane.compute() if hasattr(plane, "compute") else plane)

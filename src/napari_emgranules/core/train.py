@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import backend_name, get_keras
+from .calibration import choose_temperature
 from .dataset import TrainingPair, TrainingSet, load_training_pairs, pairs_from_files
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
@@ -59,6 +60,7 @@ from .schema import UNLABELLED, ClassSchema, default_schema, name_key
 from .segment import (
     _nearest,
     block_means,
+    input_scaler,
     levels_of,
     stretch,
     to_unit_float,
@@ -556,8 +558,6 @@ def _fresh_samples(items, card: ModelCard, round_: int, run: _Run | None = None)
     """Training images from ``(image, labels, pixel_size_nm)`` arrays (``fresh_data``), scaled and
     resampled to the model's pixel size as exported pairs are (their pixel sizes widen ``run``'s
     recorded range)."""
-    from .segment import input_scaler
-
     out = []
     for i, item in enumerate(items):
         try:
@@ -1912,8 +1912,6 @@ def _average_with_start(run: _Run) -> None:
 def _calibrate_best(run: _Run) -> None:
     """Fit the kept weights' softmax temperature on the validation data (never trained on), so
     that the trained model's confidence stays meaningful (core.calibration); saved in its card."""
-    from .calibration import choose_temperature
-
     if not run.val_samples or not any(s.n_labelled for s in run.val_samples):
         return
     model = load_model(run.weights_path)
