@@ -61,7 +61,6 @@ def _need_spec():
     try:
         import bioimageio.spec  # noqa: F401
     except ImportError as exc:
-
         raise ExportError("BioImage Model Zoo export needs bioimageio.spec (pip install "
                           "'napari-emgranules[bioimageio]')") from exc
 
@@ -90,7 +89,6 @@ def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def _test_image(card: ModelCard) -> np.ndarray:
     """A synthetic micrograph crop at the model's pixel size, raw 16-bit grey values."""
-
     side_nm = TEST_SIDE * card.pixel_size_nm
     px = 0.8 if card.pixel_size_nm <= 1.6 else card.pixel_size_nm / 4
     n = int(round(side_nm / px))
@@ -159,7 +157,6 @@ def export_bioimageio(model: SegmentationModel, path: str | os.PathLike, *,
     _need_spec()
     import bioimageio.spec.model.v0_5 as v
     from bioimageio.spec import ValidationContext, save_bioimageio_package
-
 
     target = Path(path)
     if target.suffix.lower() != ".zip":
@@ -299,7 +296,6 @@ def load_bioimageio(path: str | os.PathLike, kind: str | None = None) -> Segment
     if not (root / CARD_FILE).is_file() or not (root / "weights.onnx").is_file():
         raise WeightsError(f"{p}: a BioImage Model Zoo package, but not one of napari-emgranules "
                            f"(no {CARD_FILE} and weights.onnx): use its own runner")
-
     keras_file = root / "weights.keras"
     for weights in (keras_file, root / "weights.onnx"):
         if weights.is_file() and not sidecar_path(weights).is_file():

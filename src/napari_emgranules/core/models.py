@@ -927,6 +927,7 @@ def _check_arrays(path: Path, arrays: Sequence[np.ndarray], model, card: ModelCa
 # Public loading / saving, with a cache
 # -------------------------------------------------------------------------------------------------
 _CACHE: dict[tuple, SegmentationModel] = {}
+_CACHE_LOCK = threading.Lock()
 
 _OTHER_FORMATS: list[tuple[Callable[[Path], bool], Callable[..., Any]]] = []
 
@@ -939,7 +940,6 @@ def register_format(matches: Callable[[Path], bool], load: Callable[..., Any]) -
     ONNX Runtime; :mod:`~.bioimageio`: BioImage Model Zoo packages), so this module, which they
     build on, needs none of them; the package imports both (``core/__init__.py``)."""
     _OTHER_FORMATS.append((matches, load))
-_CACHE_LOCK = threading.Lock()
 
 
 def clear_model_cache() -> None:
