@@ -220,7 +220,7 @@ def threshold_accuracy(images, labels, t: float) -> float:
 def run(args: argparse.Namespace) -> dict:
     from napari_emgranules.core._backend import backend_name
     from napari_emgranules.core.dataset import export_training_pairs
-    from napari_emgranules.core.evaluate import evaluate
+    from napari_emgranules.core.evaluation import evaluate
     from napari_emgranules.core.progress import run_to_completion
     from napari_emgranules.core.schema import ClassSchema
     from napari_emgranules.core.train import TrainConfig, train_iter

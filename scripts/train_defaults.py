@@ -239,7 +239,7 @@ def install(work: Path, kind: str, command: str, run: str | None = None,
     model.card.views = VIEWS[kind]  # calibrated as it will run
     # calibrated confidence: the softmax temperature fitted on the validation micrographs (seeds
     # 5000+, never trained on), so that the Review queue and --confidence maps mean something
-    from napari_emgranules.core.evaluate import calibrate
+    from napari_emgranules.core.evaluation import calibrate
 
     t0 = time.perf_counter()
     temperature, before, after = calibrate(model, work / "data" / "val" / kind)
@@ -274,7 +274,7 @@ def install(work: Path, kind: str, command: str, run: str | None = None,
 def recalibrate(work: Path, kind: str, command: str) -> Path:
     """Set the bundled model's views (:data:`VIEWS`) and refit its temperature on the validation
     micrographs; only the sidecar is rewritten (atomically), never the weights."""
-    from napari_emgranules.core.evaluate import calibrate
+    from napari_emgranules.core.evaluation import calibrate
     from napari_emgranules.core.io import atomic_output
     from napari_emgranules.core.models import clear_model_cache, load_model, sidecar_path
 

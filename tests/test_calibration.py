@@ -13,7 +13,7 @@ from napari_emgranules.core.calibration import (
     softmax_max,
 )
 from napari_emgranules.core.dataset import export_training_pairs
-from napari_emgranules.core.evaluate import calibrate
+from napari_emgranules.core.evaluation import calibrate
 from napari_emgranules.core.models import ModelCard, SegmentationModel, WeightsError, default_model
 from napari_emgranules.core.schema import GRANULES_SCHEMA, UNLABELLED
 from napari_emgranules.core.synthetic import synthetic_micrograph

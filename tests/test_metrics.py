@@ -391,7 +391,7 @@ def test_region_pixel_fractions_count_granules_per_measured_region():
 
 
 def test_threshold_sweep_refuses_what_it_cannot_sweep(tmp_path):
-    from napari_emgranules.core.evaluate import threshold_sweep
+    from napari_emgranules.core.evaluation import threshold_sweep
     from napari_emgranules.core.models import default_model
 
     with pytest.raises(ValueError, match="two-class model; locations has 7 classes"):

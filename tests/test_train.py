@@ -382,7 +382,7 @@ def test_training_runs_under_jax_and_its_weights_load_under_tensorflow(blob_pair
 @pytest.mark.parametrize("pixel_size_nm", [0.8, 1.0])
 def test_evaluate_scores_a_model_against_its_own_predictions_perfectly(tmp_path, pixel_size_nm):
     """Truth = the model's own output (at any pixel size): every measure must be perfect."""
-    from napari_emgranules.core.evaluate import evaluate
+    from napari_emgranules.core.evaluation import evaluate
     from napari_emgranules.core.models import ModelCard, SegmentationModel, build_granules_unet
     from napari_emgranules.core.segment import segment_micrograph
 

@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .core.evaluate import evaluate_iter
+    from .core.evaluation import evaluate_iter
     from .core.models import load_model
     from .core.progress import run_to_completion
 
@@ -253,7 +253,7 @@ def _evaluate_thresholds(model, args: argparse.Namespace) -> int:
     """``evaluate --granule-thresholds``: one table row per threshold, and the best F1."""
     from tqdm import tqdm
 
-    from .core.evaluate import threshold_sweep
+    from .core.evaluation import threshold_sweep
 
     if args.predictions:
         raise CliError("--predictions writes one threshold's label maps: use it without "

@@ -13,7 +13,7 @@ from .dataset import (
     load_training_pairs,
     pairs_from_files,
 )
-from .evaluate import evaluate, evaluate_iter, threshold_sweep
+from .evaluation import evaluate, evaluate_iter, threshold_sweep
 from .interop import ExportError, OnnxSegmentationModel, export_czann, export_onnx
 from .io import (
     Micrograph,

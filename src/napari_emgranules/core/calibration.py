@@ -13,7 +13,7 @@ and what share of the wrong pixels the least confident 10% of pixels hold (how w
 the least sure first" queue finds the errors).
 
 Fitting a model's temperature on labelled micrographs (it runs the model) is
-:func:`napari_emgranules.core.evaluate.calibrate`; this module only does the arithmetic.
+:func:`napari_emgranules.core.evaluation.calibrate`; this module only does the arithmetic.
 
 Typical use::
 

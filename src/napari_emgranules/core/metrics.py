@@ -14,7 +14,7 @@ match when their IoU reaches a threshold (one-to-one, greedy by IoU), giving tru
 positives and false negatives, hence object precision, recall and F1. This is the measure that
 matters for granules, where a per-pixel score is dominated by the background.
 
-Nothing here runs a model: :mod:`~napari_emgranules.core.evaluate` runs one on training pairs and
+Nothing here runs a model: :mod:`~napari_emgranules.core.evaluation` runs one on training pairs and
 scores it with these functions.
 
 :func:`image_metrics` gives one table row for one image; :func:`evaluate_predictions` runs it over

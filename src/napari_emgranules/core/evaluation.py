@@ -1,8 +1,8 @@
 """A model judged on training pairs: predict each pair's image, score it against its labels.
 
 :func:`evaluate_iter` (a generator of :class:`EvaluateProgress`, returning the
-:class:`~napari_emgranules.core.metrics.EvaluationReport`) serves ``emgranules evaluate``, the
-Train widget's closing table and scripts (:func:`evaluate`); :func:`threshold_sweep` scores a
+:class:`~napari_emgranules.core.metrics.EvaluationReport`) serves ``emgranules evaluate`` and
+scripts (:func:`evaluate`); :func:`threshold_sweep` scores a
 Granules model at several probability thresholds; :func:`calibrate` fits a model's softmax
 temperature on labelled micrographs. The scores themselves are
 :mod:`~napari_emgranules.core.metrics`'s, which runs no model.
