@@ -514,9 +514,6 @@ class TrainWidget(Container):
                 loss = event.logs.get("loss", math.nan)
                 self.job.status.value = (f"epoch {event.epoch}/{event.epochs}, batch {event.step}/"
                                          f"{event.steps}: loss {loss:.4g}")
-        else:  # EvaluateProgress: the best model on the validation pairs
-            self.job.step("batches", event.done, event.total)
-            self.job.status.value = f"per-class metrics of the best model: image {event.done}/{event.total}"
 
     def _epoch_text(self, event: TrainProgress) -> str:
         logs = event.logs
