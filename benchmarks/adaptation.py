@@ -171,6 +171,7 @@ def score(truths: list[Any], loc_model, gran_model) -> dict[str, Any]:
             "iou": {LOCATIONS_SCHEMA.letters[c]: float(ious[c]) for c in REGIONS},
             "granule_f1": f1, "granule_iou": float(glycogen[0] / max(glycogen[1] + glycogen[2]
                                                                       - glycogen[0], 1)),
+            "granule_px_ratio": float(glycogen[2] / max(glycogen[1], 1)),  # predicted / true pixels
             "max_pf_error": max(errors) if errors else math.nan,
             "false_per_um2": n_false / area_um2 if area_um2 else math.nan, "_first": first}
 
@@ -210,7 +211,8 @@ def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[
 
 
 def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path, extra: list[str],
-               report: dict[str, Any], save, anatomy: dict[str, Any] | None = None) -> None:
+               report: dict[str, Any], save, anatomy: dict[str, Any] | None = None,
+               kinds: tuple[str, ...] = ("locations", "granules")) -> None:
     params = dataclasses.replace(family_params(family), **(anatomy or {}))
     n_train = max(parse_step(s)[1] for s in steps) if steps else 0
     t0 = time.perf_counter()
@@ -245,14 +247,15 @@ def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path
     for step in steps:
         partial, n = parse_step(step)
         runs = {}
-        for kind in ("locations", "granules"):
+        for kind in kinds:
             labels = f"{kind}_strokes.tif" if partial else f"{kind}.tif"
             pairs = [(d / "image.tif", d / labels) for d in files[:n]]
             runs[kind] = cli_train(pairs, kind, work / family / f"{step}-{kind}", extra)
             print(f"  {step} {kind}: {runs[kind]['epochs']} epochs, {runs[kind]['cpu_s'] / 60:.1f} CPU min "
                   f"({runs[kind]['wall_s'] / 60:.1f} min wall)", flush=True)
-        result = score(test, load_model(runs["locations"]["weights"]),
-                       load_model(runs["granules"]["weights"]))
+        tuned = {k: load_model(runs[k]["weights"]) if k in runs else default_model(k)
+                 for k in ("locations", "granules")}
+        result = score(test, tuned["locations"], tuned["granules"])
         result.update(cpu_min=sum(r["cpu_s"] for r in runs.values()) / 60,
                       wall_min=sum(r["wall_s"] for r in runs.values()) / 60,
                       epochs={k: r["epochs"] for k, r in runs.items()},
@@ -413,21 +416,25 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['n_test']} other micrographs of the family. `start` = bundled defaults; `fullN` = N "
              "micrographs fully corrected; `strokesN` = strokes on N micrographs (<= 5% of pixels, every "
              "class). Fine-tuning: `emgranules train --pair ...` with the command line's defaults"
-             + (f" and `{' '.join(report['extra'])}`" if report["extra"] else "") + ", per model.", "",
+             + (f" and `{' '.join(report['extra'])}`" if report["extra"] else "") + ", per model"
+             + ("" if report.get("models", "locations,granules") == "locations,granules" else
+                f" (only {report['models']}; the other model stays the bundled default)") + ".", "",
              "| family | step | Locations mIoU (A I Z S N) | IoU A / I / Z / S / N | granule F1 "
-             "| granule px IoU | false granules /um^2 | max abs pf error | CPU min (both models) | wall min "
-             "| epochs (loc, gran) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| granule px IoU | granule px / true | false granules /um^2 | max abs pf error "
+             "| CPU min (models trained) | wall min | epochs (loc, gran) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for family, rows in report["families"].items():
         for step, r in rows.items():
             ious = " / ".join(f"{r['iou'][k]:.2f}" for k in LETTERS)
             cpu = f"{r['cpu_min']:.1f}" if "cpu_min" in r else "-"
             wall = f"{r['wall_min']:.1f}" if "wall_min" in r else "-"
-            ep = f"{r['epochs']['locations']}, {r['epochs']['granules']}" if "epochs" in r else "-"
+            ep = ", ".join(str(r["epochs"].get(k, "-")) for k in ("locations", "granules")) \
+                if "epochs" in r else "-"
             false = f"{r['false_per_um2']:.2f}" if "false_per_um2" in r else "-"
+            ratio = f"{r['granule_px_ratio']:.2f}" if "granule_px_ratio" in r else "-"
             lines.append(f"| {family} | {step} | {r['locations_miou']:.3f} | {ious} | {r['granule_f1']:.3f} "
-                         f"| {r['granule_iou']:.3f} | {false} | {r['max_pf_error']:.4f} | {cpu} | {wall} "
-                         f"| {ep} |")
+                         f"| {r['granule_iou']:.3f} | {ratio} | {false} | {r['max_pf_error']:.4f} | {cpu} "
+                         f"| {wall} | {ep} |")
     for family in report["families"]:
         lines += ["", f"![{family}: a test micrograph, its truth and each step's label maps]"
                       f"({report['pictures_stem']}-{family}.png)"]
@@ -483,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anatomy", metavar="JSON",
                     help="generator settings on top of each family's, e.g. '{\"rosette_fraction\": 0.3}' "
                          "(with --families standard: anatomy the defaults learnt little or nothing of)")
+    ap.add_argument("--models", default="locations,granules",
+                    help="which models each step fine-tunes (the others stay the bundled defaults)")
     ap.add_argument("--quick", action="store_true", help="1024 px, the first family, full1, 2 test images")
     ap.add_argument("--real-only", action="store_true", help="only the real cardiac EM case")
     ap.add_argument("--no-real", action="store_true", help="skip the real cardiac EM case")
@@ -499,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
             ap.error(f"--anatomy {args.anatomy!r}: {exc}")
     steps = [s for s in args.steps.split(",") if s]
+    kinds = tuple(k for k in ("locations", "granules") if k in args.models.split(","))
+    if not kinds or set(args.models.split(",")) - set(kinds):
+        ap.error(f"--models {args.models!r}: give locations, granules or both (comma-separated)")
     if args.quick:
         families, steps, args.size, args.test = families[:1], ["full1"], 1024, 2
     extra = ["--max-minutes", f"{args.max_minutes:g}", *shlex.split(args.train_args)]
@@ -507,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             argv if argv is not None else sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "size": args.size, "n_test": args.test,
-        "extra": extra, "anatomy": anatomy, "families": {}, "pictures_dir": args.out.parent,
+        "extra": extra, "anatomy": anatomy, "models": ",".join(kinds), "families": {},
+        "pictures_dir": args.out.parent,
         "pictures_stem": args.out.stem}
 
     def save() -> None:
@@ -521,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(tmp)
         if not args.real_only:
             for family in families:
-                run_family(family, steps, args.size, args.test, work, extra, report, save, anatomy)
+                run_family(family, steps, args.size, args.test, work, extra, report, save, anatomy,
+                           kinds)
         if not args.no_real:
             real_case(work, extra, report, save)
     print(markdown(report))

@@ -22,7 +22,7 @@ from napari_emgranules.core.metrics import (
     normalise_confusion,
     pixel_accuracy,
 )
-from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, SchemaError
+from napari_emgranules.core.schema import GRANULES_SCHEMA, LOCATIONS_SCHEMA, UNLABELLED, SchemaError
 
 # truth/pred pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0)
 TRUTH = np.array([[0, 0, 1], [1, 2, 2]], dtype=np.uint8)
@@ -111,6 +111,18 @@ def test_confusion_matrix_out_of_range_codes_are_named(which):
     args = (bad, PRED) if which == "truth" else (TRUTH, bad)
     with pytest.raises(ValueError, match=rf"{which} holds codes \[-1, 7\] outside 0\.\.2"):
         confusion_matrix(*args, 3)
+
+
+def test_confusion_matrix_sums_pixel_weights_of_labelled_pixels():
+    truth = np.array([[0, 1], [1, UNLABELLED]], dtype=np.uint16)
+    pred = np.array([[0, 0], [1, 1]])
+    weights = np.array([[2.0, 0.5], [3.0, 7.0]])
+    cm = confusion_matrix(truth, pred, 2, weights)
+    assert cm.dtype == np.float64
+    np.testing.assert_allclose(cm, [[2.0, 0.0], [0.5, 3.0]])  # the unlabelled pixel's 7 is not counted
+    assert np.array_equal(confusion_matrix(truth, pred, 2, np.ones((2, 2))), confusion_matrix(truth, pred, 2))
+    with pytest.raises(ValueError, match=r"weights of shape \(3,\)"):
+        confusion_matrix(truth, pred, 2, np.ones(3))
 
 
 def test_confusion_matrix_accepts_any_integer_dtype():

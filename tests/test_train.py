@@ -307,6 +307,7 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, blob_start, tmp_pa
     assert state["class_weights"] == pytest.approx(weights)
     val = state["val_class_weights"]
     assert val is not None and val[1] < val[0]
+    assert any("the edges between painted classes as edges" in n for n in tuned.notes)
     resumed = train(data, tmp_path / "tuned", resume=True, epochs=2)
     assert run_state(tmp_path / "tuned")["val_class_weights"] == pytest.approx(val)
     assert json.loads(resumed.weights_path.with_suffix(".json").read_text())["provenance"][
@@ -324,6 +325,58 @@ def test_counted_confusion_matrix_scores_partial_labels_in_the_restored_mix():
     assert mean_iou(_counted(strokes, w)) == pytest.approx(mean_iou(whole))
     assert mean_iou(_counted(strokes, w)) < mean_iou(strokes)  # the false granules count for more
     assert np.array_equal(_counted(strokes), strokes)
+
+
+def _painted_granules(shift: int = 0):
+    """Eight granules of radius 10 on a 240 x 240 image, four painted with a 4-px ring of
+    background, plus a background stroke; and a prediction of every granule grown by ``shift`` px."""
+    from napari_emgranules.core.schema import UNLABELLED
+
+    yy, xx = np.mgrid[:240, :240]
+    centres = [(30 + 60 * (k // 4), 30 + 60 * (k % 4)) for k in range(8)]
+    dist = np.min([np.hypot(yy - y, xx - x) for y, x in centres], axis=0)
+    truth = (dist <= 10).astype(np.uint16)
+    strokes = np.full(truth.shape, UNLABELLED, np.uint16)
+    for y, x in centres[:4]:
+        d = np.hypot(yy - y, xx - x)
+        strokes[d <= 14] = 0
+        strokes[d <= 10] = 1
+    strokes[200:210, 10:230] = 0
+    return truth, strokes, (dist <= 10 + shift).astype(np.uint16)
+
+
+def test_validation_pixel_weights_count_painted_rings_as_granule_edges():
+    from napari_emgranules.core.metrics import confusion_matrix, mean_iou
+    from napari_emgranules.core.train import _counted, validation_pixel_weights
+
+    truth, strokes, _ = _painted_granules()
+    mix = np.bincount(truth.ravel(), minlength=2) / truth.size  # the whole image's mix
+    labelled = np.bincount(strokes[strokes < 2], minlength=2) / (strokes < 2).sum()
+    w = prior_class_weights(labelled, mix)
+    assert validation_pixel_weights([strokes], None) is None
+    (m,) = validation_pixel_weights([strokes], w)
+    ring = (strokes == 0) & (truth == 0) & (np.arange(240)[:, None] < 120)
+    assert np.allclose(m[strokes == 1], w[1]) and np.allclose(m[ring], w[1])  # rings = edges
+    far = m[200:210, 10:230]
+    assert far.min() == far.max() > w[0]  # the rest of the background's share
+    for c in (0, 1):  # each class keeps the mass of the class mix
+        assert m[strokes == c].sum() == pytest.approx(w[c] * (strokes == c).sum(), rel=1e-5)
+    assert (m[strokes > 1] == 0).all()
+    # full labels with equal weights: every pixel counts once
+    (ones,) = validation_pixel_weights([truth], [1.0, 1.0])
+    assert np.allclose(ones, 1.0)
+    # granules drawn 2 px small or 1 px large: whole-image scores prefer the large ones (fewer
+    # wrong pixels); class weights alone prefer the small ones, pixel weights agree with the image
+    scores = {}
+    for shift in (-2, 1):
+        _, _, pred = _painted_granules(shift)
+        whole = mean_iou(confusion_matrix(truth, pred, 2))
+        by_class = mean_iou(_counted(confusion_matrix(strokes, pred, 2), w))
+        by_pixel = mean_iou(confusion_matrix(strokes, pred, 2, m))
+        scores[shift] = whole, by_class, by_pixel
+    assert scores[1][0] > scores[-2][0]
+    assert scores[1][1] < scores[-2][1]
+    assert scores[1][2] > scores[-2][2]
 
 
 def test_granules_fine_tuning_from_a_saved_model(tmp_path):

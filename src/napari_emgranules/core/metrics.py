@@ -120,7 +120,8 @@ def _check_cm(cm: np.ndarray) -> np.ndarray:
     return arr
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
     """Count pixels by (true class, predicted class).
 
     Parameters
@@ -130,12 +131,14 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.
         :data:`~napari_emgranules.core.schema.UNLABELLED` (partial labels) are not counted.
     n_classes : int
         Number of classes.
+    weights : numpy.ndarray, optional
+        What each pixel counts for (same shape as ``truth``); then the matrix sums weights.
 
     Returns
     -------
     numpy.ndarray
-        int64 array ``(n_classes, n_classes)``; ``cm[i, j]`` is the number of pixels of true class
-        ``i`` predicted as class ``j``.
+        int64 array ``(n_classes, n_classes)`` (float64 with ``weights``); ``cm[i, j]`` is the
+        number of pixels of true class ``i`` predicted as class ``j``.
 
     Raises
     ------
@@ -149,19 +152,26 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.
     t = np.asarray(truth)
     p = np.asarray(pred)
     _check_same_shape(t, p)
+    w = None
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        if w.shape != t.shape:
+            raise ValueError(f"weights of shape {w.shape} for label maps of shape {t.shape}")
     if t.size and t.max() == UNLABELLED:  # a partial label map: count the labelled pixels only
         labelled = t != UNLABELLED
         t, p = t[labelled], p[labelled]
+        w = None if w is None else w[labelled]
     _check_codes(t, n, "truth")
     _check_codes(p, n, "prediction")
     tf = t.ravel()
     pf = p.ravel()
-    counts = np.zeros(n * n, dtype=np.int64)
+    wf = None if w is None else w.ravel()
+    counts = np.zeros(n * n, dtype=np.int64 if w is None else np.float64)
     for start in range(0, tf.size, _CHUNK):
         stop = start + _CHUNK
         idx = tf[start:stop].astype(np.intp) * n
         idx += pf[start:stop].astype(np.intp)
-        counts += np.bincount(idx, minlength=n * n)
+        counts += np.bincount(idx, None if wf is None else wf[start:stop], minlength=n * n)
     return counts.reshape(n, n)
 
 

@@ -152,7 +152,9 @@ class TrainConfig:
         are. ``"start"`` (fine-tuning only): each true class's pixels are weighed so that the
         classes come in the mix the starting model finds on the whole training images, so that
         strokes, which over-represent small classes such as granules, give scores that estimate
-        the whole image's instead of rewarding a model that paints those classes generously.
+        the whole image's instead of rewarding a model that paints those classes generously; the
+        pixels along an edge between two painted classes (the ring painted around a granule)
+        count as edges, not as the whole of their class (:func:`validation_pixel_weights`).
         ``"auto"``: ``"start"`` when fine-tuning on partial labels or with ``class_weights``
         ``"prior"``, else ``"labelled"``.
     monitor : str
@@ -1089,10 +1091,23 @@ def _whole_image_logits(predict, image: np.ndarray) -> np.ndarray:
 
 
 def _counted(cm, row_weights=None) -> np.ndarray:
-    """A confusion matrix with each true class's row counted ``row_weights`` times (None: as it
-    is): partial labels scored as if their classes came in the mix the weights restore."""
+    """A validation confusion matrix as its scores count it.
+
+    ``cm`` is either what :func:`_validate` returns, raw counts and weighted counts stacked
+    (``(2, n, n)``: the weighted ones are returned), or raw counts alone (``(n, n)``; a run
+    checkpointed before pixel weights existed), whose rows are then counted ``row_weights`` times
+    (None: as they are): partial labels scored as if their classes came in the starting mix.
+    """
     cm = np.asarray(cm, np.float64)
+    if cm.ndim == 3:
+        return cm[1]
     return cm if row_weights is None else cm * np.asarray(row_weights, np.float64)[:, None]
+
+
+def _raw_counts(cm) -> np.ndarray:
+    """The pixel counts of a validation confusion matrix (see :func:`_counted`)."""
+    cm = np.asarray(cm, np.float64)
+    return np.rint(cm[0] if cm.ndim == 3 else cm).astype(np.int64)
 
 
 def thinned_to_mix(labels: np.ndarray, row_weights, rng: np.random.Generator) -> np.ndarray:
@@ -1120,20 +1135,87 @@ def thinned_to_mix(labels: np.ndarray, row_weights, rng: np.random.Generator) ->
     return out
 
 
+EDGE_BAND_PX = 6
+"""Labelled pixels within this distance (model pixels) of a labelled pixel of another class are
+edge pixels for :func:`validation_pixel_weights`: the ring of background a user paints around a
+granule, or the two sides of a corrected boundary."""
+
+
+def validation_pixel_weights(labels: Sequence[np.ndarray], class_weights,
+                             band_px: float = EDGE_BAND_PX,
+                             max_weight: float = 20.0) -> list[np.ndarray] | None:
+    """What each validation pixel counts for, so that partial labels score as the whole image
+    would (None when ``class_weights`` is None: every labelled pixel counts once).
+
+    ``class_weights`` (:func:`prior_class_weights`) give each true class its share of the starting
+    model's class mix. Counted per class alone, the ring of background a user paints around a
+    granule stands for all the background of the micrograph, and an epoch that draws granules
+    small scores best (docs/correction_loop.md). Here an *edge* pixel, labelled and within
+    ``band_px`` of a labelled pixel of another class, counts as much as the class on either side
+    that counts least (a painted granule and its ring: the granule's weight, so the rings stand
+    for the edges of all granules as the painted granules stand for all granules); the class's
+    other labelled pixels share what is left of its weight (at most ``max_weight`` each).
+    Unlabelled pixels weigh 0.
+    """
+    from scipy import ndimage as ndi
+
+    if class_weights is None:
+        return None
+    w = np.asarray(class_weights, np.float64)
+    n = w.size
+    maps, target, edge_mass, far_count = [], np.zeros(n), np.zeros(n), np.zeros(n)
+    for lab in labels:
+        lab = np.asarray(lab)
+        labelled = lab != UNLABELLED
+        codes = np.where(labelled, np.minimum(lab, n - 1), 0).astype(np.intp)
+        weight = np.where(labelled, w[codes], 0.0)
+        other = np.full(lab.shape, np.inf)  # the least weight of another class within the band
+        present = [int(c) for c in np.unique(codes[labelled])]
+        if len(present) > 1:
+            for c in present:
+                near = ndi.distance_transform_edt(~(labelled & (codes == c))) <= band_px
+                hit = near & labelled & (codes != c)
+                other[hit] = np.minimum(other[hit], w[c])
+        edge = np.isfinite(other)
+        weight[edge] = np.minimum(weight[edge], other[edge])
+        for c in present:
+            cls = labelled & (codes == c)
+            target[c] += w[c] * np.count_nonzero(cls)
+            edge_mass[c] += float(weight[cls & edge].sum())
+            far_count[c] += np.count_nonzero(cls & ~edge)
+        maps.append((weight, labelled & ~edge, codes))
+    far = np.where(far_count > 0, (target - edge_mass) / np.maximum(far_count, 1), w)
+    far = np.clip(far, np.minimum(w, max_weight), max_weight)
+    out = []
+    for weight, far_px, codes in maps:
+        weight[far_px] = far[codes[far_px]]
+        out.append(weight.astype(np.float32))
+    return out
+
+
 def _validate(net, samples: list[_Sample], n_classes: int, class_weights: np.ndarray,
-              dice_weight: float, row_weights=None) -> tuple[dict[str, float], np.ndarray]:
-    """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels
-    (the logs count each true class's pixels ``row_weights`` times; the matrix is raw counts)."""
-    cm = np.zeros((n_classes, n_classes), np.int64)
+              dice_weight: float, pixel_weights: list[np.ndarray] | None = None,
+              ) -> tuple[dict[str, float], np.ndarray]:
+    """Validation logs and confusion matrix of whole-image predictions, on the labelled pixels.
+
+    The matrix stacks raw counts and counts weighted by ``pixel_weights`` (one map per sample,
+    :func:`validation_pixel_weights`; None: the raw counts again), ``(2, n, n)``; the logs score
+    the weighted ones.
+    """
+    cm = np.zeros((2, n_classes, n_classes), np.float64)
     losses = []
-    for s in samples:
+    for k, s in enumerate(samples):
         logits = _whole_image_logits(net.predict_on_batch, s.image)
         if not np.isfinite(logits).all():  # diverged weights: never "best", whatever argmax says
             nan = float("nan")
             return {"val_loss": nan, "val_accuracy": nan, "val_mean_iou": nan}, cm
         losses.append(_numpy_loss(logits, s.labels, class_weights, dice_weight))
-        cm += confusion_matrix(s.labels, logits.argmax(axis=-1), n_classes)
-    counted = _counted(cm, row_weights)
+        guess = logits.argmax(axis=-1)
+        raw = confusion_matrix(s.labels, guess, n_classes)
+        cm[0] += raw
+        cm[1] += raw if pixel_weights is None else confusion_matrix(s.labels, guess, n_classes,
+                                                                    pixel_weights[k])
+    counted = _counted(cm)
     logs = {"val_loss": float(np.mean(losses)), "val_accuracy": float(pixel_accuracy(counted)),
             "val_mean_iou": float(mean_iou(counted))}
     return logs, cm
@@ -1201,6 +1283,7 @@ class _Run:
     rehearsal_share: float = 0.0  # of the crops, from ``rehearsal``
     rehearsal_val: list[_Sample] = field(default_factory=list)  # validation in the same look
     val_class_weights: list[float] | None = None  # count validation pixels with this class mix
+    val_pixel_weights: list[np.ndarray] | None = None  # ... per pixel (validation_pixel_weights)
     average_with_start: float = 0.0  # share of the starting weights in the kept ones (fine-tuning)
     pixel_sizes: list[float] = field(default_factory=list)  # lowest, highest of the micrographs learnt
 
@@ -1419,11 +1502,14 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
                                               mix).tolist()
             notes.append("validation scores count the labelled pixels in the class mix the "
                          "starting model finds on the whole images (partial labels over-represent "
-                         "some classes)")
+                         "some classes), the edges between painted classes as edges")
     run = _Run(
         out=out, config=config, card=card, name=name or card.kind, start=start, model=trainable,
         samples=samples, val_samples=val_samples,
         class_weights=class_weights, val_class_weights=val_weights,
+        val_pixel_weights=validation_pixel_weights(  # a run checkpointed before edges: none
+            [s.labels for s in val_samples], val_weights,
+            band_px=0 if state is not None and np.ndim(state.get("cm_start") or []) == 2 else EDGE_BAND_PX),
         optimizer_name=config.optimizer or ("adam" if fine_tuning else "nadam"),
         steps=config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH["fine-tuning" if fine_tuning else "fresh"],
                                             math.ceil(total_px / config.crop**2 / config.batch_size)),
@@ -1585,7 +1671,7 @@ def _validation_logs(run: _Run) -> tuple[dict[str, float], np.ndarray]:
     """Validation on the held-out data (its confusion matrix for the report); with rehearsal
     validation, ``val_mean_iou`` is the mean of the held-out data's and the synthetic images'."""
     n, cw, dice = run.card.schema.n_classes, run.class_weights, run.config.dice_weight
-    logs, cm = _validate(run.model.keras_model, run.val_samples, n, cw, dice, run.val_class_weights)
+    logs, cm = _validate(run.model.keras_model, run.val_samples, n, cw, dice, run.val_pixel_weights)
     if run.rehearsal_val:
         synthetic, _ = _validate(run.model.keras_model, run.rehearsal_val, n, cw, dice)
         logs["val_mean_iou_held_out"] = logs["val_mean_iou"]
@@ -1611,10 +1697,9 @@ def _class_guard(run: _Run, cm: np.ndarray | None, logs: dict[str, float]) -> bo
     limit = run.config.max_class_loss
     if not run.fine_tuning or limit is None or cm is None or run.cm_start is None:
         return True
-    start = np.asarray(run.cm_start, np.int64)
-    before = iou_per_class(_counted(start, run.val_class_weights))
-    watched = ((start.sum(axis=1) >= CLASS_GUARD_MIN_PIXELS) & np.isfinite(before)
-               & (np.nan_to_num(before) >= CLASS_GUARD_MIN_START_IOU))
+    before = iou_per_class(_counted(run.cm_start, run.val_class_weights))
+    watched = ((_raw_counts(run.cm_start).sum(axis=1) >= CLASS_GUARD_MIN_PIXELS)
+               & np.isfinite(before) & (np.nan_to_num(before) >= CLASS_GUARD_MIN_START_IOU))
     if not watched.any():
         return True
     change = (iou_per_class(_counted(cm, run.val_class_weights)) - before)[watched]
@@ -1710,14 +1795,15 @@ def _report(run: _Run):
     if run.cm_best is None:
         return None
     schema = run.card.schema
-    after = np.asarray(run.cm_best, np.int64)
+    after = run.cm_best
     w = run.val_class_weights
     before = iou_per_class(_counted(run.cm_start, w)) if run.cm_start is not None \
         else np.full(schema.n_classes, np.nan)
     table = pd.DataFrame({
         "class": [schema.names[c] for c in range(schema.n_classes)],
         "letter": [schema.letters[c] for c in range(schema.n_classes)],
-        "pixels": after.sum(axis=1), "iou_before": before, "iou_after": iou_per_class(_counted(after, w)),
+        "pixels": _raw_counts(after).sum(axis=1), "iou_before": before,
+        "iou_after": iou_per_class(_counted(after, w)),
     })
     table["change"] = table["iou_after"] - table["iou_before"]
     return table
@@ -1922,6 +2008,8 @@ def _calibrate_best(run: _Run) -> None:
         if not np.isfinite(logits).all():
             run.notes.append("confidence not calibrated: the kept weights give non-finite logits")
             return
+        # thinned per class, as measured before the edge weights (thinned per pixel, the faint
+        # look's runs fitted nearly the same temperatures: docs/correction_loop.md)
         pairs.append((logits, thinned_to_mix(s.labels, run.val_class_weights, rng)))
     mix = "" if run.val_class_weights is None else " (its pixels in the starting model's class mix)"
     try:
@@ -1960,7 +2048,7 @@ def _result(run: _Run) -> TrainResult:
                        history=pd.DataFrame(run.history), best_epoch=run.watch.best_epoch,
                        monitor=run.watch.monitor, best_value=float(run.watch.best_value),
                        stopped_early=run.stopped, out_dir=run.out, notes=run.notes, report=report,
-                       confusion=None if run.cm_best is None else np.asarray(run.cm_best, np.int64),
+                       confusion=None if run.cm_best is None else _raw_counts(run.cm_best),
                        averaged_with_start=float(run.model.card.provenance.get("averaged_with_start", 0.0)))
 
 
