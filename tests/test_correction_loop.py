@@ -23,8 +23,10 @@ from napari_emgranules.core.train import (
     TrainingError,
     _hold_out_blocks,
     _load_samples,
+    _make_accuracy,
     _make_loss,
     _Sample,
+    _with_start_labels,
     train,
 )
 
@@ -104,6 +106,61 @@ def test_metrics_and_loss_skip_unlabelled_pixels():
     other[0, :2] = 50.0 * rng.normal(size=(2, 4, 2))  # whatever is predicted there does not count
     sub = float(ops.convert_to_numpy(loss(y[:, 2:], logits[:, 2:]))[0])
     assert float(ops.convert_to_numpy(loss(partial, other))[0]) == pytest.approx(sub, rel=1e-5)
+
+
+def test_start_labels_train_at_their_weight_and_only_where_nothing_is_labelled():
+    ops = get_keras().ops
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(1, 4, 4, 2)).astype(np.float32)
+    y = rng.integers(0, 2, (1, 4, 4)).astype(np.int32)
+    ce = -np.take_along_axis(logits - np.log(np.exp(logits).sum(-1, keepdims=True)),
+                             y[..., None], -1)[..., 0]
+    mixed = y.copy()
+    mixed[0, :2] += 2  # the top half: the start's sure classes, coded n_classes + c
+    for weight in (0.1, 0.5):
+        loss = _make_loss(2, np.ones(2, np.float32), 0.0, start_labels=weight)
+        want = (weight * ce[0, :2].sum() + ce[0, 2:].sum()) / (weight * 8 + 8)
+        assert float(ops.convert_to_numpy(loss(mixed, logits))[0]) == pytest.approx(want, rel=1e-5)
+    # with a Dice term, start labels stay out of it: only the cross-entropy sees them
+    with_dice = _make_loss(2, np.ones(2, np.float32), 1.0, start_labels=0.5)
+    only_user = mixed.copy()
+    only_user[0, :2] = UNLABELLED
+    plain, dice = (float(ops.convert_to_numpy(f(t, logits))[0]) for f, t in (
+        (_make_loss(2, np.ones(2, np.float32), 0.0, start_labels=0.5), mixed),
+        (_make_loss(2, np.ones(2, np.float32), 1.0), only_user)))
+    dice -= float(ops.convert_to_numpy(_make_loss(2, np.ones(2, np.float32), 0.0)(only_user, logits))[0])
+    assert float(ops.convert_to_numpy(with_dice(mixed, logits))[0]) == pytest.approx(plain + dice, rel=1e-5)
+    # training accuracy is the user's labels' alone
+    right = np.where(logits.argmax(-1) == y, 1.0, 0.0)
+    acc = _make_accuracy(2)(mixed, logits)
+    assert float(ops.convert_to_numpy(acc)) == pytest.approx(right[0, 2:].mean())
+
+    # which pixels get one: unlabelled, sure (at the start's temperature), outside the strip
+    labels = np.full((6, 8), UNLABELLED, np.uint16)
+    labels[0, :4] = 1  # the user's labels stay as they are
+    sample = _Sample("m", np.zeros((6, 8), np.float32), labels, withheld=(0, 4, 6))
+    start_logits = np.zeros((6, 8, 2), np.float32)
+    start_logits[:, :4, 1] = 4.0  # sure of class 1 on the left (p = 0.98) ...
+    start_logits[:, 4:, 0] = 1.0  # ... and unsure on the right (p = 0.73)
+
+    def predict(batch):
+        assert batch.shape[0] == 1 and batch.shape[-1] == 1
+        h, w = batch.shape[1:3]
+        top, left = (h - 6) // 2, (w - 8) // 2  # padded to the network's multiple, centred
+        out = np.zeros((1, h, w, 2), np.float32)
+        out[0, top:top + 6, left:left + 8] = start_logits
+        return out
+
+    (new,), share = _with_start_labels([sample], predict, 2)
+    assert (new.labels[0, :4] == 1).all()  # labelled: unchanged
+    assert (new.labels[1:4, :4] == 3).all()  # sure: class 1 as code 2 + 1
+    assert (new.labels[1:4, 4:] == UNLABELLED).all()  # unsure: free
+    assert (new.labels[4:] == UNLABELLED).all()  # the held-out strip and its margin: never
+    assert share == pytest.approx(12 / 28)
+    assert new.n_labelled == sample.n_labelled == 4  # crops still go where the user painted
+    np.testing.assert_array_equal(new._where, sample._where)
+    (hot,), _ = _with_start_labels([sample], predict, 2, temperature=0.25)
+    assert (hot.labels[1:4, 4:] == 2).all()  # sharper: the right is sure of class 0 too
 
 
 def test_tiles_of_one_micrograph_train_as_the_whole_micrograph(tmp_path):

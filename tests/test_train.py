@@ -314,6 +314,62 @@ def test_prior_class_weights_need_a_trained_start(blob_pairs, blob_start, tmp_pa
         "class_weights"] == pytest.approx(weights)
 
 
+def test_start_labels_anchor_partial_labels_and_survive_a_resume(blob_start, tmp_path):
+    image, labels = blob_image(12, (256, 256))
+    strokes = np.full(labels.shape, 65535, np.uint16)
+    strokes[::16][labels[::16] == 0] = 0
+    strokes[labels == 1] = 1
+    strokes[:, 128:] = 65535  # half the micrograph left alone
+    write_image(tmp_path / "m.tif", image, pixel_size_nm=0.8)
+    write_labels(tmp_path / "m_labels.tif", strokes)
+    data = pairs_from_files([(tmp_path / "m.tif", tmp_path / "m_labels.tif")], schema=BLOBS)
+    with pytest.raises(ValueError, match="start_labels must be in"):
+        TrainConfig(start_labels=1.5)
+    # off by default for a kind nobody measured; asked for, the run says where it trained them
+    plain = train(data, tmp_path / "plain", model=blob_start.weights_path, **{**FAST, "epochs": 1})
+    assert not any("start labels" in n for n in plain.notes)
+    out = tmp_path / "anchored"
+    first = train(data, out, model=blob_start.weights_path, start_labels=0.5, **{**FAST, "epochs": 1})
+    said = [n for n in first.notes if n.startswith("start labels:")]
+    assert len(said) == 1 and "weight 0.5" in said[0]
+    assert (out / "start" / "start.weights.h5").is_file()  # for a resume to make them again
+    resumed = train(data, out, resume=True, epochs=2)
+    assert sum(n.startswith("start labels:") for n in resumed.notes) == 2  # first run's + again
+    (out / "start" / "start.weights.h5").unlink()
+    again = train(data, out, resume=True, epochs=3)
+    assert any("start labels are off" in n and "missing" in n for n in again.notes)
+    assert again.history["epoch"].iloc[-1] == 3
+
+
+def test_partial_labels_never_sharpen_the_starts_confidence(blob_start, tmp_path):
+    from dataclasses import replace
+
+    # a start whose confidence is far too soft: any fit to data sharpens it
+    soft = load_model(blob_start.weights_path)
+    soft.card = replace(soft.card, temperature=5.0)
+    start_path = save_model(soft, tmp_path / "soft")
+    image, labels = blob_image(13, (256, 256))
+    strokes = np.full(labels.shape, 65535, np.uint16)
+    strokes[::8][labels[::8] == 0] = 0
+    strokes[labels == 1] = 1
+    write_image(tmp_path / "m.tif", image, pixel_size_nm=0.8)
+    write_labels(tmp_path / "strokes.tif", strokes)
+    write_labels(tmp_path / "full.tif", labels)
+    runs = {}
+    for name in ("strokes", "full"):
+        data = pairs_from_files([(tmp_path / "m.tif", tmp_path / f"{name}.tif")], schema=BLOBS)
+        runs[name] = train(data, tmp_path / name, model=start_path, **{**FAST, "epochs": 1})
+    # strokes are the pixels a user could paint: a temperature fitted on them is not trusted
+    # below the start's, and the card and the note say what was fitted
+    calibration = runs["strokes"].model.card.provenance["calibration"]
+    assert runs["strokes"].model.card.temperature == pytest.approx(5.0)
+    assert calibration["fitted"] < 5.0 and calibration["temperature"] == pytest.approx(5.0)
+    assert any("the start's kept as the least" in n for n in runs["strokes"].notes)
+    # full labels are the whole micrograph: their fit is kept as it is
+    assert runs["full"].model.card.temperature < 5.0
+    assert "fitted" not in runs["full"].model.card.provenance["calibration"]
+
+
 def test_counted_confusion_matrix_scores_partial_labels_in_the_restored_mix():
     from napari_emgranules.core.metrics import mean_iou
     from napari_emgranules.core.train import _counted

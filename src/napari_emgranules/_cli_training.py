@@ -132,6 +132,7 @@ def _train_options(args: argparse.Namespace) -> dict:
             "rehearsal_look": args.rehearsal_look,
             "rehearsal_validation": args.rehearsal_validation,
             "max_class_loss": args.max_class_loss, "average_with_start": args.average_with_start,
+            "start_labels": args.start_labels,
             "held_out_floor": args.held_out_floor, "keep_epochs": args.keep_epochs or None}
     cw = args.class_weights
     if cw is not None and cw not in CLASS_WEIGHT_MODES:
@@ -386,6 +387,11 @@ def add_parsers(sub) -> None:
                     help="when fine-tuning, keep the average of the best epoch's and the starting "
                          "weights, S of it from the start (0 = the best epoch as it is; default "
                          "0.5 for Locations, 0 for others)")
+    tr.add_argument("--start-labels", type=float, metavar="W",
+                    help="when fine-tuning on partial labels (strokes, corrected pixels), the "
+                         "starting model's sure predictions of the unlabelled pixels train too, "
+                         "each weighing W against a labelled pixel (0 = off; default 0.1 for "
+                         "Granules, 0 for others)")
     tr.add_argument("--dice", type=float, help="weight of a soft-Dice loss term (default 0)")
     tr.add_argument("--val-fraction", type=float,
                     help="share held out for validation (default 0.2)")

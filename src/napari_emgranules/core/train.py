@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import backend_name, get_keras
-from .calibration import choose_temperature
+from .calibration import choose_temperature, measure_logits
 from .dataset import TrainingPair, TrainingSet, load_training_pairs, pairs_from_files
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
@@ -207,6 +207,15 @@ class TrainConfig:
         micrographs, a model then keeps more of what it knew about micrographs it did not see
         (measured: docs/adaptation.md). 0 = the best epoch as it is. Default (None):
         :data:`AVERAGE_WITH_START_DEFAULT` of the model's kind when fine-tuning.
+    start_labels : float, optional
+        When fine-tuning on partial labels (strokes, corrected pixels): where the labels leave a
+        pixel unlabelled and the starting model is sure of it (softmax confidence at least
+        :data:`START_LABEL_CONFIDENCE`), its prediction trains too, each such pixel weighing this
+        much against a labelled one (a self-training anchor). What the user did not paint is then
+        not free to change: a model fine-tuned on strokes alone may find more of what was painted
+        and start drawing objects where nobody looked (measured: docs/correction_loop.md). 0 =
+        off; the held-out strip never gets start labels. Default (None):
+        :data:`START_LABELS_DEFAULT` of the model's kind.
     max_class_loss : float or None
         When fine-tuning: an epoch can replace the kept weights only if no class that the starting
         weights already got right (validation IoU >= :data:`CLASS_GUARD_MIN_START_IOU`, at least
@@ -267,6 +276,7 @@ class TrainConfig:
     rehearsal_look: str = "matched"
     rehearsal_validation: bool = True
     average_with_start: float | None = None
+    start_labels: float | None = None
     max_class_loss: float | None = 0.05
     held_out_floor: bool = True
     seed: int = 0
@@ -333,6 +343,10 @@ class TrainConfig:
                                   or not 0 <= share < 1):
             problems.append(f"average_with_start must be in [0, 1) (or None), got "
                             f"{self.average_with_start!r}")
+        weak = self.start_labels
+        if weak is not None and (isinstance(weak, bool) or not isinstance(weak, (int, float))
+                                 or not 0 <= weak <= 1):
+            problems.append(f"start_labels must be in [0, 1] (or None), got {weak!r}")
         if self.rehearsal_look not in REHEARSAL_LOOKS:
             problems.append(f"rehearsal_look must be one of {', '.join(REHEARSAL_LOOKS)}, got "
                             f"{self.rehearsal_look!r}")
@@ -450,6 +464,7 @@ class _Sample:
     labels: np.ndarray  # uint16 codes; UNLABELLED = no truth (partial labels, held-out block)
     n_labelled: int = -1
     _where: np.ndarray | None = None  # flat indices of (a subsample of) the labelled pixels
+    withheld: tuple[int, int, int] | None = None  # (axis, first, stop): the held-out strip + margin
 
     def __post_init__(self) -> None:
         labelled = np.flatnonzero(self.labels != UNLABELLED)
@@ -622,7 +637,7 @@ def _hold_out_blocks(samples: list[_Sample], fraction: float, seed: int,
         val_lab = np.full_like(lab, UNLABELLED)
         val_lab[tuple(at)] = lab[tuple(at)]
         if (train_lab != UNLABELLED).any():
-            train.append(_Sample(s.name, s.image, train_lab))
+            train.append(_Sample(s.name, s.image, train_lab, withheld=(axis, guard.start, guard.stop)))
         val.append(_Sample(f"{s.name} (held-out block)", s.image, val_lab))
     return train, val
 
@@ -788,20 +803,28 @@ def augment_pair(
 # -------------------------------------------------------------------------------------------------
 # Loss
 # -------------------------------------------------------------------------------------------------
-def _make_loss(n_classes: int, class_weights: np.ndarray, dice_weight: float):
-    """Per-image class-weighted cross-entropy from logits (+ soft Dice), in backend-neutral ops."""
+def _make_loss(n_classes: int, class_weights: np.ndarray, dice_weight: float,
+               start_labels: float = 0.0):
+    """Per-image class-weighted cross-entropy from logits (+ soft Dice), in backend-neutral ops.
+
+    With ``start_labels`` > 0, codes ``n_classes + c`` are the starting model's sure class ``c``
+    (:func:`_with_start_labels`): they weigh ``start_labels`` times a labelled pixel in the
+    cross-entropy and are left out of the Dice term.
+    """
     keras = get_keras()
     ops = keras.ops
     weights = np.asarray(class_weights, np.float32)
+    weak_codes = n_classes if start_labels > 0 else None
 
     def loss(y_true, y_pred):
-        y, valid = _split_unlabelled(ops, y_true, y_pred)
+        y, valid, weak = _split_unlabelled(ops, y_true, y_pred, weak_codes)
         ce = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True)
-        w = ops.take(ops.convert_to_tensor(weights), y) * valid
+        w = ops.take(ops.convert_to_tensor(weights), y) * (valid - (1.0 - start_labels) * weak)
         per_image = ops.sum(w * ce, axis=(1, 2)) / (ops.sum(w, axis=(1, 2)) + 1e-7)
         if dice_weight:
-            probs = ops.softmax(y_pred, axis=-1) * valid[..., None]
-            onehot = ops.one_hot(y, n_classes) * valid[..., None]
+            labelled = valid - weak
+            probs = ops.softmax(y_pred, axis=-1) * labelled[..., None]
+            onehot = ops.one_hot(y, n_classes) * labelled[..., None]
             inter = ops.sum(probs * onehot, axis=(1, 2))
             denom = ops.sum(probs, axis=(1, 2)) + ops.sum(onehot, axis=(1, 2))
             dice = (2.0 * inter + 1.0) / (denom + 1.0)
@@ -811,21 +834,29 @@ def _make_loss(n_classes: int, class_weights: np.ndarray, dice_weight: float):
     return loss
 
 
-def _split_unlabelled(ops, y_true, y_pred):
-    """Class codes with UNLABELLED pixels set to 0, and a float mask of the labelled pixels."""
+def _split_unlabelled(ops, y_true, y_pred, weak_codes: int | None = None):
+    """Class codes with UNLABELLED pixels set to 0, a float mask of the labelled pixels and one of
+    the start labels among them (codes from ``weak_codes`` on, given as their class; None: none)."""
     y = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
     valid = ops.not_equal(y, UNLABELLED)
-    return ops.where(valid, y, 0), ops.cast(valid, "float32")
+    if weak_codes is None:
+        weak = ops.zeros_like(y, dtype="float32")
+    else:
+        is_weak = ops.logical_and(valid, ops.greater_equal(y, weak_codes))
+        y = ops.where(is_weak, y - weak_codes, y)
+        weak = ops.cast(is_weak, "float32")
+    return ops.where(valid, y, 0), ops.cast(valid, "float32"), weak
 
 
-def _make_accuracy():
-    """Pixel accuracy over the labelled pixels (Keras' own would count UNLABELLED as wrong)."""
+def _make_accuracy(weak_codes: int | None = None):
+    """Pixel accuracy over the labelled pixels (Keras' own would count UNLABELLED as wrong), not
+    counting start labels (codes from ``weak_codes`` on)."""
     ops = get_keras().ops
 
     def accuracy(y_true, y_pred):
-        y, valid = _split_unlabelled(ops, y_true, y_pred)
+        y, valid, weak = _split_unlabelled(ops, y_true, y_pred, weak_codes)
         hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y), "float32")
-        return ops.sum(hit * valid) / ops.maximum(ops.sum(valid), 1.0)
+        return ops.sum(hit * (valid - weak)) / ops.maximum(ops.sum(valid - weak), 1.0)
 
     return accuracy
 
@@ -1285,6 +1316,8 @@ class _Run:
     val_class_weights: list[float] | None = None  # count validation pixels with this class mix
     val_pixel_weights: list[np.ndarray] | None = None  # ... per pixel (validation_pixel_weights)
     average_with_start: float = 0.0  # share of the starting weights in the kept ones (fine-tuning)
+    start_labels: float = 0.0  # weight of the start's sure pixels where labels leave none
+    partial: bool = False  # the training labels leave much of their images unlabelled
     pixel_sizes: list[float] = field(default_factory=list)  # lowest, highest of the micrographs learnt
 
     @property
@@ -1532,6 +1565,8 @@ def _prepare(data, out: Path, *, model, kind, schema, architecture, fresh, valid
         if average is None:
             average = AVERAGE_WITH_START_DEFAULT.get(rehearsal_kind(card.schema) or "", 0.0)
         run.average_with_start = float(average)
+    run.partial = partial
+    _apply_start_labels(run, state, partial)
     lr = config.learning_rate or fine_tuning_rate(card.schema, fine_tuning)
     _compile(run, lr)
     return run, state
@@ -1562,6 +1597,76 @@ REHEARSAL_DEFAULT = {"locations": 0.75, "locations-mito": 0.75, "granules": 0.0}
 #: ``benchmarks/adaptation.py`` (grainy look, 2 and 4 corrected micrographs: 0.819 -> 0.832,
 #: start 0.835), while Granules lost about 0.01 granule F1 (0.966 -> 0.952-0.957).
 AVERAGE_WITH_START_DEFAULT = {"locations": 0.5, "locations-mito": 0.5}
+
+#: Softmax confidence (at the starting model's temperature) from which its prediction of a pixel
+#: that partial labels leave unlabelled trains as a start label (:attr:`TrainConfig.start_labels`).
+START_LABEL_CONFIDENCE = 0.9
+#: :attr:`TrainConfig.start_labels` when not given, by kind (others: 0, off).
+START_LABELS_DEFAULT = {"granules": 0.1}
+
+
+def _with_start_labels(samples: list[_Sample], predict, n_classes: int, temperature: float = 1.0,
+                       confidence: float = START_LABEL_CONFIDENCE) -> tuple[list[_Sample], float]:
+    """``samples`` with each unlabelled pixel that the starting model is sure of (``predict``: a
+    batch of images to logits) coded ``n_classes + c``, c being its class; the held-out strip
+    (:attr:`_Sample.withheld`) gets none. Crops are still placed around, and images still drawn
+    by, the user's own labels. Returns the new samples and the share of the unlabelled pixels
+    that got a start label."""
+    out, got, free_total = [], 0, 0
+    for s in samples:
+        logits = _whole_image_logits(predict, s.image) / max(float(temperature), 1e-6)
+        logits -= logits.max(axis=-1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=-1, keepdims=True)
+        free = s.labels == UNLABELLED
+        if s.withheld is not None:
+            axis, first, stop = s.withheld
+            at = [slice(None), slice(None)]
+            at[axis] = slice(first, stop)
+            free[tuple(at)] = False
+        sure = free & (p.max(axis=-1) >= confidence)
+        labels = s.labels.copy()
+        labels[sure] = n_classes + p.argmax(axis=-1)[sure]
+        new = _Sample(s.name, s.image, labels, withheld=s.withheld)
+        new.n_labelled, new._where = s.n_labelled, s._where
+        out.append(new)
+        got, free_total = got + int(sure.sum()), free_total + int(free.sum())
+    return out, got / max(free_total, 1)
+
+
+def _start_predictor(run: _Run, state: dict | None):
+    """The starting weights' batch -> logits function: the run's network before training, or on a
+    resume the weights kept in the run folder (None if they are missing)."""
+    if state is None:
+        return run.model.keras_model.predict_on_batch
+    path = run.out / START_WEIGHTS
+    if not path.is_file():
+        return None
+    net = build_unet(run.card.architecture, run.card.schema.n_classes)
+    net.load_weights(path)
+    return net.predict_on_batch
+
+
+def _apply_start_labels(run: _Run, state: dict | None, partial: bool) -> None:
+    """Give the training samples start labels (:attr:`TrainConfig.start_labels`) when fine-tuning
+    on partial labels."""
+    weight = run.config.start_labels
+    if weight is None:
+        weight = START_LABELS_DEFAULT.get(rehearsal_kind(run.card.schema) or "", 0.0)
+    if not (run.fine_tuning and partial and weight > 0):
+        return
+    predict = _start_predictor(run, state)
+    if predict is None:
+        run.notes.append(f"start labels are off: {run.out / START_WEIGHTS} (the starting weights) "
+                         "is missing")
+        return
+    run.samples, share = _with_start_labels(run.samples, predict, run.card.schema.n_classes,
+                                            run.card.temperature)
+    run.start_labels = float(weight)
+    run.notes.append(f"start labels: the starting model's prediction trains (weight {weight:g}) on "
+                     f"the {share:.0%} of the unlabelled pixels it is sure of "
+                     f"(confidence >= {START_LABEL_CONFIDENCE:g})")
+
 
 START_WEIGHTS = Path("start") / "start.weights.h5"
 """Where a fine-tuning run keeps its starting weights (for :attr:`TrainConfig.average_with_start`),
@@ -1611,8 +1716,11 @@ def _compile(run: _Run, lr: float) -> None:
     opt_cls = keras.optimizers.Nadam if run.optimizer_name == "nadam" else keras.optimizers.Adam
     run.optimizer = opt_cls(learning_rate=lr, global_clipnorm=run.config.clip_norm)
     net.compile(optimizer=run.optimizer,
-                loss=_make_loss(run.card.schema.n_classes, run.class_weights, run.config.dice_weight),
-                metrics=[keras.metrics.MeanMetricWrapper(_make_accuracy(), name="accuracy")])
+                loss=_make_loss(run.card.schema.n_classes, run.class_weights, run.config.dice_weight,
+                                run.start_labels),
+                metrics=[keras.metrics.MeanMetricWrapper(
+                    _make_accuracy(run.card.schema.n_classes if run.start_labels > 0 else None),
+                    name="accuracy")])
     run.optimizer.build(net.trainable_variables)  # now, so the first step is traced only once
 
 
@@ -1908,7 +2016,7 @@ def train_iter(
     if fresh_data is not None:
         run.notes.append(f"training images: new ones from fresh_data every {every} epoch(s)")
     out.mkdir(parents=True, exist_ok=True)
-    if state is None and run.average_with_start > 0:
+    if state is None and (run.average_with_start > 0 or run.start_labels > 0):
         _save_start_weights(run)
     if state is None and run.val_samples and run.start != "fresh" \
             and not run.start.startswith("untrained"):
@@ -2017,14 +2125,24 @@ def _calibrate_best(run: _Run) -> None:
     except ValueError as exc:
         run.notes.append(f"confidence not calibrated: {exc}")
         return
+    floor, fitted = "", {}
+    if run.fine_tuning and run.partial and t < run.card.temperature:
+        # partial labels are the pixels a user could paint, the easy ones: a temperature fitted
+        # on them sharpens the whole micrograph's confidence, and the granule peak then keeps
+        # faint false granules (docs/correction_loop.md)
+        floor = f"; {t:.2f} fitted, the start's kept as the least: partial labels are the easy pixels"
+        fitted = {"fitted": t, "least": "the starting model's (partial labels)"}
+        t = float(run.card.temperature)
+        after = measure_logits(pairs, t)
     model.card = replace(model.card, temperature=t, provenance={
         **model.card.provenance,
         "calibration": {"temperature": t, "data": "this run's validation data" + mix,
                         "ece_before": before["ece"], "ece_after": after["ece"],
-                        "wrong_in_least_confident_10pct": after["wrong_in_least_confident"]}})
+                        "wrong_in_least_confident_10pct": after["wrong_in_least_confident"],
+                        **fitted}})
     save_model(model, run.weights_path, overwrite=True)
     run.notes.append(f"confidence calibrated on the validation data{mix}: temperature {t:.2f} "
-                     f"(expected calibration error {before['ece']:.3f} -> {after['ece']:.3f})")
+                     f"(expected calibration error {before['ece']:.3f} -> {after['ece']:.3f}{floor})")
 
 
 def _result(run: _Run) -> TrainResult:
