@@ -307,3 +307,13 @@ def test_average_with_start_is_blank_for_the_measured_default(widget):
     widget.start_share.value = "1.5"
     with pytest.raises(ValueError, match="average_with_start must be in"):
         widget._options()
+
+
+def test_start_labels_are_blank_for_the_measured_default(widget):
+    assert widget.start_labels in list(widget.advanced)
+    assert widget._options()["start_labels"] is None
+    widget.start_labels.value = "0"
+    assert widget._options()["start_labels"] == 0.0
+    widget.start_labels.value = "2"
+    with pytest.raises(ValueError, match="start_labels must be in"):
+        widget._options()

@@ -232,8 +232,14 @@ class TrainWidget(Container):
                                     "starting weights, this share from the start, so a model "
                                     "tuned on a few micrographs keeps what it knew; blank: the "
                                     "measured default (0.5 Locations, 0 Granules); 0 = off")
+        self.start_labels = LineEdit(label="start labels", value="")
+        self.start_labels.tooltip = ("Fine-tuning on strokes or corrected pixels: where nothing is "
+                                     "labelled and the starting model is sure, its prediction "
+                                     "trains too, at this weight against a painted pixel; blank: "
+                                     "the measured default (0.1 Granules, 0 others); 0 = off")
         self.advanced = Container(widgets=[self.crop, self.batch_size, self.steps, self.rehearsal,
-                                           self.validation_mix, self.start_share], visible=False)
+                                           self.validation_mix, self.start_share, self.start_labels],
+                                  visible=False)
         self.settings = Container(widgets=[
             self.kind, data_row, self.start_from, self.start_file, self.start_info, self.output,
             self.resume_info, self.resume_button,
@@ -414,6 +420,8 @@ class TrainWidget(Container):
                                         zero_is_automatic=False),  # 0 = off
             "average_with_start": parse_optional(self.start_share.value, float,
                                                  "average with start", zero_is_automatic=False),
+            "start_labels": parse_optional(self.start_labels.value, float, "start labels",
+                                           zero_is_automatic=False),
         }
         TrainConfig(**options)  # checks every number before anything starts
         return options
