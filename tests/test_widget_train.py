@@ -300,20 +300,13 @@ def test_validation_mix_is_an_advanced_setting_that_reaches_the_run(widget):
     assert widget._options()["validation_mix"] == "labelled"
 
 
-def test_average_with_start_is_blank_for_the_measured_default(widget):
-    assert widget._options()["average_with_start"] is None
-    widget.start_share.value = "0"
-    assert widget._options()["average_with_start"] == 0.0
-    widget.start_share.value = "1.5"
-    with pytest.raises(ValueError, match="average_with_start must be in"):
-        widget._options()
-
-
-def test_start_labels_are_blank_for_the_measured_default(widget):
-    assert widget.start_labels in list(widget.advanced)
-    assert widget._options()["start_labels"] is None
-    widget.start_labels.value = "0"
-    assert widget._options()["start_labels"] == 0.0
-    widget.start_labels.value = "2"
-    with pytest.raises(ValueError, match="start_labels must be in"):
+@pytest.mark.parametrize("field, option, bad", [("start_share", "average_with_start", "1.5"),
+                                                 ("start_labels", "start_labels", "2")])
+def test_fine_tuning_shares_are_blank_for_the_measured_default(widget, field, option, bad):
+    assert getattr(widget, field) in list(widget.advanced)
+    assert widget._options()[option] is None
+    getattr(widget, field).value = "0"
+    assert widget._options()[option] == 0.0
+    getattr(widget, field).value = bad
+    with pytest.raises(ValueError, match=f"{option} must be in"):
         widget._options()
