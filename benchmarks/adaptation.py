@@ -282,17 +282,18 @@ def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path
         gran_s = granule_strokes(t.granules, rng)
         write_labels(d / "granules_strokes.tif", gran_s)
         write_labels(d / "locations_fixes.tif", loc_s)
-        if fixes:
+        files.append(d)
+        print(f"  m{i}: strokes cover {np.mean(loc_s != UNLABELLED):.1%} (locations), "
+              f"{np.mean(gran_s != UNLABELLED):.1%} (granules) of the pixels", flush=True)
+        if fixes:  # (its own random numbers: the strokes stay those of a run without fixes)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 seen = segment_micrograph(t.image, t.pixel_size_nm,
                                           models={"granules": default_model("granules")})
-            gran_f = granule_fixes(gran_s, t.granules, seen.labels["granules"], rng)
+            gran_f = granule_fixes(gran_s, t.granules, seen.labels["granules"],
+                                   np.random.default_rng(7 + i))
             write_labels(d / "granules_fixes.tif", gran_f)
             print(f"  m{i}: fixes cover {np.mean(gran_f != UNLABELLED):.1%} (granules)", flush=True)
-        files.append(d)
-        print(f"  m{i}: strokes cover {np.mean(loc_s != UNLABELLED):.1%} (locations), "
-              f"{np.mean(gran_s != UNLABELLED):.1%} (granules) of the pixels", flush=True)
     for step in steps:
         how, n = parse_step(step)
         runs = {}

@@ -333,6 +333,8 @@ def test_start_labels_anchor_partial_labels_and_survive_a_resume(blob_start, tmp
     said = [n for n in first.notes if n.startswith("start labels:")]
     assert len(said) == 1 and "weight 0.5" in said[0]
     assert (out / "start" / "start.weights.h5").is_file()  # for a resume to make them again
+    assert first.model.card.provenance["start_labels"] == 0.5
+    assert "start_labels" not in plain.model.card.provenance
     resumed = train(data, out, resume=True, epochs=2)
     assert sum(n.startswith("start labels:") for n in resumed.notes) == 2  # first run's + again
     (out / "start" / "start.weights.h5").unlink()

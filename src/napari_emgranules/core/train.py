@@ -1342,6 +1342,7 @@ class _Run:
             "monitor": self.watch.monitor, "final_metrics": final, "training": self.config.to_dict(),
             "optimizer": self.optimizer_name, "class_weights": [float(w) for w in self.class_weights],
             "backend": backend_name(),
+            **({"start_labels": self.start_labels} if self.start_labels > 0 else {}),
         }
 
     def state(self) -> dict[str, Any]:
