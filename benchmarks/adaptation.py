@@ -249,30 +249,15 @@ def cli_train(pairs: list[tuple[Path, Path]], kind: str, out: Path, extra: list[
     return {**run, "weights": next(out.glob("*.weights.h5"))}  # named after the kind or task
 
 
-def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path, extra: list[str],
-               report: dict[str, Any], save, anatomy: dict[str, Any] | None = None,
-               kinds: tuple[str, ...] = ("locations", "granules")) -> None:
-    params = dataclasses.replace(family_params(family), **(anatomy or {}))
-    n_train = max(parse_step(s)[1] for s in steps) if steps else 0
-    t0 = time.perf_counter()
-
-    def make(seed: int):
-        return synthetic_micrograph((size, size), 0.8, seed=seed, params=params)
-
-    train = [make(SEED_TRAIN + i) for i in range(n_train)]
-    test = [make(SEED_TEST + i) for i in range(n_test)]
-    print(f"{family}: generated {n_train} + {n_test} micrographs in {time.perf_counter() - t0:.0f} s",
-          flush=True)
-    rows = report["families"].setdefault(family, {})
-    rows["start"] = score(test, default_model("locations"), default_model("granules"))
-    pictures = {"start": rows["start"].pop("_first")}
-    print(f"{family} start: {fmt(rows['start'])}", flush=True)
-    save()
+def write_training_labels(train: list[Any], folder: Path, fixes: bool = False) -> list[Path]:
+    """Each training micrograph as a simulated user leaves it, in ``folder/m<i>/``: ``image.tif``,
+    the full label maps (``locations.tif``, ``granules.tif``), strokes (``*_strokes.tif``) and,
+    with ``fixes``, the strokes plus corrections of the bundled Granules model's output
+    (``*_fixes.tif``; Locations: the strokes). The same micrographs always get the same strokes."""
     rng = np.random.default_rng(7)
     files = []
-    fixes = any(parse_step(s)[0] == "fixes" for s in steps)
     for i, t in enumerate(train):
-        d = work / family / f"m{i}"
+        d = folder / f"m{i}"
         d.mkdir(parents=True, exist_ok=True)
         write_image(d / "image.tif", t.image, pixel_size_nm=0.8)
         write_labels(d / "locations.tif", t.locations)
@@ -294,6 +279,30 @@ def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path
                                    np.random.default_rng(7 + i))
             write_labels(d / "granules_fixes.tif", gran_f)
             print(f"  m{i}: fixes cover {np.mean(gran_f != UNLABELLED):.1%} (granules)", flush=True)
+    return files
+
+
+def run_family(family: str, steps: list[str], size: int, n_test: int, work: Path, extra: list[str],
+               report: dict[str, Any], save, anatomy: dict[str, Any] | None = None,
+               kinds: tuple[str, ...] = ("locations", "granules")) -> None:
+    params = dataclasses.replace(family_params(family), **(anatomy or {}))
+    n_train = max(parse_step(s)[1] for s in steps) if steps else 0
+    t0 = time.perf_counter()
+
+    def make(seed: int):
+        return synthetic_micrograph((size, size), 0.8, seed=seed, params=params)
+
+    train = [make(SEED_TRAIN + i) for i in range(n_train)]
+    test = [make(SEED_TEST + i) for i in range(n_test)]
+    print(f"{family}: generated {n_train} + {n_test} micrographs in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    rows = report["families"].setdefault(family, {})
+    rows["start"] = score(test, default_model("locations"), default_model("granules"))
+    pictures = {"start": rows["start"].pop("_first")}
+    print(f"{family} start: {fmt(rows['start'])}", flush=True)
+    save()
+    files = write_training_labels(train, work / family,
+                                  fixes=any(parse_step(s)[0] == "fixes" for s in steps))
     for step in steps:
         how, n = parse_step(step)
         runs = {}
