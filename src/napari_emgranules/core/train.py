@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import backend_name, get_keras
-from .calibration import choose_temperature, measure_logits
+from .calibration import choose_temperature, measure_logits, softmax_max
 from .dataset import TrainingPair, TrainingSet, load_training_pairs, pairs_from_files
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .models import (
@@ -1615,19 +1615,16 @@ def _with_start_labels(samples: list[_Sample], predict, n_classes: int, temperat
     that got a start label."""
     out, got, free_total = [], 0, 0
     for s in samples:
-        logits = _whole_image_logits(predict, s.image) / max(float(temperature), 1e-6)
-        logits -= logits.max(axis=-1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=-1, keepdims=True)
+        logits = _whole_image_logits(predict, s.image)
         free = s.labels == UNLABELLED
         if s.withheld is not None:
             axis, first, stop = s.withheld
             at = [slice(None), slice(None)]
             at[axis] = slice(first, stop)
             free[tuple(at)] = False
-        sure = free & (p.max(axis=-1) >= confidence)
+        sure = free & (softmax_max(logits, temperature) >= confidence)
         labels = s.labels.copy()
-        labels[sure] = n_classes + p.argmax(axis=-1)[sure]
+        labels[sure] = n_classes + logits.argmax(axis=-1)[sure]
         new = _Sample(s.name, s.image, labels, withheld=s.withheld)
         new.n_labelled, new._where = s.n_labelled, s._where
         out.append(new)
